@@ -1,0 +1,118 @@
+"""The root Typer app: global options, command-group registration, and the ONE place where a
+MailctlError becomes a message on stderr and an exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from mailctl import __version__
+from mailctl.context import AppContext
+from mailctl.errors import ExitCode, MailctlError
+from mailctl.output import Output
+
+
+def _debug() -> bool:
+    return os.environ.get("MAILCTL_DEBUG", "") not in ("", "0")
+
+
+class MailctlGroup(TyperGroup):
+    """Root group: converts domain errors into one-line messages and exit codes."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except MailctlError as exc:
+            if _debug():
+                raise
+            _report(exc.message, exc.hint)
+            raise click.exceptions.Exit(int(exc.exit_code))
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            raise click.exceptions.Exit(130)
+        except BrokenPipeError:
+            raise click.exceptions.Exit(int(ExitCode.OK))
+        except Exception as exc:  # the boundary: never a traceback unless asked for
+            if _debug():
+                raise
+            _report(
+                f"unexpected {type(exc).__name__}: {exc}",
+                "this is a bug in mailctl; run again with MAILCTL_DEBUG=1 for a traceback and report it",
+            )
+            raise click.exceptions.Exit(int(ExitCode.PROBLEMS))
+
+
+def _report(message: str, hint: str | None) -> None:
+    click.echo(f"Error: {message}", err=True)
+    if hint:
+        click.echo(f"Hint: {hint}", err=True)
+
+
+app = typer.Typer(
+    cls=MailctlGroup,
+    name="mailctl",
+    help="Administer outgoing mail: profiles and secrets, sending and diagnostics, an outbox, DNS checks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mailctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Optional[str],
+        typer.Option("--config", envvar="MAILCTL_CONFIG", help="Profiles file (default: the platform's config dir)."),
+    ] = None,
+    profile: Annotated[
+        Optional[str],
+        typer.Option("--profile", "-p", envvar="MAILCTL_PROFILE", help="Profile to use instead of the default."),
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    ] = None,
+) -> None:
+    ctx.obj = AppContext(
+        output=Output(json_mode=json_, quiet=quiet, verbose=verbose),
+        config_override=config,
+        profile_name=profile,
+    )
+
+
+def _register() -> None:
+    # Each group lives in its own module under mailctl.commands; only groups that work are listed.
+    from mailctl.commands import COMMAND_GROUPS
+
+    for name, module_name in COMMAND_GROUPS:
+        module = __import__(f"mailctl.commands.{module_name}", fromlist=["register"])
+        module.register(app, name)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv, prog_name="mailctl")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""Thin Typer command modules. Each module exposes register(app, name), which adds its group
+or command to the root app. Order here is the order in --help."""
+
+COMMAND_GROUPS: list[tuple[str, str]] = [
+    ("profile", "profile"),
+]

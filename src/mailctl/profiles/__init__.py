@@ -1,0 +1,1 @@
+"""Profiles: the model and its validation, the TOML store, inheritance and provider presets."""

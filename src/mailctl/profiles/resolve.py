@@ -1,0 +1,135 @@
+"""Inheritance, presets and defaults: the effective values of a profile and where each came from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailctl.errors import ConfigError, NotFoundError
+from mailctl.profiles.model import DEFAULT_PORTS, FIELDS_BY_NAME, ResolvedProfile
+from mailctl.profiles.presets import graph_endpoint, preset_values
+from mailctl import paths
+
+BUILTIN_LOCAL = "local"
+
+
+def builtin_local() -> ResolvedProfile:
+    """The embedded default: deliver into a Maildir, no server needed."""
+    values = {"type": "file", "maildir": str(paths.default_maildir()), "from_address": "mailctl@localhost"}
+    return ResolvedProfile(BUILTIN_LOCAL, values, {k: "built-in" for k in values}, [BUILTIN_LOCAL])
+
+
+def resolve_profile(doc, name: str | None = None) -> ResolvedProfile:
+    """The profile `name` (or the default) with inheritance, presets and defaults applied.
+
+    With no name, no default and no profiles at all, the built-in `local` profile is used so a
+    fresh install can send somewhere."""
+    names = doc.profile_names()
+    if name is None:
+        name = doc.default
+        if name is None:
+            if not names:
+                return builtin_local()
+            if len(names) == 1:
+                name = names[0]
+            else:
+                raise ConfigError(
+                    "no profile given and no default profile set",
+                    hint="pass --profile NAME or run: mailctl profile set-default NAME",
+                )
+    if name not in names:
+        if name == BUILTIN_LOCAL:
+            return builtin_local()
+        raise NotFoundError(
+            f"no profile named {name!r} in {doc.path}",
+            hint=("existing profiles: " + ", ".join(names)) if names else "create one with: mailctl profile add NAME",
+        )
+
+    chain: list[str] = []
+    current: str | None = name
+    while current:
+        if current in chain:
+            raise ConfigError(
+                f"profile {name!r}: inheritance cycle {' -> '.join(chain + [current])} in {doc.path}",
+                hint=f"remove 'inherits' from one of them: mailctl profile edit {current} --unset inherits",
+            )
+        if current not in names:
+            raise ConfigError(
+                f"profile {chain[-1]!r} inherits {current!r}, which does not exist in {doc.path}",
+                hint=f"create it or run: mailctl profile edit {chain[-1]} --unset inherits",
+            )
+        chain.append(current)
+        current = doc.raw_profile(current).get("inherits") or None
+
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for depth, pname in enumerate(reversed(chain)):
+        own = pname == name
+        for key, value in doc.raw_profile(pname).items():
+            if key == "inherits":
+                continue
+            values[key] = value
+            origin[key] = "profile" if own else f"inherited:{pname}"
+    if doc.raw_profile(name).get("inherits"):
+        values["inherits"] = doc.raw_profile(name)["inherits"]
+        origin["inherits"] = "profile"
+
+    transport = values.get("type") or "smtp"
+    for key, value in preset_values(values.get("provider"), transport).items():
+        if values.get(key) in (None, "", 0):
+            values[key] = value
+            origin[key] = f"preset:{values['provider']}"
+    if transport == "smtp":
+        if not values.get("security"):
+            values["security"] = "starttls"
+            origin["security"] = "default"
+        if not values.get("port"):
+            values["port"] = DEFAULT_PORTS[values["security"]]
+            origin["port"] = f"default for security={values['security']}"
+        if not values.get("auth"):
+            values["auth"] = "password" if values.get("username") else "none"
+            origin["auth"] = "default"
+    if transport == "graph" and not values.get("graph_endpoint"):
+        values["graph_endpoint"] = graph_endpoint(values.get("cloud"))
+        origin["graph_endpoint"] = f"default for cloud={values.get('cloud') or 'global'}"
+    if transport == "file" and not values.get("maildir"):
+        values["maildir"] = str(paths.default_maildir())
+        origin["maildir"] = "default"
+    for key in ("type", "tls_verify", "cloud", "timeout", "save_to_sent_items"):
+        if key not in values:
+            values[key] = FIELDS_BY_NAME[key].default
+            origin[key] = "default"
+    return ResolvedProfile(name, values, origin, chain)
+
+
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "smtp": ("host",),
+    "graph": ("client_id", "tenant_id"),
+    "ews": ("username",),
+    "file": (),
+    "gmail-api": ("client_id",),
+}
+
+
+def check_complete(profile: ResolvedProfile) -> None:
+    """Raise ConfigError (78) naming the first missing field a transport needs."""
+    for key in REQUIRED.get(profile.type, ()):
+        if not profile.values.get(key):
+            raise ConfigError(
+                f"profile {profile.name!r} ({profile.type}): missing required field {key}",
+                hint=f"set it with: mailctl profile edit {profile.name} --{key.replace('_', '-')} VALUE",
+            )
+    auth = profile.values.get("auth")
+    if profile.type == "ews" and not (profile.values.get("ews_url") or profile.values.get("autodiscover")):
+        raise ConfigError(
+            f"profile {profile.name!r} (ews): missing required field ews_url",
+            hint=f"set it with: mailctl profile edit {profile.name} --ews-url https://HOST/EWS/Exchange.asmx (or --autodiscover true)",
+        )
+    if auth in ("oauth", "client-credentials") and profile.values.get("provider") == "microsoft365" or (
+        auth == "client-credentials"
+    ):
+        for key in ("client_id", "tenant_id"):
+            if not profile.values.get(key):
+                raise ConfigError(
+                    f"profile {profile.name!r}: auth={auth} needs {key}",
+                    hint=f"register an app in Microsoft Entra (App registrations), then: mailctl profile edit {profile.name} --{key.replace('_', '-')} VALUE",
+                )

@@ -1,0 +1,117 @@
+"""The OS keyring (service `mailctl`, user `<profile>/<kind>`). Secrets longer than
+PART_CHARS are split into numbered parts and joined transparently: Windows Credential
+Manager holds at most 2560 bytes (1280 UTF-16 characters), and splitting on every platform
+keeps one code path that the tests here exercise."""
+
+from __future__ import annotations
+
+from mailctl.errors import SecretStoreUnavailable
+from mailctl.secrets.base import check_kind
+
+SERVICE = "mailctl"
+PART_CHARS = 1200
+PARTS_MARKER = "mailctl-parts:"
+
+REMEDIES = (
+    "set secret_command in the profile (e.g. 'pass show mail/NAME'), or export "
+    "MAILCTL_SECRET_<PROFILE>_<KIND>, or start an unlocked keyring "
+    "(e.g. gnome-keyring-daemon inside dbus-run-session) or choose one with PYTHON_KEYRING_BACKEND"
+)
+
+
+class KeyringStore:
+    name = "keyring"
+    writable = True
+
+    def __init__(self, service: str = SERVICE, part_chars: int = PART_CHARS) -> None:
+        self.service = service
+        self.part_chars = part_chars
+
+    def _call(self, what: str, fn, *args):
+        import keyring.errors
+
+        try:
+            return fn(*args)
+        except keyring.errors.PasswordDeleteError:
+            raise
+        except keyring.errors.NoKeyringError:
+            raise SecretStoreUnavailable(f"no usable keyring backend to {what} the secret", hint=REMEDIES) from None
+        except keyring.errors.KeyringLocked:
+            raise SecretStoreUnavailable(f"the keyring is locked; cannot {what} the secret", hint="unlock it, or " + REMEDIES) from None
+        except keyring.errors.KeyringError as exc:
+            raise SecretStoreUnavailable(f"the keyring failed to {what} the secret ({type(exc).__name__})", hint=REMEDIES) from None
+        except Exception as exc:  # D-Bus missing, Secret Service not running, ...
+            raise SecretStoreUnavailable(
+                f"the keyring is not usable here ({type(exc).__name__}); cannot {what} the secret", hint=REMEDIES
+            ) from None
+
+    def _user(self, profile: str, kind: str, part: int | None = None) -> str:
+        base = f"{profile}/{check_kind(kind)}"
+        return base if part is None else f"{base}/part{part}"
+
+    def get(self, profile: str, kind: str) -> str | None:
+        import keyring
+
+        head = self._call("read", keyring.get_password, self.service, self._user(profile, kind))
+        if head is None or not head.startswith(PARTS_MARKER):
+            return head
+        count = int(head[len(PARTS_MARKER):])
+        parts = []
+        for i in range(1, count + 1):
+            part = self._call("read", keyring.get_password, self.service, self._user(profile, kind, i))
+            if part is None:
+                raise SecretStoreUnavailable(
+                    f"the keyring entry {self._user(profile, kind)} is incomplete (part {i} of {count} missing)",
+                    hint=f"store the secret again for profile {profile!r}",
+                )
+            parts.append(part)
+        return "".join(parts)
+
+    def set(self, profile: str, kind: str, value: str) -> None:
+        import keyring
+
+        old_count = self._part_count(profile, kind)
+        if len(value) <= self.part_chars and not value.startswith(PARTS_MARKER):
+            self._call("store", keyring.set_password, self.service, self._user(profile, kind), value)
+            self._delete_parts(profile, kind, 1, old_count)
+            return
+        chunks = [value[i : i + self.part_chars] for i in range(0, len(value), self.part_chars)]
+        # Parts first, head last: a reader never sees a head pointing at missing parts.
+        for i, chunk in enumerate(chunks, 1):
+            self._call("store", keyring.set_password, self.service, self._user(profile, kind, i), chunk)
+        self._call("store", keyring.set_password, self.service, self._user(profile, kind), f"{PARTS_MARKER}{len(chunks)}")
+        self._delete_parts(profile, kind, len(chunks) + 1, old_count)
+
+    def delete(self, profile: str, kind: str) -> bool:
+        import keyring
+        import keyring.errors
+
+        count = self._part_count(profile, kind)
+        try:
+            self._call("delete", keyring.delete_password, self.service, self._user(profile, kind))
+            found = True
+        except keyring.errors.PasswordDeleteError:
+            found = False
+        self._delete_parts(profile, kind, 1, count)
+        return found
+
+    def _part_count(self, profile: str, kind: str) -> int:
+        import keyring
+
+        head = self._call("read", keyring.get_password, self.service, self._user(profile, kind))
+        if head and head.startswith(PARTS_MARKER):
+            try:
+                return int(head[len(PARTS_MARKER):])
+            except ValueError:
+                return 0
+        return 0
+
+    def _delete_parts(self, profile: str, kind: str, start: int, end: int) -> None:
+        import keyring
+        import keyring.errors
+
+        for i in range(start, end + 1):
+            try:
+                self._call("delete", keyring.delete_password, self.service, self._user(profile, kind, i))
+            except keyring.errors.PasswordDeleteError:
+                pass

@@ -1,0 +1,75 @@
+"""Which store answers for a profile: environment, then the profile's secret_command, then
+the keyring. A profile that inherits falls back to its parents' secrets (a company client
+secret serves every user profile), so user profiles override credentials by setting their own."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from mailctl.errors import AuthError
+from mailctl.secrets.base import SecretStore, check_kind
+from mailctl.secrets.command import CommandStore
+from mailctl.secrets.env import EnvStore, env_var_name
+from mailctl.secrets.keyring_store import KeyringStore
+
+
+class SecretResolver:
+    def __init__(self, env: EnvStore | None = None, keyring: SecretStore | None = None) -> None:
+        self.env = env or EnvStore()
+        self.keyring = keyring or KeyringStore()
+
+    def stores_for(self, profile) -> list[SecretStore]:
+        stores: list[SecretStore] = [self.env]
+        command = profile.values.get("secret_command") if hasattr(profile, "values") else None
+        if command:
+            stores.append(CommandStore(command))
+        stores.append(self.keyring)
+        return stores
+
+    def lookup(self, profile, kind: str) -> tuple[str | None, str | None]:
+        """(value, where) for a ResolvedProfile, searching its inheritance chain."""
+        check_kind(kind)
+        chain: Iterable[str] = getattr(profile, "chain", None) or [profile.name]
+        stores = self.stores_for(profile)
+        for name in chain:
+            for store in stores:
+                value = store.get(name, kind)
+                if value is not None:
+                    return value, f"{store.name}:{name}"
+        return None, None
+
+    def get(self, profile, kind: str) -> str | None:
+        return self.lookup(profile, kind)[0]
+
+    def require(self, profile, kind: str) -> str:
+        value = self.get(profile, kind)
+        if value is None:
+            raise AuthError(
+                f"profile {profile.name!r} has no {kind.replace('_', ' ')} stored",
+                hint=(
+                    f"store it with: mailctl profile edit {profile.name} --password-stdin"
+                    if kind == "password"
+                    else f"store it in the keyring, or export {env_var_name(profile.name, kind)}"
+                ),
+            )
+        return value
+
+    def store(self, profile_name: str, kind: str, value: str) -> None:
+        self.keyring.set(profile_name, kind, value)
+
+    def delete_all(self, profile_name: str) -> list[str]:
+        from mailctl.secrets.base import KINDS
+
+        return [kind for kind in KINDS if self.keyring.delete(profile_name, kind)]
+
+    def move_all(self, old: str, new: str) -> list[str]:
+        from mailctl.secrets.base import KINDS
+
+        moved = []
+        for kind in KINDS:
+            value = self.keyring.get(old, kind)
+            if value is not None:
+                self.keyring.set(new, kind, value)
+                self.keyring.delete(old, kind)
+                moved.append(kind)
+        return moved

@@ -1,0 +1,82 @@
+"""Every test runs against its own config dir, data dir and in-memory keyring."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import keyring
+import pytest
+from keyring.backend import KeyringBackend
+from keyring.errors import PasswordDeleteError
+from typer.testing import CliRunner
+
+
+class MemoryKeyring(KeyringBackend):
+    """A real keyring backend, registered through keyring's API, that keeps secrets in memory."""
+
+    priority = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service, username):
+        return self.entries.get((service, username))
+
+    def set_password(self, service, username, password):
+        self.entries[(service, username)] = password
+
+    def delete_password(self, service, username):
+        try:
+            del self.entries[(service, username)]
+        except KeyError:
+            raise PasswordDeleteError(username) from None
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    home = tmp_path / "mailctl-home"
+    home.mkdir()
+    for var in list(os.environ):
+        if var.startswith("MAILCTL_"):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("MAILCTL_HOME", str(home))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    backend = MemoryKeyring()
+    previous = keyring.get_keyring()
+    keyring.set_keyring(backend)
+    yield home
+    keyring.set_keyring(previous)
+
+
+@pytest.fixture
+def memory_keyring(isolated_env) -> MemoryKeyring:
+    return keyring.get_keyring()
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+    exception: BaseException | None
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@pytest.fixture
+def cli():
+    """cli("profile", "list", input=...) -> Result with separate stdout and stderr."""
+    from mailctl.cli import app
+
+    def invoke(*args: str, input: str | bytes | None = None, env: dict | None = None) -> Result:
+        runner = CliRunner()
+        res = runner.invoke(app, list(args), input=input, env=env, catch_exceptions=True)
+        exc = res.exception if not isinstance(res.exception, SystemExit) else None
+        return Result(res.exit_code, res.stdout, res.stderr, exc)
+
+    return invoke
