@@ -3,4 +3,5 @@ or command to the root app. Order here is the order in --help."""
 
 COMMAND_GROUPS: list[tuple[str, str]] = [
     ("profile", "profile"),
+    ("dns", "dns"),
 ]

@@ -1,0 +1,118 @@
+"""mailctl dns: SPF, DKIM and DMARC checks a CI job can gate on (parse, call, render)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from mailctl.commands._common import JsonOpt, app_context
+from mailctl.errors import ChecksFailed, ExitCode, TemporaryFailure
+
+dns_app = typer.Typer(
+    help="Check SPF, DKIM and DMARC records. Exit 0: no errors; 1: errors (or warnings with "
+    "--strict); 75: DNS timeout or SERVFAIL; 2: usage.",
+    no_args_is_help=True,
+)
+
+DomainArg = Annotated[str, typer.Argument(metavar="DOMAIN", help="The domain to check (the From domain of your mail).")]
+NameserverOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--nameserver", "-n", metavar="IP[:PORT]", help="Nameserver to query (repeatable; default: the system's)."),
+]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.01, metavar="SECONDS", help="Seconds to wait for each DNS answer.")]
+JunitOpt = Annotated[Optional[str], typer.Option("--junit", metavar="FILE", help="Also write a JUnit XML report to FILE.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")]
+IpOpt = Annotated[Optional[list[str]], typer.Option("--ip", metavar="IP", help="Evaluate SPF for this client address (repeatable).")]
+SenderOpt = Annotated[Optional[str], typer.Option("--sender", metavar="ADDR", help="Envelope sender for --ip (default postmaster@DOMAIN).")]
+SelectorOpt = Annotated[Optional[list[str]], typer.Option("--selector", "-s", metavar="SELECTOR", help="DKIM selector (repeatable; default: try common ones).")]
+
+
+def _options(nameserver, timeout, strict, **more):
+    from mailctl.dns.check import CheckOptions
+
+    return CheckOptions(nameservers=nameserver or [], timeout=timeout, strict=strict, **more)
+
+
+def _finish(ctx: typer.Context, report, command: str, json_: bool, junit: Optional[str]) -> None:
+    from mailctl.dns.render import finding_rows, summary_lines, write_junit
+
+    out = app_context(ctx).output
+    if junit:
+        write_junit(report, command, junit)
+    if app_context(ctx).use_json(json_):
+        out.json(report.to_dict())
+    else:
+        for line in summary_lines(report):
+            out.line(line)
+        rows = finding_rows(report)
+        if rows:
+            out.line()
+            out.table(["severity", "check", "id", "message", "fix"], rows)
+    code = report.exit_code()
+    if code == ExitCode.TEMPFAIL:
+        raise TemporaryFailure(f"DNS lookups failed ({report.summary()})",
+                               hint="check --nameserver, retry later or raise --timeout")
+    if code == ExitCode.PROBLEMS:
+        raise ChecksFailed(f"{command} {report.domain}: {report.summary()}" + (" (--strict)" if report.strict else ""))
+
+
+@dns_app.command("check-spf")
+def check_spf(ctx: typer.Context, domain: DomainArg, ip: IpOpt = None, sender: SenderOpt = None,
+              nameserver: NameserverOpt = None, timeout: TimeoutOpt = 5.0, junit: JunitOpt = None,
+              strict: StrictOpt = False, json_: JsonOpt = False) -> None:
+    """Evaluate the SPF record (RFC 7208): syntax, lookup and void limits, the include tree, --ip results."""
+    from mailctl.dns.check import run_checks
+
+    opts = _options(nameserver, timeout, strict, ips=ip or [], sender=sender)
+    _finish(ctx, run_checks(domain, ("spf",), opts), "check-spf", json_, junit)
+
+
+@dns_app.command("check-dkim")
+def check_dkim(ctx: typer.Context, domain: DomainArg, selector: SelectorOpt = None,
+               nameserver: NameserverOpt = None, timeout: TimeoutOpt = 5.0, junit: JunitOpt = None,
+               strict: StrictOpt = False, json_: JsonOpt = False) -> None:
+    """Check DKIM key records: found (TXT or CNAME chain), tags, key type and size, revoked, testing."""
+    from mailctl.dns.check import run_checks
+
+    opts = _options(nameserver, timeout, strict, selectors=selector or [])
+    _finish(ctx, run_checks(domain, ("dkim",), opts), "check-dkim", json_, junit)
+
+
+@dns_app.command("check-dmarc")
+def check_dmarc(ctx: typer.Context, domain: DomainArg, nameserver: NameserverOpt = None,
+                timeout: TimeoutOpt = 5.0, junit: JunitOpt = None, strict: StrictOpt = False,
+                json_: JsonOpt = False) -> None:
+    """Check the DMARC record (organizational-domain fallback), its tags and report destinations."""
+    from mailctl.dns.check import run_checks
+
+    opts = _options(nameserver, timeout, strict)
+    _finish(ctx, run_checks(domain, ("dmarc",), opts), "check-dmarc", json_, junit)
+
+
+@dns_app.command("check")
+def check(ctx: typer.Context, domain: Annotated[Optional[str], typer.Argument(
+              metavar="[DOMAIN]", help="The domain to check (default with --profile: the profile's From domain).")] = None,
+          profile: Annotated[Optional[str], typer.Option("--profile", "-p", metavar="NAME", help="Also check this profile's DNS needs.")] = None,
+          ip: IpOpt = None, sender: SenderOpt = None, selector: SelectorOpt = None,
+          nameserver: NameserverOpt = None, timeout: TimeoutOpt = 5.0, junit: JunitOpt = None,
+          strict: StrictOpt = False, json_: JsonOpt = False) -> None:
+    """Run SPF, DKIM and DMARC checks (and, with --profile, the profile's provider expectations)."""
+    from mailctl.dns.check import profile_expectation, run_checks
+    from mailctl.errors import UsageError
+
+    expectation = None
+    if profile or (domain is None and app_context(ctx).profile_name):
+        from mailctl.profiles.resolve import resolve_profile
+
+        resolved = resolve_profile(app_context(ctx).store.load(), profile or app_context(ctx).profile_name)
+        expectation = profile_expectation(resolved.name, resolved.values)
+    if domain is None and expectation is None:
+        raise UsageError("missing DOMAIN", hint="mailctl dns check DOMAIN, or mailctl dns check --profile NAME")
+    opts = _options(nameserver, timeout, strict, ips=ip or [], sender=sender, selectors=selector or [])
+    _finish(ctx, run_checks(domain or expectation.from_domain, ("spf", "dkim", "dmarc"), opts, expectation),
+            "check", json_, junit)
+
+
+def register(app: typer.Typer, name: str) -> None:
+    app.add_typer(dns_app, name=name)
