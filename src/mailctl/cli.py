@@ -7,7 +7,6 @@ import os
 import sys
 from typing import Annotated, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -24,21 +23,21 @@ def _debug() -> bool:
 class MailctlGroup(TyperGroup):
     """Root group: converts domain errors into one-line messages and exit codes."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except MailctlError as exc:
             if _debug():
                 raise
             _report(exc.message, exc.hint)
-            raise click.exceptions.Exit(int(exc.exit_code))
+            raise typer.Exit(int(exc.exit_code))
         except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            raise click.exceptions.Exit(130)
+            typer.echo("Interrupted.", err=True)
+            raise typer.Exit(130)
         except BrokenPipeError:
-            raise click.exceptions.Exit(int(ExitCode.OK))
+            raise typer.Exit(int(ExitCode.OK))
         except Exception as exc:  # the boundary: never a traceback unless asked for
             if _debug():
                 raise
@@ -46,13 +45,13 @@ class MailctlGroup(TyperGroup):
                 f"unexpected {type(exc).__name__}: {exc}",
                 "this is a bug in mailctl; run again with MAILCTL_DEBUG=1 for a traceback and report it",
             )
-            raise click.exceptions.Exit(int(ExitCode.PROBLEMS))
+            raise typer.Exit(int(ExitCode.PROBLEMS))
 
 
 def _report(message: str, hint: str | None) -> None:
-    click.echo(f"Error: {message}", err=True)
+    typer.echo(f"Error: {message}", err=True)
     if hint:
-        click.echo(f"Hint: {hint}", err=True)
+        typer.echo(f"Hint: {hint}", err=True)
 
 
 app = typer.Typer(
@@ -77,11 +76,11 @@ def root(
     ctx: typer.Context,
     config: Annotated[
         Optional[str],
-        typer.Option("--config", envvar="MAILCTL_CONFIG", help="Profiles file (default: the platform's config dir)."),
+        typer.Option("--config", metavar="FILE", envvar="MAILCTL_CONFIG", help="Profiles file (default: the platform's config dir)."),
     ] = None,
     profile: Annotated[
         Optional[str],
-        typer.Option("--profile", "-p", envvar="MAILCTL_PROFILE", help="Profile to use instead of the default."),
+        typer.Option("--profile", "-p", metavar="NAME", envvar="MAILCTL_PROFILE", help="Profile to use instead of the default."),
     ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr.")] = 0,

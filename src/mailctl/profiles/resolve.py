@@ -133,3 +133,27 @@ def check_complete(profile: ResolvedProfile) -> None:
                     f"profile {profile.name!r}: auth={auth} needs {key}",
                     hint=f"register an app in Microsoft Entra (App registrations), then: mailctl profile edit {profile.name} --{key.replace('_', '-')} VALUE",
                 )
+
+
+def primary_secret_kind(values: dict[str, Any]) -> str | None:
+    """The secret a profile's authentication needs, if it is one the user supplies."""
+    auth = values.get("auth")
+    if values.get("type") == "file":
+        return None
+    return {
+        "password": "password",
+        "client-credentials": "client_secret",
+        "service-account": "service_account_key",
+    }.get(auth or "")
+
+
+def relevant_secret_kinds(values: dict[str, Any]) -> list[str]:
+    kinds = []
+    primary = primary_secret_kind(values)
+    if primary:
+        kinds.append(primary)
+    if values.get("auth") == "oauth":
+        kinds.append("oauth_tokens")
+    if values.get("proxy"):
+        kinds.append("proxy_password")
+    return kinds

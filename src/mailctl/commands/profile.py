@@ -1,0 +1,255 @@
+"""`mailctl profile ...`: parse, call mailctl.profiles.operations, render."""
+
+import functools
+import inspect
+import sys
+import typing
+from typing import Annotated, Any, Callable, List, Optional
+
+import typer
+
+from mailctl.commands._common import JsonOpt, app_context, complete_profile_name
+from mailctl.errors import UsageError, ValidationError
+from mailctl.profiles import operations as ops
+from mailctl.profiles.model import PROFILE_FIELDS, coerce_cli_value
+
+profile_app = typer.Typer(help="Manage named profiles (TOML file) and their secrets (OS keyring).", no_args_is_help=True)
+
+ProfileArg = Annotated[str, typer.Argument(metavar="NAME", help="Profile name.", autocompletion=complete_profile_name)]
+PasswordStdinOpt = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password / client secret from stdin (first line).")
+]
+NoSecretOpt = Annotated[bool, typer.Option("--no-secret", help="Do not ask for or store a secret.")]
+
+
+def register(app: typer.Typer, name: str) -> None:
+    app.add_typer(profile_app, name=name)
+
+
+# --- one --FIELD option per profile field, shared by add and edit -----------------------
+def _field_parameters() -> list[inspect.Parameter]:
+    params = []
+    for f in PROFILE_FIELDS:
+        flag = "--" + f.name.replace("_", "-")
+        if f.kind == "bool":
+            option = typer.Option(f"{flag}/--no-{f.name.replace('_', '-')}", help=f.help, rich_help_panel="Fields")
+            annotation = Annotated[Optional[bool], option]
+        else:
+            option = typer.Option(flag, help=f.help, metavar=f.metavar, rich_help_panel="Fields")
+            annotation = Annotated[Optional[str], option]
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
+    return params
+
+
+def with_field_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --host, --port, ... to a command; the function receives them as `fields`."""
+    names = [f.name for f in PROFILE_FIELDS]
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
+    own = [p.replace(annotation=hints.get(n, p.annotation)) for n, p in sig.parameters.items() if n != "fields"]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        given = {n: kwargs.pop(n) for n in names}
+        fields = {}
+        for key, raw in given.items():
+            if raw is None:
+                continue
+            fields[key] = raw if isinstance(raw, bool) else coerce_cli_value(key, raw)
+        return fn(fields=fields, **kwargs)
+
+    params = own + _field_parameters()
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    del wrapper.__wrapped__  # Typer must read __signature__, not the original function
+    return wrapper
+
+
+def _read_secret(*, password_stdin: bool, no_secret: bool, needed: str | None, prompt: str) -> str | None:
+    """The secret from stdin, a hidden prompt on a terminal, or None when not wanted."""
+    if password_stdin and no_secret:
+        raise UsageError("--password-stdin and --no-secret exclude each other")
+    if password_stdin:
+        data = sys.stdin.readline()
+        value = data.rstrip("\r\n")
+        if not value:
+            raise ValidationError("--password-stdin: stdin was empty", field="password")
+        return value
+    if no_secret or needed is None:
+        return None
+    if sys.stdin.isatty():
+        value = typer.prompt(prompt, hide_input=True, confirmation_prompt=False, default="", show_default=False)
+        return value or None
+    raise UsageError(
+        f"no terminal to ask for the {needed.replace('_', ' ')}: pass --password-stdin (secret on stdin) or --no-secret"
+    )
+
+
+def _needed_kind(ctx: typer.Context, name: str, fields: dict[str, Any], *, new: bool) -> str | None:
+    """Which secret the profile will need after this change, worked out on an unsaved copy
+    (so presets, inheritance and defaults apply exactly as they will)."""
+    from mailctl.profiles.resolve import primary_secret_kind, resolve_profile
+
+    doc = app_context(ctx).store.load()
+    if new:
+        doc.add_profile(name, fields)
+    elif fields:
+        doc.set_fields(name, fields)
+    return primary_secret_kind(resolve_profile(doc, name).values)
+
+
+# --- commands ------------------------------------------------------------------------------
+@profile_app.command("add")
+@with_field_options
+def add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="New profile name (1-50 letters, digits, underscore).")],
+    fields: dict,
+    password_stdin: PasswordStdinOpt = False,
+    no_secret: NoSecretOpt = False,
+    default: Annotated[bool, typer.Option("--default", help="Make it the default profile.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Add a profile. Secrets go to the keyring (hidden prompt, --password-stdin), never the TOML."""
+    actx = app_context(ctx)
+    kind = _needed_kind(ctx, name, fields, new=True)
+    secret = _read_secret(password_stdin=password_stdin, no_secret=no_secret, needed=kind, prompt="Password")
+    result = ops.add_profile(actx.store, actx.secrets, name, fields, secret=secret, make_default=default)
+    if actx.use_json(json_):
+        actx.output.json(result)
+    else:
+        actx.output.info(f"Added profile {name!r}" + (" (default)" if result["default"] else "") + ".")
+
+
+@profile_app.command("edit")
+@with_field_options
+def edit(
+    ctx: typer.Context,
+    name: ProfileArg,
+    fields: dict,
+    unset: Annotated[List[str], typer.Option("--unset", metavar="FIELD", help="Remove a field (repeatable).")] = [],
+    password_stdin: PasswordStdinOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Change fields of a profile; --unset FIELD removes one (it is then inherited or defaulted)."""
+    actx = app_context(ctx)
+    secret = _read_secret(password_stdin=password_stdin, no_secret=True, needed=None, prompt="Password")
+    unset_fields = [u.replace("-", "_") for u in unset]
+    if not fields and not unset_fields and secret is None:
+        raise UsageError("nothing to change: give --FIELD VALUE, --unset FIELD or --password-stdin")
+    result = ops.edit_profile(actx.store, actx.secrets, name, fields, unset_fields, secret=secret)
+    if actx.use_json(json_):
+        actx.output.json(result)
+    else:
+        actx.output.info(f"Updated profile {name!r}.")
+
+
+@profile_app.command("show")
+def show(
+    ctx: typer.Context,
+    name: Annotated[Optional[str], typer.Argument(metavar="[NAME]", help="Profile (default: --profile or the default).", autocompletion=complete_profile_name)] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Show a profile's effective values, where each comes from, and whether its secrets are stored."""
+    actx = app_context(ctx)
+    data = ops.show_profile(actx.store, actx.secrets, name or actx.profile_name)
+    if actx.use_json(json_):
+        actx.output.json(data)
+        return
+    title = f"{data['name']}" + (" (default)" if data["default"] else "") + (" (built-in)" if data["builtin"] else "")
+    rows = []
+    for key, value in data["values"].items():
+        origin = data["origin"][key]
+        shown = ", ".join(value) if isinstance(value, list) else ("true" if value is True else "false" if value is False else value)
+        rows.append((key, shown, "" if origin == "profile" else origin))
+    for kind, state in data["secrets"].items():
+        rows.append((kind, "********" if state.startswith("stored") else "", state))
+    actx.output.table(("field", "value", "from"), rows, title=title)
+
+
+@profile_app.command("list")
+def list_(ctx: typer.Context, json_: JsonOpt = False) -> None:
+    """List profiles: name, type, server, auth, default."""
+    actx = app_context(ctx)
+    rows = ops.list_profiles(actx.store)
+    if actx.use_json(json_):
+        actx.output.json(rows)
+        return
+    actx.output.table(
+        ("name", "type", "server", "auth", "inherits", "default"),
+        [
+            (r["name"] + (" (built-in)" if r.get("builtin") else ""), r["type"], r.get("error") or r["server"], r["auth"], r["inherits"], "*" if r["default"] else "")
+            for r in rows
+        ],
+    )
+
+
+@profile_app.command("duplicate")
+def duplicate(
+    ctx: typer.Context,
+    source: ProfileArg,
+    new_name: Annotated[Optional[str], typer.Argument(metavar="[NEW]", help="Name of the copy (default: SOURCE_copied).")] = None,
+    password_stdin: PasswordStdinOpt = False,
+    no_secret: NoSecretOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Copy a profile without its secrets; asks for the copy's secret (or --password-stdin / --no-secret)."""
+    actx = app_context(ctx)
+    kind = _needed_kind(ctx, source, {}, new=False)
+    secret = _read_secret(password_stdin=password_stdin, no_secret=no_secret, needed=kind, prompt="Password for the copy")
+    result = ops.duplicate_profile(actx.store, actx.secrets, source, new_name, secret=secret)
+    if actx.use_json(json_):
+        actx.output.json(result)
+    else:
+        actx.output.info(f"Copied {source!r} to {result['name']!r}" + ("" if result["secret_stored"] else " (no secret stored)") + ".")
+
+
+@profile_app.command("delete")
+def delete(
+    ctx: typer.Context,
+    name: ProfileArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    new_default: Annotated[Optional[str], typer.Option("--new-default", metavar="NAME", help="New default when deleting the default.", autocompletion=complete_profile_name)] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Delete a profile and its secrets."""
+    actx = app_context(ctx)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"refusing to delete {name!r} without confirmation: pass --yes")
+        if not typer.confirm(f"Delete profile {name!r} and its secrets?", default=False):
+            raise typer.Exit(1)
+    result = ops.delete_profile(actx.store, actx.secrets, name, new_default=new_default)
+    for warning in result["warnings"]:
+        actx.output.warn(warning)
+    if actx.use_json(json_):
+        actx.output.json(result)
+    else:
+        actx.output.info(f"Deleted profile {name!r}." + (f" Default is now {result['default']!r}." if new_default else ""))
+
+
+@profile_app.command("set-default")
+def set_default(ctx: typer.Context, name: ProfileArg, json_: JsonOpt = False) -> None:
+    """Make NAME the default profile."""
+    actx = app_context(ctx)
+    result = ops.set_default(actx.store, name)
+    if actx.use_json(json_):
+        actx.output.json(result)
+    else:
+        actx.output.info(f"Default profile is now {name!r}.")
+
+
+@profile_app.command("rename")
+def rename(
+    ctx: typer.Context,
+    old: ProfileArg,
+    new: Annotated[str, typer.Argument(metavar="NEW", help="New name.")],
+    json_: JsonOpt = False,
+) -> None:
+    """Rename a profile; its secrets, the default and children's `inherits` follow."""
+    actx = app_context(ctx)
+    result = ops.rename_profile(actx.store, actx.secrets, old, new)
+    if actx.use_json(json_):
+        actx.output.json(result)
+    else:
+        actx.output.info(f"Renamed {old!r} to {new!r}.")

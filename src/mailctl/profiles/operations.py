@@ -1,0 +1,204 @@
+"""Profile operations the commands call: each is one locked read-modify-write of the file,
+with the secret store changes placed so a failure leaves nothing half-done."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailctl.errors import ConfigError, NotFoundError, SecretStoreUnavailable, ValidationError
+from mailctl.profiles.model import FIELDS_BY_NAME, validate_name
+from mailctl.profiles.resolve import (
+    BUILTIN_LOCAL,
+    check_complete,
+    primary_secret_kind,
+    relevant_secret_kinds,
+    resolve_profile,
+)
+from mailctl.profiles.store import ProfileStore
+
+
+def _secret_kind_after(doc, name: str) -> str | None:
+    return primary_secret_kind(resolve_profile(doc, name).values)
+
+
+def add_profile(
+    store: ProfileStore,
+    secrets,
+    name: str,
+    fields: dict[str, Any],
+    *,
+    secret: str | None = None,
+    make_default: bool = False,
+) -> dict[str, Any]:
+    validate_name(name)
+    with store.edit() as doc:
+        doc.add_profile(name, fields)
+        resolved = resolve_profile(doc, name)  # inheritance cycles / missing parents surface here
+        check_complete(resolved)
+        if make_default or (doc.default is None and len(doc.profile_names()) == 1):
+            doc.set_default(name)
+        kind = primary_secret_kind(resolved.values)
+        if secret is not None:
+            if kind is None:
+                raise ValidationError(
+                    f"profile {name!r} (auth={resolved.values.get('auth')}) takes no password or client secret",
+                    field="auth",
+                    hint="drop --password-stdin, or set --auth password / client-credentials",
+                )
+            secrets.store(name, kind, secret)  # before the file is written: no profile without its secret
+        default = doc.default
+    return {"name": name, "default": default == name, "secret_stored": kind if secret is not None else None}
+
+
+def edit_profile(
+    store: ProfileStore,
+    secrets,
+    name: str,
+    fields: dict[str, Any],
+    unset: list[str],
+    *,
+    secret: str | None = None,
+) -> dict[str, Any]:
+    with store.edit() as doc:
+        if not doc.has(name):
+            raise NotFoundError(f"no profile named {name!r} in {store.path}", hint="list them with: mailctl profile list")
+        overlap = set(fields) & set(unset)
+        if overlap:
+            raise ValidationError(f"{sorted(overlap)[0]}: given both a value and --unset", field=sorted(overlap)[0])
+        doc.unset_fields(name, unset)
+        doc.set_fields(name, fields)
+        resolved = resolve_profile(doc, name)
+        for child in doc.children_of(name):
+            resolve_profile(doc, child)  # an edit must not break a child (cycles)
+        check_complete(resolved)
+        kind = primary_secret_kind(resolved.values)
+        if secret is not None:
+            if kind is None:
+                raise ValidationError(
+                    f"profile {name!r} (auth={resolved.values.get('auth')}) takes no password or client secret",
+                    field="auth",
+                )
+            secrets.store(name, kind, secret)
+    return {"name": name, "changed": sorted(fields), "unset": sorted(unset), "secret_stored": kind if secret is not None else None}
+
+
+def duplicate_profile(store: ProfileStore, secrets, src: str, new: str | None, *, secret: str | None = None) -> dict[str, Any]:
+    new = new or f"{src}_copied"
+    validate_name(new)
+    with store.edit() as doc:
+        values = doc.raw_profile(src)
+        doc.add_profile(new, values)
+        kind = _secret_kind_after(doc, new)
+        if secret is not None and kind is not None:
+            secrets.store(new, kind, secret)
+    return {"name": new, "source": src, "secret_stored": kind if secret is not None and kind else None}
+
+
+def delete_profile(store: ProfileStore, secrets, name: str, *, new_default: str | None = None) -> dict[str, Any]:
+    warnings: list[str] = []
+    with store.edit() as doc:
+        if not doc.has(name):
+            raise NotFoundError(f"no profile named {name!r} in {store.path}", hint="list them with: mailctl profile list")
+        children = doc.children_of(name)
+        if children:
+            raise ValidationError(
+                f"profile {name!r} is inherited by {', '.join(children)}",
+                field="inherits",
+                hint=f"delete those first, or re-parent them: mailctl profile edit {children[0]} --unset inherits",
+            )
+        was_default = doc.default == name
+        others = [n for n in doc.profile_names() if n != name]
+        if new_default is not None:
+            if new_default == name or new_default not in others:
+                raise NotFoundError(
+                    f"--new-default: no other profile named {new_default!r}",
+                    hint=("choose one of: " + ", ".join(others)) if others else None,
+                )
+        elif was_default and others:
+            raise ValidationError(
+                f"profile {name!r} is the default; name the new default",
+                field="default",
+                hint=f"mailctl profile delete {name} --new-default {others[0]}",
+            )
+        doc.remove_profile(name)
+        if new_default:
+            doc.set_default(new_default)
+        default = doc.default
+    try:
+        removed = secrets.delete_all(name)
+    except SecretStoreUnavailable as exc:
+        removed = []
+        warnings.append(f"profile deleted, but its keyring secrets could not be removed: {exc.message}")
+    return {"name": name, "default": default, "secrets_removed": removed, "warnings": warnings}
+
+
+def rename_profile(store: ProfileStore, secrets, old: str, new: str) -> dict[str, Any]:
+    validate_name(new)
+    with store.edit() as doc:
+        doc.rename_profile(old, new)
+        # Copy secrets before the file changes; delete the old ones only after it has.
+        moved = []
+        from mailctl.secrets.base import KINDS
+
+        for kind in KINDS:
+            value = secrets.keyring.get(old, kind)
+            if value is not None:
+                secrets.keyring.set(new, kind, value)
+                moved.append(kind)
+    for kind in moved:
+        secrets.keyring.delete(old, kind)
+    return {"old": old, "new": new, "secrets_moved": moved}
+
+
+def set_default(store: ProfileStore, name: str) -> dict[str, Any]:
+    with store.edit() as doc:
+        doc.set_default(name)
+    return {"default": name}
+
+
+def list_profiles(store: ProfileStore) -> list[dict[str, Any]]:
+    doc = store.load()
+    rows = []
+    for name in doc.profile_names():
+        try:
+            p = resolve_profile(doc, name)
+            rows.append(
+                {
+                    "name": name,
+                    "type": p.type,
+                    "server": p.server,
+                    "auth": p.values.get("auth") or "",
+                    "inherits": p.values.get("inherits") or "",
+                    "default": doc.default == name,
+                }
+            )
+        except ConfigError as exc:
+            rows.append({"name": name, "type": "", "server": "", "auth": "", "inherits": "", "default": doc.default == name, "error": exc.message})
+    if not rows:
+        p = resolve_profile(doc, None)
+        rows.append({"name": p.name, "type": p.type, "server": p.server, "auth": "", "inherits": "", "default": True, "builtin": True})
+    return rows
+
+
+def show_profile(store: ProfileStore, secrets, name: str | None) -> dict[str, Any]:
+    doc = store.load()
+    p = resolve_profile(doc, name)
+    secret_state: dict[str, str] = {}
+    for kind in relevant_secret_kinds(p.values):
+        try:
+            _, where = secrets.lookup(p, kind)
+            secret_state[kind] = f"stored ({where})" if where else "not stored"
+        except SecretStoreUnavailable:
+            secret_state[kind] = "unknown (no usable keyring)"
+        except ConfigError as exc:
+            secret_state[kind] = f"error ({exc.message})"
+    ordered = {k: p.values[k] for k in FIELDS_BY_NAME if k in p.values}
+    return {
+        "name": p.name,
+        "default": doc.default == p.name or p.name == BUILTIN_LOCAL and not doc.profile_names(),
+        "builtin": p.name == BUILTIN_LOCAL and not doc.has(BUILTIN_LOCAL),
+        "chain": p.chain,
+        "values": ordered,
+        "origin": {k: p.origin.get(k, "profile") for k in ordered},
+        "secrets": secret_state,
+    }
