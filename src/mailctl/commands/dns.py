@@ -48,7 +48,8 @@ def _finish(ctx: typer.Context, report, command: str, json_: bool, junit: Option
         rows = finding_rows(report)
         if rows:
             out.line()
-            out.table(["severity", "check", "id", "message", "fix"], rows)
+            out.table(["severity", "id", "finding"], [(sev, id_, f"{msg}\nfix: {fix}" if fix else msg)
+                                                      for sev, _check, id_, msg, fix in rows])
     code = report.exit_code()
     if code == ExitCode.TEMPFAIL:
         raise TemporaryFailure(f"DNS lookups failed ({report.summary()})",

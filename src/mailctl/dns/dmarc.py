@@ -170,9 +170,9 @@ def _check_reports(resolver: Resolver, result: CheckResult, where: str, tags: di
         entry["authorization_record"] = name
         entry["authorized"] = authorized
         if authorized:
-            result.add(F.info("dmarc.external-destination-authorized", f"{entry['uri']} is in another domain and {name} authorizes it", "", entry["uri"]))
+            result.add(F.info("dmarc.external-report-authorized", f"{entry['uri']} is in another domain and {name} authorizes it", "", entry["uri"]))
         else:
-            result.add(F.error("dmarc.external-destination-unauthorized",
+            result.add(F.error("dmarc.external-report-unauthorized",
                                f"{entry['tag']} {entry['uri']} is in another domain and {name} has no 'v=DMARC1' record, so receivers drop those reports",
                                f"ask {entry['domain']} to publish TXT 'v=DMARC1' at {name}, or send reports to an address in {org}", entry["uri"]))
     result.data["report_destinations"] = destinations
