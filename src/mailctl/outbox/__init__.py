@@ -1,0 +1,49 @@
+"""The outbox: a SQLite queue that applications fill and `mailctl queue flush` empties.
+
+For applications::
+
+    from mailctl.outbox import Outbox
+
+    with Outbox() as box:                      # MAILCTL_OUTBOX, else the data dir
+        box.enqueue(raw_bytes, "app@example.com", ["user@example.org"], profile="company")
+        box.enqueue_message(email_message)     # envelope from its headers, Bcc stripped
+
+    # or, one call:
+    from mailctl.outbox import enqueue_message
+    enqueue_message(msg, profile="company")
+
+A cron job then runs `mailctl queue flush`. See docs/outbox.md.
+"""
+
+from __future__ import annotations
+
+from email.message import Message
+from typing import Sequence
+
+from mailctl.outbox.flush import (
+    FlushOptions,
+    FlushPolicy,
+    FlushReport,
+    backoff_delay,
+    flush,
+)
+from mailctl.outbox.store import FINISHED_STATES, PENDING_STATES, STATES, ClaimedMessage, MessageInfo, Outbox
+
+
+def enqueue(raw: bytes, sender: str, recipients: Sequence[str], profile: str | None = None, *, path=None) -> int:
+    """Queue raw bytes in the default outbox (or `path`); returns the queue id."""
+    with Outbox(path) as box:
+        return box.enqueue(raw, sender, recipients, profile)
+
+
+def enqueue_message(msg: Message, profile: str | None = None, *, path=None, sender: str | None = None,
+                    recipients: Sequence[str] | None = None) -> int:
+    """Queue an email.message.EmailMessage in the default outbox (or `path`); returns the queue id."""
+    with Outbox(path) as box:
+        return box.enqueue_message(msg, profile, sender=sender, recipients=recipients)
+
+
+__all__ = [
+    "Outbox", "MessageInfo", "ClaimedMessage", "STATES", "PENDING_STATES", "FINISHED_STATES",
+    "enqueue", "enqueue_message", "flush", "FlushPolicy", "FlushOptions", "FlushReport", "backoff_delay",
+]

@@ -1,0 +1,89 @@
+"""The outbox's SQLite schema as named, append-only migrations. Each runs once, in its own
+transaction, and is recorded in `migrations`; never edit or reorder one that has shipped, add
+a new one at the end."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "001_messages_and_attempts",
+        """
+        CREATE TABLE messages (
+            id              INTEGER PRIMARY KEY,
+            created_at      REAL NOT NULL,          -- unix time the message was queued
+            updated_at      REAL NOT NULL,
+            profile         TEXT,                   -- NULL: the default profile at flush time
+            sender          TEXT NOT NULL,          -- envelope MAIL FROM ('' = null sender)
+            recipients      TEXT NOT NULL,          -- JSON list: envelope RCPT TO still to deliver
+            message_id      TEXT,                   -- the Message-ID header, for finding it
+            subject         TEXT,
+            size            INTEGER NOT NULL,
+            raw             BLOB NOT NULL,          -- the RFC 5322 bytes, exactly as queued
+            state           TEXT NOT NULL DEFAULT 'queued'
+                            CHECK (state IN ('queued','sending','sent','deferred','failed','expired','held')),
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            lease_until     REAL,                   -- while sending: when another flush may reclaim it
+            lease_owner     TEXT,                   -- while sending: the flush that claimed it
+            last_attempt_at REAL,
+            last_reply      TEXT,
+            last_server     TEXT,
+            done_at         REAL,                   -- when it reached sent/failed/expired
+            age_base        REAL NOT NULL           -- max_retry_age counts from here: queued, released or retried
+        );
+        CREATE INDEX messages_ready ON messages (state, next_attempt_at);
+        CREATE INDEX messages_done ON messages (state, done_at);
+        CREATE TABLE attempts (
+            id          INTEGER PRIMARY KEY,
+            message     INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+            at          REAL NOT NULL,
+            profile     TEXT,
+            server      TEXT,
+            outcome     TEXT NOT NULL,              -- sent | deferred | failed | expired
+            reply       TEXT,
+            duration    REAL
+        );
+        CREATE INDEX attempts_message ON attempts (message);
+        CREATE INDEX attempts_at ON attempts (at);
+        """,
+    ),
+]
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply pending migrations; returns the names applied. Safe when several processes open a
+    fresh file at once: the check and the migration run under one write lock."""
+    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    done = {row[0] for row in conn.execute("SELECT name FROM migrations")}
+    if all(name in done for name, _ in MIGRATIONS):
+        return []
+    applied: list[str] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        done = {row[0] for row in conn.execute("SELECT name FROM migrations")}
+        for name, sql in MIGRATIONS:
+            if name in done:
+                continue
+            for statement in _statements(sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (name, time.time()))
+            applied.append(name)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return applied
+
+
+def _statements(sql: str) -> list[str]:
+    # executescript() would COMMIT our transaction; split instead (no ';' inside our SQL strings).
+    out = []
+    for chunk in sql.split(";"):
+        lines = [line.split("--", 1)[0] for line in chunk.splitlines()]
+        text = "\n".join(lines).strip()
+        if text:
+            out.append(text)
+    return out

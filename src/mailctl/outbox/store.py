@@ -1,0 +1,586 @@
+"""The outbox store: one SQLite file in WAL mode holding every message (raw bytes, envelope,
+profile, state, attempts, next attempt, last reply) and a log of every attempt.
+
+Concurrency model: readers never block; every write is a short BEGIN IMMEDIATE transaction.
+A flush *claims* rows (state 'sending', a lease owner and a lease expiry) in one such
+transaction, so two flushes never hold the same row, and rows of a flush that died are
+claimed again once their lease has run out. The result of each delivery is committed right
+after the server's reply, so a crash can repeat at most the message whose reply was in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from email.message import EmailMessage, Message
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from mailctl.errors import NotFoundError, UsageError, ValidationError
+from mailctl.outbox.schema import migrate
+
+STATES = ("queued", "sending", "sent", "deferred", "failed", "expired", "held")
+PENDING_STATES = ("queued", "deferred", "held", "sending")
+FINISHED_STATES = ("sent", "failed", "expired")
+
+# qshape-like age buckets (minutes): 0-5, 5-10, 10-20 ... 640-1280, 1280+
+AGE_BUCKETS_MIN = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
+
+
+@dataclass
+class ClaimedMessage:
+    """A message this flush holds the lease on. `raw` is loaded with the claim."""
+
+    id: int
+    profile: str | None
+    sender: str
+    recipients: list[str]
+    raw: bytes
+    attempts: int
+    created_at: float
+    age_base: float
+    message_id: str | None = None
+    reclaimed: bool = False  # a previous flush died while holding it
+
+
+@dataclass
+class MessageInfo:
+    id: int
+    state: str
+    created_at: float
+    updated_at: float
+    profile: str | None
+    sender: str
+    recipients: list[str]
+    message_id: str | None
+    subject: str | None
+    size: int
+    attempts: int
+    next_attempt_at: float | None
+    last_attempt_at: float | None
+    last_reply: str | None
+    last_server: str | None
+    done_at: float | None
+    attempt_log: list[dict[str, Any]] = field(default_factory=list)
+    raw: bytes | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "id": self.id,
+            "state": self.state,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "profile": self.profile,
+            "sender": self.sender,
+            "recipients": list(self.recipients),
+            "message_id": self.message_id,
+            "subject": self.subject,
+            "size": self.size,
+            "attempts": self.attempts,
+            "next_attempt_at": _iso(self.next_attempt_at) if self.state in ("queued", "deferred") else None,
+            "last_attempt_at": _iso(self.last_attempt_at),
+            "last_reply": self.last_reply,
+            "last_server": self.last_server,
+            "done_at": _iso(self.done_at),
+        }
+        if self.attempt_log:
+            d["attempt_log"] = self.attempt_log
+        return d
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+def _header_fields(raw: bytes) -> tuple[str | None, str | None]:
+    """Message-ID and Subject from the header block, without parsing the whole message."""
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        end = raw.find(b"\n\n")
+    head = raw if end < 0 else raw[:end]
+    from email.parser import BytesHeaderParser
+    from email import policy
+
+    try:
+        msg = BytesHeaderParser(policy=policy.default).parsebytes(head + b"\n\n")
+        mid = msg.get("Message-ID")
+        subject = msg.get("Subject")
+        return (str(mid).strip() if mid else None, str(subject) if subject is not None else None)
+    except Exception:  # a malformed header must not stop queueing: the bytes are kept as they are
+        return None, None
+
+
+def _check_address(what: str, value: str) -> str:
+    if not isinstance(value, str) or "\r" in value or "\n" in value or len(value) > 998:
+        raise ValidationError(f"invalid {what} address {value!r}")
+    return value.strip()
+
+
+class Outbox:
+    """The queue. `Outbox(path)` opens (and creates or migrates) the file.
+
+    `synchronous` is SQLite's PRAGMA: "FULL" (default) makes every committed enqueue and
+    state change survive power loss; "NORMAL" survives process crashes only and is faster."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        timeout: float = 60.0,
+        synchronous: str = "FULL",
+    ) -> None:
+        from mailctl.paths import outbox_path
+
+        self.path = Path(outbox_path(path))
+        self.clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():
+            # the queue holds whole messages: readable by its owner only
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA", "OFF"):
+            raise UsageError(f"invalid synchronous mode {synchronous!r}")
+        self.conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        migrate(self.conn)
+
+    # lifecycle -------------------------------------------------------------
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Outbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self):
+        return _WriteTxn(self.conn)
+
+    # putting mail in ------------------------------------------------------
+    def enqueue(
+        self,
+        raw: bytes,
+        sender: str,
+        recipients: Sequence[str],
+        profile: str | None = None,
+        *,
+        hold: bool = False,
+    ) -> int:
+        """Queue raw RFC 5322 bytes for `recipients`; returns the queue id. Committed (and with
+        synchronous=FULL, on disk) when this returns."""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8")
+        if not isinstance(raw, (bytes, bytearray, memoryview)) or not raw:
+            raise ValidationError("the message is empty")
+        if isinstance(recipients, str):
+            recipients = [recipients]
+        rcpts = [_check_address("recipient", r) for r in recipients if r and r.strip()]
+        if not rcpts:
+            raise ValidationError("the message has no recipients", hint="give recipients (To/Cc/Bcc headers or arguments)")
+        sender = _check_address("sender", sender or "")
+        if profile is not None:
+            from mailctl.profiles.model import validate_name
+
+            validate_name(profile)
+        from mailctl.outbox.envelope import to_crlf
+
+        raw = to_crlf(bytes(raw))
+        message_id, subject = _header_fields(raw)
+        now = self.clock()
+        with self._write():
+            cur = self.conn.execute(
+                "INSERT INTO messages (created_at, updated_at, profile, sender, recipients, message_id, subject,"
+                " size, raw, state, next_attempt_at, age_base) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (now, now, profile, sender, json.dumps(rcpts), message_id, subject, len(raw), raw,
+                 "held" if hold else "queued", now, now),
+            )
+            return int(cur.lastrowid)
+
+    def enqueue_message(
+        self,
+        msg: Message,
+        profile: str | None = None,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+        hold: bool = False,
+    ) -> int:
+        """Queue an email.message.(Email)Message. The envelope comes from its headers (Sender or
+        From; To, Cc and Bcc) unless given; Bcc is removed from the stored bytes."""
+        from mailctl.outbox.envelope import envelope_from_headers, message_bytes
+
+        env_sender, env_rcpts = envelope_from_headers(msg)
+        raw = message_bytes(msg, strip_bcc=True)
+        return self.enqueue(raw, sender if sender is not None else env_sender,
+                            list(recipients) if recipients is not None else env_rcpts, profile, hold=hold)
+
+    # claiming and results (the flush engine) ----------------------------
+    def claim_batch(
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        *,
+        profiles: Sequence[str | None] | None = None,
+        ids: Sequence[int] | None = None,
+    ) -> list[ClaimedMessage]:
+        """Claim up to `limit` due messages for `owner` in one short write transaction.
+
+        Due: queued or deferred with next_attempt_at <= now, or sending with an expired lease
+        (its flush died). `profiles` restricts to those profile names (None in the list = rows
+        queued for the default profile); `ids` to those queue ids."""
+        now = self.clock()
+        where = ["((state IN ('queued','deferred') AND next_attempt_at <= ?) OR (state = 'sending' AND lease_until < ?))"]
+        params: list[Any] = [now, now]
+        where += self._profile_filter(profiles, params)
+        if ids is not None:
+            if not ids:
+                return []
+            where.append(f"id IN ({','.join('?' * len(ids))})")
+            params += list(ids)
+        sql = ("SELECT id, profile, sender, recipients, raw, attempts, created_at, age_base, message_id, state"
+               f" FROM messages WHERE {' AND '.join(where)} ORDER BY next_attempt_at, id LIMIT ?")
+        params.append(int(limit))
+        with self._write():
+            rows = self.conn.execute(sql, params).fetchall()
+            if not rows:
+                return []
+            claimed = [r[0] for r in rows]
+            marks = ",".join("?" * len(claimed))
+            self.conn.execute(
+                f"UPDATE messages SET state='sending', lease_owner=?, lease_until=?, updated_at=? WHERE id IN ({marks})",
+                [owner, now + lease_seconds, now, *claimed],
+            )
+            reclaimed = [r[0] for r in rows if r[9] == "sending"]
+            if reclaimed:
+                self.conn.executemany(
+                    "INSERT INTO attempts (message, at, outcome, reply) VALUES (?, ?, 'interrupted',"
+                    " 'a flush stopped while sending this message; it may have been delivered')",
+                    [(i, now) for i in reclaimed],
+                )
+        return [
+            ClaimedMessage(r[0], r[1], r[2], json.loads(r[3]), bytes(r[4]), r[5], r[6], r[7], r[8], r[9] == "sending")
+            for r in rows
+        ]
+
+    @staticmethod
+    def _profile_filter(profiles: Sequence[str | None] | None, params: list[Any]) -> list[str]:
+        if profiles is None:
+            return []
+        names = [p for p in profiles if p is not None]
+        parts = []
+        if names:
+            parts.append(f"profile IN ({','.join('?' * len(names))})")
+            params += names
+        if any(p is None for p in profiles):
+            parts.append("profile IS NULL")
+        return ["(" + " OR ".join(parts) + ")"] if parts else ["0"]
+
+    def record_attempt(
+        self,
+        claim: ClaimedMessage,
+        owner: str,
+        outcome: str,
+        *,
+        reply: str = "",
+        server: str | None = None,
+        profile: str | None = None,
+        duration: float | None = None,
+        next_attempt_at: float | None = None,
+        recipients: Sequence[str] | None = None,
+        renew_lease: float | None = None,
+    ) -> bool:
+        """Commit one delivery result. outcome: sent | deferred | failed | expired.
+        `recipients` (deferred only) narrows the envelope to those still to deliver.
+        `renew_lease` extends the lease of this owner's other claimed rows in the same commit.
+        Returns False if the row was no longer ours (another flush reclaimed it)."""
+        if outcome not in ("sent", "deferred", "failed", "expired"):
+            raise ValueError(outcome)
+        now = self.clock()
+        done = now if outcome in FINISHED_STATES else None
+        sets = ["state=?", "attempts=attempts+1", "last_attempt_at=?", "last_reply=?", "last_server=?",
+                "updated_at=?", "done_at=?", "lease_owner=NULL", "lease_until=NULL"]
+        params: list[Any] = [outcome, now, reply, server, now, done]
+        if outcome == "deferred":
+            sets.append("next_attempt_at=?")
+            params.append(next_attempt_at if next_attempt_at is not None else now)
+        if recipients is not None:
+            sets.append("recipients=?")
+            params.append(json.dumps(list(recipients)))
+        with self._write():
+            cur = self.conn.execute(
+                f"UPDATE messages SET {', '.join(sets)} WHERE id=? AND state='sending' AND lease_owner=?",
+                [*params, claim.id, owner],
+            )
+            self.conn.execute(
+                "INSERT INTO attempts (message, at, profile, server, outcome, reply, duration) VALUES (?,?,?,?,?,?,?)",
+                (claim.id, now, profile, server, outcome, reply, duration),
+            )
+            if renew_lease:
+                self.conn.execute(
+                    "UPDATE messages SET lease_until=? WHERE lease_owner=? AND state='sending'",
+                    (now + renew_lease, owner),
+                )
+        return cur.rowcount == 1
+
+    def release_claims(self, owner: str, ids: Iterable[int] | None = None) -> int:
+        """Give back claimed rows this flush did not try (limit reached, stopped early)."""
+        params: list[Any] = [owner]
+        extra = ""
+        if ids is not None:
+            ids = list(ids)
+            if not ids:
+                return 0
+            extra = f" AND id IN ({','.join('?' * len(ids))})"
+            params += ids
+        with self._write():
+            cur = self.conn.execute(
+                "UPDATE messages SET state=CASE WHEN attempts=0 THEN 'queued' ELSE 'deferred' END,"
+                " lease_owner=NULL, lease_until=NULL"
+                f" WHERE lease_owner=? AND state='sending'{extra}",
+                params,
+            )
+        return cur.rowcount
+
+    def expire_overdue(self, max_age_seconds: float, *, profiles: Sequence[str | None] | None = None) -> list[int]:
+        """Deferred messages whose retry clock started more than max_age ago become expired."""
+        now = self.clock()
+        params: list[Any] = [now - max_age_seconds]
+        where = ["state='deferred'", "age_base < ?"] + self._profile_filter(profiles, params)
+        with self._write():
+            ids = [r[0] for r in self.conn.execute(f"SELECT id FROM messages WHERE {' AND '.join(where)}", params)]
+            if ids:
+                self.conn.executemany(
+                    "UPDATE messages SET state='expired', done_at=?, updated_at=? WHERE id=?",
+                    [(now, now, i) for i in ids],
+                )
+                self.conn.executemany(
+                    "INSERT INTO attempts (message, at, outcome, reply) VALUES (?, ?, 'expired', ?)",
+                    [(i, now, f"still undelivered after max_retry_age ({int(max_age_seconds)}s)") for i in ids],
+                )
+        return ids
+
+    def sent_since(self, since: float, profile: str | None = None) -> list[float]:
+        """Times of delivery attempts that reached a server since `since`, all profiles or one
+        (so a rate limit holds across successive and concurrent flushes)."""
+        if profile is None:
+            rows = self.conn.execute("SELECT at FROM attempts WHERE at >= ? AND outcome IN ('sent','deferred','failed') AND server IS NOT NULL ORDER BY at", (since,))
+        else:
+            rows = self.conn.execute(
+                "SELECT at FROM attempts WHERE at >= ? AND profile = ? AND outcome IN ('sent','deferred','failed') AND server IS NOT NULL ORDER BY at",
+                (since, profile),
+            )
+        return [r[0] for r in rows]
+
+    # reading -------------------------------------------------------------
+    def count_due(self, *, profiles: Sequence[str | None] | None = None) -> int:
+        now = self.clock()
+        params: list[Any] = [now, now]
+        where = ["((state IN ('queued','deferred') AND next_attempt_at <= ?) OR (state='sending' AND lease_until < ?))"]
+        where += self._profile_filter(profiles, params)
+        return self.conn.execute(f"SELECT count(*) FROM messages WHERE {' AND '.join(where)}", params).fetchone()[0]
+
+    def count_by_state(self, *, profiles: Sequence[str | None] | None = None) -> dict[str, int]:
+        params: list[Any] = []
+        where = self._profile_filter(profiles, params)
+        sql = "SELECT state, count(*) FROM messages" + (f" WHERE {' AND '.join(where)}" if where else "") + " GROUP BY state"
+        counts = {s: 0 for s in STATES}
+        counts.update({s: n for s, n in self.conn.execute(sql, params)})
+        return counts
+
+    def due_messages(self, *, profiles: Sequence[str | None] | None = None, limit: int | None = None) -> Iterator[MessageInfo]:
+        """What a flush would take now (for --dry-run), in the order it would take them."""
+        now = self.clock()
+        params: list[Any] = [now, now]
+        where = ["((state IN ('queued','deferred') AND next_attempt_at <= ?) OR (state='sending' AND lease_until < ?))"]
+        where += self._profile_filter(profiles, params)
+        sql = f"SELECT {_INFO_COLS} FROM messages WHERE {' AND '.join(where)} ORDER BY next_attempt_at, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        for row in self.conn.execute(sql, params):
+            yield _info(row)
+
+    def list(self, *, states: Sequence[str] | None = None, profile: str | None = None, limit: int | None = None) -> Iterator[MessageInfo]:
+        where, params = [], []
+        if states:
+            bad = [s for s in states if s not in STATES]
+            if bad:
+                raise ValidationError(f"unknown state {bad[0]!r}", hint="states: " + ", ".join(STATES))
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            params += list(states)
+        if profile is not None:
+            where.append("profile IS ?")
+            params.append(profile)
+        sql = f"SELECT {_INFO_COLS} FROM messages" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        for row in self.conn.execute(sql, params):
+            yield _info(row)
+
+    def get(self, message_id: int, *, with_raw: bool = False) -> MessageInfo:
+        row = self.conn.execute(f"SELECT {_INFO_COLS} FROM messages WHERE id=?", (message_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no message {message_id} in the outbox", hint="list them with: mailctl queue list")
+        info = _info(row)
+        info.attempt_log = [
+            {"at": _iso(at), "profile": prof, "server": server, "outcome": outcome, "reply": reply,
+             "duration": None if duration is None else round(duration, 3)}
+            for at, prof, server, outcome, reply, duration in self.conn.execute(
+                "SELECT at, profile, server, outcome, reply, duration FROM attempts WHERE message=? ORDER BY id", (message_id,)
+            )
+        ]
+        if with_raw:
+            info.raw = bytes(self.conn.execute("SELECT raw FROM messages WHERE id=?", (message_id,)).fetchone()[0])
+        return info
+
+    # managing ------------------------------------------------------------
+    def _change(self, ids: Sequence[int] | None, from_states: Sequence[str], sets: str, params: Sequence[Any], what: str) -> list[int]:
+        """Apply `sets` to the given ids (or all, when ids is None) that are in from_states.
+        An explicit id in another state is an error naming the state."""
+        marks = ",".join("?" * len(from_states))
+        with self._write():
+            if ids is None:
+                target = [r[0] for r in self.conn.execute(f"SELECT id FROM messages WHERE state IN ({marks})", list(from_states))]
+            else:
+                target = []
+                for i in ids:
+                    row = self.conn.execute("SELECT state FROM messages WHERE id=?", (i,)).fetchone()
+                    if row is None:
+                        raise NotFoundError(f"no message {i} in the outbox", hint="list them with: mailctl queue list")
+                    if row[0] not in from_states:
+                        raise ValidationError(
+                            f"message {i} is {row[0]}: only {', '.join(from_states)} messages can be {what}"
+                        )
+                    target.append(i)
+            for start in range(0, len(target), 500):
+                chunk = target[start:start + 500]
+                self.conn.execute(f"UPDATE messages SET {sets} WHERE id IN ({','.join('?' * len(chunk))})", [*params, *chunk])
+        return target
+
+    def hold(self, ids: Sequence[int] | None = None) -> list[int]:
+        """Keep messages from being sent until released (queued or deferred -> held)."""
+        now = self.clock()
+        return self._change(ids, ("queued", "deferred"), "state='held', updated_at=?", [now], "held")
+
+    def release(self, ids: Sequence[int] | None = None) -> list[int]:
+        """held -> queued, due now; the max_retry_age clock restarts."""
+        now = self.clock()
+        return self._change(ids, ("held",), "state='queued', next_attempt_at=?, age_base=?, updated_at=?", [now, now, now], "released")
+
+    def retry(self, ids: Sequence[int] | None = None) -> list[int]:
+        """deferred, failed or expired -> queued, due now; the max_retry_age clock restarts."""
+        now = self.clock()
+        return self._change(
+            ids, ("deferred", "failed", "expired"),
+            "state='queued', next_attempt_at=?, age_base=?, done_at=NULL, updated_at=?", [now, now, now], "retried",
+        )
+
+    def delete(self, ids: Sequence[int] | None = None) -> list[int]:
+        """Remove messages for good (any state but one a live flush is sending)."""
+        now = self.clock()
+        with self._write():
+            if ids is None:
+                target = [r[0] for r in self.conn.execute(
+                    "SELECT id FROM messages WHERE state != 'sending' OR lease_until < ?", (now,))]
+            else:
+                target = []
+                for i in ids:
+                    row = self.conn.execute("SELECT state, lease_until FROM messages WHERE id=?", (i,)).fetchone()
+                    if row is None:
+                        raise NotFoundError(f"no message {i} in the outbox", hint="list them with: mailctl queue list")
+                    if row[0] == "sending" and (row[1] or 0) >= now:
+                        raise ValidationError(f"message {i} is being sent by a running flush", hint="try again when the flush is done")
+                    target.append(i)
+            for start in range(0, len(target), 500):
+                chunk = target[start:start + 500]
+                self.conn.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        return target
+
+    def purge(self, older_than_seconds: float, states: Sequence[str] = FINISHED_STATES) -> int:
+        """Delete finished messages (sent, failed, expired by default) that finished more than
+        `older_than_seconds` ago, with their attempt log."""
+        bad = [s for s in states if s not in FINISHED_STATES]
+        if bad:
+            raise ValidationError(f"purge removes only finished messages, not {bad[0]!r}", hint="states: sent, failed, expired")
+        if not states:
+            return 0
+        cutoff = self.clock() - older_than_seconds
+        with self._write():
+            cur = self.conn.execute(
+                f"DELETE FROM messages WHERE state IN ({','.join('?' * len(states))}) AND coalesce(done_at, updated_at) <= ?",
+                [*states, cutoff],
+            )
+        return cur.rowcount
+
+    def stats(self, *, top: int = 20) -> dict[str, Any]:
+        """Counts by state; pending recipients by domain and age (Postfix qshape style)."""
+        now = self.clock()
+        by_state = self.count_by_state()
+        buckets = [f"{m}m" for m in AGE_BUCKETS_MIN] + [f"{AGE_BUCKETS_MIN[-1]}m+"]
+        domains: dict[str, list[int]] = {}
+        ages = [0] * len(buckets)
+        marks = ",".join("?" * len(PENDING_STATES))
+        for recipients, created in self.conn.execute(
+            f"SELECT recipients, created_at FROM messages WHERE state IN ({marks})", PENDING_STATES
+        ):
+            age_min = max(0.0, now - created) / 60
+            b = next((i for i, m in enumerate(AGE_BUCKETS_MIN) if age_min < m), len(AGE_BUCKETS_MIN))
+            ages[b] += 1
+            for rcpt in json.loads(recipients):
+                domain = rcpt.rpartition("@")[2].lower() or "(none)"
+                row = domains.get(domain)
+                if row is None:
+                    row = domains[domain] = [0] * len(buckets)
+                row[b] += 1
+        ranked = sorted(domains.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
+        oldest = self.conn.execute(f"SELECT min(created_at) FROM messages WHERE state IN ({marks})", PENDING_STATES).fetchone()[0]
+        return {
+            "by_state": by_state,
+            "total": sum(by_state.values()),
+            "pending": sum(by_state[s] for s in PENDING_STATES),
+            "oldest_pending_age_seconds": None if oldest is None else round(now - oldest, 1),
+            "age_buckets": buckets,
+            "by_age": dict(zip(buckets, ages)),
+            "by_domain": [
+                {"domain": d, "total": sum(counts), "by_age": dict(zip(buckets, counts))} for d, counts in ranked[:top]
+            ],
+            "domains_total": len(domains),
+        }
+
+
+_INFO_COLS = ("id, state, created_at, updated_at, profile, sender, recipients, message_id, subject, size, attempts,"
+              " next_attempt_at, last_attempt_at, last_reply, last_server, done_at")
+
+
+def _info(row: tuple) -> MessageInfo:
+    return MessageInfo(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), *row[7:])
+
+
+class _WriteTxn:
+    """BEGIN IMMEDIATE ... COMMIT: take the write lock up front so two writers never deadlock
+    upgrading read locks; SQLite's busy timeout makes the second one wait."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
