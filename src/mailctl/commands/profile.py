@@ -133,7 +133,7 @@ def edit(
 ) -> None:
     """Change fields of a profile; --unset FIELD removes one (it is then inherited or defaulted)."""
     actx = app_context(ctx)
-    secret = _read_secret(password_stdin=password_stdin, no_secret=True, needed=None, prompt="Password")
+    secret = _read_secret(password_stdin=password_stdin, no_secret=False, needed=None, prompt="Password")
     unset_fields = [u.replace("-", "_") for u in unset]
     if not fields and not unset_fields and secret is None:
         raise UsageError("nothing to change: give --FIELD VALUE, --unset FIELD or --password-stdin")
