@@ -1,0 +1,93 @@
+"""mailctl dns check-dmarc against the loopback DNS server."""
+
+from __future__ import annotations
+
+import pytest
+
+from dnsserver import dns, dns_server, ids  # noqa: F401  (fixtures)
+
+
+def test_valid_record(dns):
+    res, data = dns("check-dmarc", "valid.test")
+    assert res.exit_code == 0, res.output
+    d = data["checks"]["dmarc"]
+    assert d["record_domain"] == "valid.test"
+    assert d["tags"]["p"] == "reject" and d["policy"] == "reject"
+    assert ids(data, severity="error") == [] and ids(data, severity="warning") == []
+    assert d["report_destinations"] == [{"tag": "rua", "uri": "mailto:dmarc@valid.test", "domain": "valid.test", "external": False}]
+
+
+def test_org_domain_fallback(dns):
+    res, data = dns("check-dmarc", "www.sub.valid.test")
+    assert res.exit_code == 0
+    d = data["checks"]["dmarc"]
+    assert d["organizational_domain"] == "valid.test"
+    assert d["record_domain"] == "valid.test"
+    assert "dmarc.org-domain-fallback" in ids(data, severity="info")
+
+
+def test_missing_record(dns):
+    res, data = dns("check-dmarc", "nospf.test")
+    assert res.exit_code == 1
+    assert "dmarc.missing" in ids(data, severity="error")
+
+
+def test_invalid_values(dns):
+    res, data = dns("check-dmarc", "dmarcbad.test")
+    assert res.exit_code == 1
+    msgs = [f["message"] for f in data["checks"]["dmarc"]["findings"] if f["id"] == "dmarc.invalid-value"]
+    assert any("p=maybe" in m for m in msgs) and any("adkim=x" in m for m in msgs)
+
+
+def test_syntax_error(dns):
+    res, data = dns("check-dmarc", "dmarcsyntax.test")
+    assert res.exit_code == 1
+    assert "dmarc.syntax" in ids(data, severity="error")
+
+
+def test_version_must_be_exact(dns):
+    res, data = dns("check-dmarc", "badversion.test")
+    assert res.exit_code == 1
+    assert "dmarc.syntax" in ids(data, severity="error")
+
+
+def test_two_records(dns):
+    res, data = dns("check-dmarc", "twodmarc.test")
+    assert res.exit_code == 1
+    assert "dmarc.multiple-records" in ids(data, severity="error")
+
+
+def test_policy_none_and_deprecated_tags(dns):
+    res, data = dns("check-dmarc", "dmarcnone.test")
+    assert res.exit_code == 0  # warnings only
+    assert "dmarc.policy-none" in ids(data, severity="warning")
+    deprecated = [f["subject"] for f in data["checks"]["dmarc"]["findings"] if f["id"] == "dmarc.deprecated-tag"]
+    assert sorted(deprecated) == ["pct", "rf", "ri"]
+    res, _ = dns("check-dmarc", "dmarcnone.test", "--strict")
+    assert res.exit_code == 1
+
+
+def test_external_report_destinations(dns):
+    res, data = dns("check-dmarc", "external.test")
+    assert res.exit_code == 1
+    dests = {d["domain"]: d for d in data["checks"]["dmarc"]["report_destinations"]}
+    assert dests["reports.test"]["authorized"] is True
+    assert dests["noauth.test"]["authorized"] is False
+    assert dests["noauth.test"]["authorization_record"] == "external.test._report._dmarc.noauth.test"
+    assert "dmarc.external-report-authorized" in ids(data, severity="info")
+    bad = [f for f in data["checks"]["dmarc"]["findings"] if f["id"] == "dmarc.external-report-unauthorized"]
+    assert [f["subject"] for f in bad] == ["mailto:agg@noauth.test"]
+
+
+def test_servfail_exits_75(dns):
+    res, data = dns("check-dmarc", "x.servfail.test")
+    assert res.exit_code == 75
+    assert "dns.servfail" in ids(data)
+
+
+@pytest.mark.parametrize("domain, org", [("a.b.example.co.uk", "example.co.uk"), ("mail.example.com", "example.com"),
+                                         ("example.com", "example.com")])
+def test_organizational_domain(domain, org):
+    from mailctl.dns.psl import organizational_domain
+
+    assert organizational_domain(domain) == org
