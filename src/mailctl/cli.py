@@ -20,13 +20,29 @@ def _debug() -> bool:
     return os.environ.get("MAILCTL_DEBUG", "") not in ("", "0")
 
 
+def _passthrough_exceptions() -> tuple[type[BaseException], ...]:
+    """Typer's (or Click's) own exits, aborts and usage errors keep their normal handling."""
+    names = ("Exit", "Abort", "TyperException", "ClickException")
+    found = [getattr(typer, n) for n in names if hasattr(typer, n)]
+    try:
+        import click  # Typer < 0.22 is built on Click
+
+        found += [click.exceptions.Exit, click.exceptions.Abort, click.ClickException]
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+_PASSTHROUGH = _passthrough_exceptions()
+
+
 class MailctlGroup(TyperGroup):
     """Root group: converts domain errors into one-line messages and exit codes."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, typer.TyperException):
+        except _PASSTHROUGH:
             raise
         except MailctlError as exc:
             if _debug():

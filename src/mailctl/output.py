@@ -75,7 +75,8 @@ class Output:
                 file=self.stdout,
                 no_color=bool(os.environ.get("NO_COLOR")) or None,
                 highlight=False,
-                soft_wrap=not self.is_terminal,
+                # Piped output is for scripts: never wrap table cells.
+                width=None if self.is_terminal else 1000,
             )
         return self._console
 
@@ -107,6 +108,9 @@ class Output:
         self.console().print(*renderables, **kwargs)
 
     def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None) -> None:
+        if not self.is_terminal:
+            self._plain_table(columns, rows, title)
+            return
         from rich.table import Table
 
         table = Table(title=title, show_edge=False, pad_edge=False, box=None, header_style="bold")
@@ -115,6 +119,16 @@ class Output:
         for row in rows:
             table.add_row(*["" if v is None else str(v) for v in row])
         self.console().print(table)
+
+    def _plain_table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None) -> None:
+        """Aligned columns without rich, for pipes and scripts (and a fast `profile list`)."""
+        cells = [[str(c) for c in columns]] + [["" if v is None else str(v).replace("\n", "\\n") for v in row] for row in rows]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+        out = [title] if title else []
+        for r in cells:
+            out.append("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        self.stdout.write("\n".join(out) + "\n")
+        self.stdout.flush()
 
     # messages -------------------------------------------------------------
     def info(self, message: str) -> None:

@@ -1,0 +1,10 @@
+_mailctl_completion() {
+    local IFS=$'
+'
+    COMPREPLY=( $( env COMP_WORDS="${COMP_WORDS[*]}" \
+                   COMP_CWORD=$COMP_CWORD \
+                   _MAILCTL_COMPLETE=complete_bash $1 ) )
+    return 0
+}
+
+complete -o default -F _mailctl_completion mailctl

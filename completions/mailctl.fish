@@ -1,0 +1,1 @@
+complete --command mailctl --no-files --arguments "(env _MAILCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) mailctl)" --condition "env _MAILCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) mailctl"

@@ -1,0 +1,124 @@
+"""The repository stays consistent with the app: README reference and exit codes, completions,
+the example profiles file, help text, and a fast startup path."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _gen_docs():
+    spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "scripts" / "gen_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_reference_exit_codes_and_completions_are_current():
+    stale = _gen_docs().stale_files()
+    assert not stale, f"run `python scripts/gen_docs.py`; stale: {[str(p) for p in stale]}"
+
+
+def test_readme_lists_every_exit_code_and_every_command():
+    from mailctl.errors import ExitCode
+
+    readme = (ROOT / "README.md").read_text()
+    for code in ExitCode:
+        assert f"| {int(code)} |" in readme
+    for path in _gen_docs().command_paths():
+        assert f"### `{' '.join(['mailctl'] + path)}`" in readme
+
+
+def test_every_command_has_help_text():
+    import typer.main
+
+    from mailctl.cli import app
+
+    missing = []
+
+    def walk(cmd, prefix):
+        if not (cmd.help or "").strip():
+            missing.append(" ".join(prefix) or "mailctl")
+        for name, sub in (getattr(cmd, "commands", None) or {}).items():
+            walk(sub, prefix + [name])
+
+    walk(typer.main.get_command(app), [])
+    assert not missing, f"commands without help: {missing}"
+
+
+def test_quick_start_first_command_installs_and_sends_on_the_builtin_profile():
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1]
+    first_block = quick.split("```sh", 1)[1].split("```", 1)[0].strip().splitlines()[0]
+    assert first_block.startswith("pip install .")
+    assert "mailctl test send --to" in first_block
+
+
+def test_testing_section_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    testing = readme.split("## Testing", 1)[1]
+    command = testing.split("```sh", 1)[1].split("```", 1)[0].strip()
+    assert command == "scripts/test"
+    assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_example_profiles_file_loads_resolves_and_covers_every_field():
+    from mailctl.profiles.model import PROFILE_FIELDS, SETTINGS_FIELDS
+    from mailctl.profiles.resolve import check_complete, resolve_profile
+    from mailctl.profiles.store import ProfileStore
+
+    path = ROOT / "profiles.example.toml"
+    doc = ProfileStore(path).load()
+    assert len(doc.profile_names()) >= 8
+    types = set()
+    for name in doc.profile_names():
+        profile = resolve_profile(doc, name)
+        check_complete(profile)
+        types.add(profile.type)
+    assert {"smtp", "graph", "ews", "file"} <= types
+    assert any(doc.raw_profile(n).get("inherits") for n in doc.profile_names())
+    text = path.read_text()
+    for field in PROFILE_FIELDS + SETTINGS_FIELDS:
+        assert f"\n{field.name} =" in text, f"profiles.example.toml does not show {field.name}"
+
+
+def test_profile_names_complete_dynamically(tmp_path, isolated_env):
+    (isolated_env / "profiles.toml").write_text(
+        'schema_version = 1\n[profiles.alpha]\nhost = "a.example"\n[profiles.alto]\nhost = "b.example"\n[profiles.beta]\nhost = "c.example"\n'
+    )
+    env = dict(os.environ, _MAILCTL_COMPLETE="complete_bash", COMP_WORDS="mailctl profile show al", COMP_CWORD="3")
+    proc = subprocess.run([sys.executable, "-m", "mailctl"], env=env, capture_output=True, text=True, timeout=60)
+    names = proc.stdout.split()
+    assert sorted(names) == ["alpha", "alto"], proc.stdout + proc.stderr
+
+
+HEAVY = ("msal", "exchangelib", "dns", "google", "requests", "smtplib", "sqlite3", "keyring")
+PROBE = """
+import json, sys
+from mailctl.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = sorted({m.split('.')[0] for m in sys.modules} & set(json.loads(%r)))
+sys.stderr.write('HEAVY=' + json.dumps(heavy) + '\\n')
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["profile", "list"], ["profile", "list", "--json"]])
+def test_startup_path_imports_no_heavy_library(args, isolated_env):
+    (isolated_env / "profiles.toml").write_text('schema_version = 1\n[profiles.a]\nhost = "a.example"\n')
+    code = PROBE % json.dumps(HEAVY)
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    line = [l for l in proc.stderr.splitlines() if l.startswith("HEAVY=")]
+    assert line, proc.stderr
+    assert json.loads(line[0][6:]) == [], f"`mailctl {' '.join(args)}` imported {line[0][6:]}"
+    assert proc.stdout.strip()
