@@ -225,7 +225,8 @@ def flush(
         report.duration = time.monotonic() - started
         return report
 
-    expired = outbox.expire_overdue(policy.max_retry_age, profiles=profiles)
+    # a flush of chosen ids (mailctl send) leaves the rest of the queue alone
+    expired = [] if options.ids is not None else outbox.expire_overdue(policy.max_retry_age, profiles=profiles)
     report.expired += len(expired)
     for i in expired[:100]:
         report.problems.append(MessageOutcome(i, "expired", "still undelivered after max_retry_age"))

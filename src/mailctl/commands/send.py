@@ -1,0 +1,142 @@
+"""`mailctl send` and `mailctl sendmail`: parse, hand the message to the outbox, render.
+
+Both go through the outbox: the message is queued first, then (unless --queue / -odq, or
+sending is disabled) tried once right away; a temporary failure leaves it for the next
+`mailctl queue flush`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, List, Optional
+
+import typer
+
+from mailctl.commands._common import JsonOpt, app_context, complete_profile_name
+from mailctl.errors import DeliveryError, ExitCode, UsageError
+
+OutboxOpt = Annotated[
+    Optional[str],
+    typer.Option("--outbox", metavar="PATH", help="Outbox file (default: $MAILCTL_OUTBOX, else the data dir)."),
+]
+
+
+def register(app: typer.Typer, name: str) -> None:
+    if name == "send":
+        app.command("send")(send)
+    elif name == "sendmail":
+        app.command(
+            "sendmail",
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["--help"]},
+            add_help_option=True,
+        )(sendmail)
+    else:  # pragma: no cover - registration table mistake
+        raise ValueError(name)
+
+
+def send(
+    ctx: typer.Context,
+    profile: Annotated[Optional[str], typer.Argument(help="Profile to send with (default: the default profile).", autocompletion=complete_profile_name)] = None,
+    to: Annotated[Optional[List[str]], typer.Option("--to", "-t", metavar="ADDR", help="Recipient (repeatable, or comma-separated).")] = None,
+    cc: Annotated[Optional[List[str]], typer.Option("--cc", metavar="ADDR", help="Cc recipient (repeatable).")] = None,
+    bcc: Annotated[Optional[List[str]], typer.Option("--bcc", metavar="ADDR", help="Bcc recipient (repeatable).")] = None,
+    subject: Annotated[str, typer.Option("--subject", "-s", help="Subject line.")] = "",
+    body: Annotated[Optional[str], typer.Option("--body", "-b", help="Body text (default: read from stdin).")] = None,
+    attach: Annotated[Optional[List[str]], typer.Option("--attach", "-a", metavar="FILE", help="Attach a file (repeatable).")] = None,
+    from_address: Annotated[Optional[str], typer.Option("--from", metavar="ADDR", help="From address (default: the profile's).")] = None,
+    reply_to: Annotated[Optional[str], typer.Option("--reply-to", metavar="ADDR", help="Reply-To address.")] = None,
+    queue: Annotated[bool, typer.Option("--queue", help="Only queue it; the next `mailctl queue flush` sends it.")] = False,
+    outbox: OutboxOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Send a message now; on a temporary failure it stays queued for `queue flush`.
+    Exit 0 sent (or queued with --queue), 75 queued for retry, 1 rejected by the server."""
+    from mailctl.message import build_message, envelope, message_bytes
+    from mailctl.outbox import Outbox
+    from mailctl.outbox.service import submit
+    from mailctl.profiles.resolve import resolve_profile
+
+    app = app_context(ctx)
+    if not to and not cc and not bcc:
+        raise UsageError("no recipients", hint="give at least one --to ADDR")
+    if body is None:
+        if app.output.stdin_is_terminal:
+            raise UsageError("no body", hint="give --body TEXT or pipe the body on stdin")
+        body = sys.stdin.read()
+    name = profile or app.profile_name
+    doc = app.store.load()
+    resolved = resolve_profile(doc, name)
+    msg = build_message(resolved, doc.settings(), to=to or [], subject=subject, body=body, cc=cc or [], bcc=bcc or [],
+                        attachments=attach or [], from_address=from_address, reply_to=reply_to)
+    sender, recipients = envelope(msg)
+    with Outbox(outbox, clock=app.clock) as box:
+        outcome = submit(box, doc, app.secrets, message_bytes(msg), sender, recipients, name, queue_only=queue)
+    _finish(app, outcome, json_, str(msg["Message-ID"]))
+
+
+def _finish(app, outcome, json_: bool, message_id: str | None = None) -> None:
+    data = outcome.to_dict()
+    data["message_id"] = message_id
+    if app.use_json(json_):
+        app.output.json(data)
+    out = app.output
+    if outcome.outcome == "sent":
+        if not app.use_json(json_):
+            out.info(f"Sent via {outcome.server or outcome.profile}: {outcome.reply}".rstrip(": "))
+        return
+    if outcome.outcome == "queued":
+        if not app.use_json(json_):
+            out.line(str(outcome.id))
+            if not outcome.sending_enabled:
+                out.info(f"Sending is disabled (settings: sending_enabled = false): queued as {outcome.id}; "
+                         "it goes out with the first flush after sending is enabled again.")
+            else:
+                out.info(f"Queued as {outcome.id}; the next `mailctl queue flush` sends it.")
+        if not outcome.sending_enabled:
+            raise typer.Exit(int(ExitCode.TEMPFAIL))
+        return
+    if outcome.outcome == "deferred":
+        if not app.use_json(json_):
+            out.error(f"temporary failure: {outcome.reply}", hint=f"queued as {outcome.id}; `mailctl queue flush` retries it")
+        raise typer.Exit(int(ExitCode.TEMPFAIL))
+    # failed (5xx) or expired
+    if not app.use_json(json_):
+        out.error(f"the server rejected the message: {outcome.reply}",
+                  hint=f"kept in the outbox as {outcome.id} (failed); see: mailctl queue show {outcome.id}")
+    raise typer.Exit(int(ExitCode.PROBLEMS))
+
+
+# --- sendmail -----------------------------------------------------------------------------
+SENDMAIL_HELP = """A sendmail-compatible entry for programs and cron's MAILTO:
+mailctl sendmail [-t] [-i] [-f SENDER] [-F NAME] [-odq] [RECIPIENT...] < message
+
+-t        also take recipients from the To, Cc and Bcc headers (Bcc is removed)
+-i, -oi   a line with a single '.' does not end the message
+-f ADDR   envelope sender (also -r); default: the Sender/From header, else the profile's
+-F NAME   full name for a From header that is added when the message has none
+-odq      only queue; the next `mailctl queue flush` sends it (default: try once now)
+Other sendmail options (-oX, -B, -N, -R, -V, -X, -v, -bm, -odi, -odb) are accepted and ignored.
+Exit 0 once the message is queued or sent; 1 if the server rejected it; 2 usage; 65 bad message."""
+
+
+def sendmail(ctx: typer.Context) -> None:
+    from mailctl.outbox import Outbox
+    from mailctl.outbox.sendmail import parse_sendmail_args, prepare_sendmail_message
+    from mailctl.outbox.service import submit
+
+    app = app_context(ctx)
+    opts = parse_sendmail_args(list(ctx.args))
+    doc = app.store.load()
+    data = sys.stdin.buffer.read()
+    raw, sender, recipients, profile_name = prepare_sendmail_message(data, opts, doc, app.profile_name)
+    with Outbox(None, clock=app.clock) as box:
+        outcome = submit(box, doc, app.secrets, raw, sender, recipients, app.profile_name, queue_only=opts.queue_only)
+    if outcome.outcome in ("failed", "expired"):
+        app.output.error(f"the server rejected the message: {outcome.reply}",
+                         hint=f"kept in the outbox as {outcome.id}; see: mailctl queue show {outcome.id}")
+        raise typer.Exit(int(ExitCode.PROBLEMS))
+    if outcome.outcome == "deferred":
+        app.output.info(f"mailctl sendmail: temporary failure ({outcome.reply}); queued as {outcome.id} for retry.")
+    # sendmail semantics: accepted for delivery is success
+
+
+sendmail.__doc__ = SENDMAIL_HELP

@@ -1,0 +1,79 @@
+"""The outbox wired to profiles and transports: what the `queue flush`, `send` and `sendmail`
+commands call. Kept apart from flush.py so the engine stays testable with fakes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from mailctl.outbox.flush import FlushOptions, FlushPolicy, FlushReport, MessageOutcome, flush
+from mailctl.outbox.store import Outbox
+
+
+def profile_flush(
+    box: Outbox,
+    doc: Any,
+    secrets: Any,
+    options: FlushOptions | None = None,
+    *,
+    progress: Callable[..., None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> FlushReport:
+    """Flush with the settings and profiles of a loaded profiles document."""
+    from mailctl.profiles.resolve import resolve_profile
+    from mailctl.transports import open_transport
+
+    return flush(
+        box,
+        policy=FlushPolicy.from_settings(doc.settings()),
+        resolve=lambda name: resolve_profile(doc, name),
+        open_transport=lambda profile: open_transport(profile, secrets),
+        options=options,
+        sleep=sleep,
+        progress=progress,
+    )
+
+
+@dataclass
+class SendOutcome:
+    """What became of one message handed to `mailctl send` / `sendmail`."""
+
+    id: int
+    outcome: str  # sent | deferred | failed | expired | queued | held
+    reply: str = ""
+    server: str | None = None
+    profile: str | None = None
+    sending_enabled: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "outcome": self.outcome, "reply": self.reply, "server": self.server,
+                "profile": self.profile, "sending_enabled": self.sending_enabled}
+
+
+def submit(
+    box: Outbox,
+    doc: Any,
+    secrets: Any,
+    raw: bytes,
+    sender: str,
+    recipients: Sequence[str],
+    profile: str | None,
+    *,
+    queue_only: bool = False,
+) -> SendOutcome:
+    """Queue a message, then (unless queue_only or sending is disabled) try it once right away.
+    A temporary failure leaves it deferred in the outbox for the next flush."""
+    from mailctl.profiles.resolve import resolve_profile
+
+    resolved = resolve_profile(doc, profile)  # fail early on an unknown profile
+    # keep the name only when one was asked for: rows without a profile follow the default
+    queue_id = box.enqueue(raw, sender, recipients, profile if profile is not None else None)
+    policy = FlushPolicy.from_settings(doc.settings())
+    if queue_only or not policy.sending_enabled:
+        return SendOutcome(queue_id, "queued", profile=resolved.name, sending_enabled=policy.sending_enabled)
+    report = profile_flush(box, doc, secrets, FlushOptions(ids=[queue_id], keep_results=True, purge=False))
+    result: MessageOutcome | None = next((r for r in report.results if r.id == queue_id), None)
+    if result is None:  # another flush took it first; it is in its hands now
+        return SendOutcome(queue_id, "queued", profile=resolved.name)
+    return SendOutcome(queue_id, result.outcome, result.reply, result.server, result.profile or resolved.name)
