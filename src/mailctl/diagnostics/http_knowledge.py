@@ -1,0 +1,297 @@
+"""Known Microsoft Graph and Exchange Web Services failures: what they mean, what to do, and
+which exit code they deserve. Used by the graph/ews transports to build their errors and by
+diagnostics to explain a reply; the SMTP knowledge base can import GRAPH_ERRORS/EWS_ERRORS.
+
+Sources: ../shared/PROVIDERS.md, Microsoft's Graph and EWS error references, exchangelib's
+errors module (every EWS ResponseCode is an exception class of the same name)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailctl.errors import ExitCode
+
+
+@dataclass(frozen=True)
+class KnownFailure:
+    code: str
+    meaning: str
+    hint: str
+    exit_code: ExitCode
+    permanent: bool = True  # False: retrying later can help (outbox defers)
+    auth: bool = False  # an authentication/authorization failure rather than a message one
+
+
+_GRANT_MAIL_SEND = (
+    "delegated (auth = oauth): the app registration needs the Mail.Send delegated permission, consented; "
+    "app-only (auth = client-credentials): the Mail.Send application permission with admin consent, and an "
+    "application access policy (New-ApplicationAccessPolicy) must include this mailbox"
+)
+
+GRAPH_ERRORS: dict[str, KnownFailure] = {
+    k.code: k
+    for k in (
+        KnownFailure(
+            "ErrorSendAsDenied",
+            "the mailbox is not allowed to send as the message's From address",
+            "send From the mailbox's own address, or have an Exchange admin grant Send As "
+            "(Add-RecipientPermission -AccessRights SendAs) or Send on Behalf",
+            ExitCode.NOPERM,
+        ),
+        KnownFailure(
+            "MailboxNotEnabledForRESTAPI",
+            "the user has no Exchange Online mailbox Graph can reach (no licence, inactive, soft-deleted or on-premises)",
+            "give the user an Exchange Online licence; for an on-premises mailbox use an ews or smtp profile",
+            ExitCode.CONFIG,
+        ),
+        KnownFailure("ErrorAccessDenied", "access to the mailbox was denied", _GRANT_MAIL_SEND, ExitCode.NOPERM, auth=True),
+        KnownFailure(
+            "Authorization_RequestDenied",
+            "the token lacks the permission this request needs",
+            _GRANT_MAIL_SEND,
+            ExitCode.NOPERM,
+            auth=True,
+        ),
+        KnownFailure(
+            "InvalidAuthenticationToken",
+            "Graph rejected the access token (expired, for another resource, or from another national cloud)",
+            "run: mailctl auth login PROFILE; check the profile's cloud matches the tenant (tokens do not cross clouds)",
+            ExitCode.NOPERM,
+            auth=True,
+        ),
+        KnownFailure(
+            "ErrorMimeContentInvalidBase64String",
+            "the request body was not valid base64 of a MIME message",
+            "Graph wants the whole RFC 5322 message base64-encoded with Content-Type: text/plain; "
+            "this should not happen with mailctl's own messages: report it with MAILCTL_DEBUG=1",
+            ExitCode.DATAERR,
+        ),
+        KnownFailure(
+            "ErrorMimeContentInvalid",
+            "Exchange could not parse the MIME message",
+            "check the message (headers, encoding); `mailctl test send --dry-run` shows what would be sent",
+            ExitCode.DATAERR,
+        ),
+        KnownFailure(
+            "ErrorInvalidRecipients",
+            "at least one recipient address is invalid",
+            "check the To/Cc/Bcc addresses",
+            ExitCode.DATAERR,
+        ),
+        KnownFailure(
+            "ErrorMessageSizeExceeded",
+            "the message is larger than the mailbox's send limit",
+            "send smaller attachments or ask the Exchange admin to raise MaxSendSize",
+            ExitCode.DATAERR,
+        ),
+        KnownFailure(
+            "ErrorQuotaExceeded",
+            "the mailbox is over its storage quota",
+            "free space in the mailbox (Sent Items, Deleted Items) or set save_to_sent_items = false",
+            ExitCode.TEMPFAIL,
+            permanent=False,
+        ),
+        KnownFailure(
+            "ErrorSubmissionQuotaExceeded",
+            "the mailbox exceeded its sending quota (recipients per day or messages per minute)",
+            "wait and send again; the outbox retries later",
+            ExitCode.TEMPFAIL,
+            permanent=False,
+        ),
+        KnownFailure(
+            "ErrorInvalidUser",
+            "the mailbox in the URL does not exist",
+            "check the profile's username (the mailbox UPN for app-only sends)",
+            ExitCode.NOINPUT,
+        ),
+        KnownFailure(
+            "ResourceNotFound",
+            "the user or mailbox in the URL was not found",
+            "check the profile's username (the mailbox UPN for app-only sends) and tenant_id",
+            ExitCode.NOINPUT,
+        ),
+        KnownFailure(
+            "ErrorItemNotFound",
+            "the mailbox or draft was not found",
+            "check the profile's username (the mailbox UPN for app-only sends)",
+            ExitCode.NOINPUT,
+        ),
+        KnownFailure(
+            "ApplicationThrottled",
+            "Graph throttled this application",
+            "send more slowly (rate_limit_per_minute); the outbox retries later",
+            ExitCode.TEMPFAIL,
+            permanent=False,
+        ),
+        KnownFailure(
+            "TooManyRequests",
+            "Graph throttled the mailbox (about 4 concurrent requests, 30 messages a minute)",
+            "send more slowly (rate_limit_per_minute); the outbox retries later",
+            ExitCode.TEMPFAIL,
+            permanent=False,
+        ),
+    )
+}
+
+EWS_ERRORS: dict[str, KnownFailure] = {
+    k.code: k
+    for k in (
+        KnownFailure(
+            "ErrorAccessDenied",
+            "Exchange denied access to the mailbox",
+            "check the account has rights on the mailbox (FullAccess / Send As); for OAuth the token needs "
+            "EWS.AccessAsUser.All (delegated) or full_access_as_app (app-only)",
+            ExitCode.NOPERM,
+            auth=True,
+        ),
+        KnownFailure(
+            "ErrorInvalidRecipients",
+            "at least one recipient address is invalid",
+            "check the To/Cc/Bcc addresses",
+            ExitCode.DATAERR,
+        ),
+        KnownFailure(
+            "ErrorSendAsDenied",
+            "the account is not allowed to send as the message's From address",
+            "send From the mailbox's own address, or grant Send As (Add-ADPermission / Add-RecipientPermission)",
+            ExitCode.NOPERM,
+        ),
+        KnownFailure(
+            "ErrorImpersonateUserDenied",
+            "the service account may not impersonate this mailbox",
+            "grant the ApplicationImpersonation role (New-ManagementRoleAssignment) or use delegate access",
+            ExitCode.NOPERM,
+            auth=True,
+        ),
+        KnownFailure(
+            "ErrorNonExistentMailbox",
+            "the mailbox does not exist on this server",
+            "check the profile's username (primary SMTP address of the mailbox)",
+            ExitCode.NOINPUT,
+        ),
+        KnownFailure(
+            "ErrorMimeContentInvalid",
+            "Exchange could not parse the MIME message",
+            "check the message (headers, encoding)",
+            ExitCode.DATAERR,
+        ),
+        KnownFailure(
+            "ErrorMimeContentConversionFailed",
+            "Exchange could not convert the MIME message",
+            "check the message (headers, encoding, attachments)",
+            ExitCode.DATAERR,
+        ),
+        KnownFailure(
+            "ErrorMessageSizeExceeded",
+            "the message is larger than the server's send limit",
+            "send smaller attachments or ask the Exchange admin to raise MaxSendSize / maxAllowedContentLength",
+            ExitCode.DATAERR,
+        ),
+        KnownFailure(
+            "ErrorQuotaExceeded",
+            "the mailbox is over its storage quota",
+            "free space in the mailbox or set save_to_sent_items = false",
+            ExitCode.TEMPFAIL,
+            permanent=False,
+        ),
+        KnownFailure(
+            "ErrorServerBusy",
+            "Exchange is throttling this account (EWS throttling policy)",
+            "send more slowly (rate_limit_per_minute); the outbox retries later",
+            ExitCode.TEMPFAIL,
+            permanent=False,
+        ),
+        KnownFailure(
+            "ErrorMailboxStoreUnavailable",
+            "the mailbox database is not available",
+            "try again later",
+            ExitCode.TEMPFAIL,
+            permanent=False,
+        ),
+        KnownFailure(
+            "ErrorMailboxMoveInProgress",
+            "the mailbox is being moved",
+            "try again later",
+            ExitCode.TEMPFAIL,
+            permanent=False,
+        ),
+        KnownFailure(
+            "ErrorInternalServerTransientError",
+            "Exchange reported a transient internal error",
+            "try again later",
+            ExitCode.TEMPFAIL,
+            permanent=False,
+        ),
+        KnownFailure(
+            "ErrorInvalidSchemaVersionForMailboxVersion",
+            "the EWS schema version does not match the mailbox's server version",
+            "report the server version (Exchange build) with the error",
+            ExitCode.PROTOCOL,
+        ),
+    )
+}
+
+# What an HTTP status means when the body names no known error code.
+HTTP_STATUS: dict[int, KnownFailure] = {
+    400: KnownFailure("HTTP 400", "the server rejected the request", "see the error text", ExitCode.PROBLEMS),
+    401: KnownFailure(
+        "HTTP 401",
+        "the credentials or token were rejected",
+        "for OAuth run: mailctl auth login PROFILE; for a password, store it again with "
+        "mailctl profile edit PROFILE --password-stdin",
+        ExitCode.NOPERM,
+        auth=True,
+    ),
+    403: KnownFailure("HTTP 403", "access denied", _GRANT_MAIL_SEND, ExitCode.NOPERM, auth=True),
+    404: KnownFailure(
+        "HTTP 404",
+        "the URL or mailbox was not found",
+        "check graph_endpoint / ews_url and the profile's username",
+        ExitCode.NOINPUT,
+    ),
+    413: KnownFailure(
+        "HTTP 413",
+        "the request is too large for the server",
+        "send smaller attachments",
+        ExitCode.DATAERR,
+    ),
+    429: KnownFailure(
+        "HTTP 429",
+        "throttled: too many requests",
+        "send more slowly (rate_limit_per_minute); the outbox retries later",
+        ExitCode.TEMPFAIL,
+        permanent=False,
+    ),
+    503: KnownFailure(
+        "HTTP 503",
+        "the service is unavailable or throttling",
+        "try again later; the outbox retries",
+        ExitCode.TEMPFAIL,
+        permanent=False,
+    ),
+}
+
+
+def explain_graph(code: str | None, status: int | None = None) -> KnownFailure | None:
+    """The known failure for a Graph error code, else for the HTTP status."""
+    if code and code in GRAPH_ERRORS:
+        return GRAPH_ERRORS[code]
+    return explain_status(status)
+
+
+def explain_ews(code: str | None, status: int | None = None) -> KnownFailure | None:
+    if code and code in EWS_ERRORS:
+        return EWS_ERRORS[code]
+    return explain_status(status)
+
+
+def explain_status(status: int | None) -> KnownFailure | None:
+    if status is None:
+        return None
+    if status in HTTP_STATUS:
+        return HTTP_STATUS[status]
+    if 500 <= status < 600:
+        return KnownFailure(f"HTTP {status}", "server error", "try again later; the outbox retries", ExitCode.TEMPFAIL, permanent=False)
+    if 400 <= status < 500:
+        return HTTP_STATUS[400]
+    return None

@@ -1,0 +1,395 @@
+"""Exchange Web Services transport (exchangelib).
+
+The exact MIME message mailctl built is sent as the item's MimeContent with CreateItem
+MessageDisposition SendAndSaveCopy (copy in Sent Items; SendOnly when save_to_sent_items is
+false), so headers and attachments match what SMTP would send.
+
+Authentication: auth = password (username + the stored password; exchangelib negotiates
+NTLM/Basic/Digest from the server's 401), oauth (delegated token, EWS.AccessAsUser.All) or
+client-credentials (app-only token, full_access_as_app, acting on the mailbox through
+ExchangeImpersonation). The service URL comes from ews_url; autodiscover only when the
+profile asks for it.
+
+TLS and proxy: exchangelib builds its own requests sessions (trust_env on). mailctl gives its
+protocol an HTTPAdapter that forces the profile's verify/CA bundle and proxies on every
+request, so REQUESTS_CA_BUNDLE cannot override ca_file. Exchange Online blocks EWS from
+October 2026 (lint_warnings)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from mailctl.diagnostics.http_knowledge import explain_ews
+from mailctl.errors import (
+    AuthError,
+    ConfigError,
+    DeliveryError,
+    ExitCode,
+    MailctlError,
+    ProtocolError,
+    TemporaryFailure,
+    UnavailableError,
+)
+from mailctl.transports.base import SendResult
+from mailctl.transports.graph import with_envelope_recipients
+from mailctl.transports.http import bearer_token, proxies_for, tls_settings, user_agent
+
+EXCHANGE_ONLINE_HOSTS = ("outlook.office365.com", "outlook.office.com", "outlook.office365.us",
+                         "outlook-dod.office365.us", "partner.outlook.cn")
+EWS_RETIREMENT_WARNING = (
+    "Exchange Online blocks EWS from October 2026: {host} is Exchange Online. Use a graph profile "
+    "(Graph sendMail) or smtp (smtp.office365.com) for Microsoft 365 mailboxes; EWS stays for "
+    "on-premises Exchange."
+)
+
+Trace = Callable[[str, str, float], None]
+_autodiscover_lock = threading.Lock()
+
+
+def is_exchange_online(url: str | None) -> bool:
+    host = (urlsplit(url).hostname or "").lower() if url else ""
+    return host in EXCHANGE_ONLINE_HOSTS
+
+
+def lint_warnings(profile) -> list[str]:
+    """Warnings `profile lint` and `test connect` show for an ews profile."""
+    values = profile.values if hasattr(profile, "values") else dict(profile)
+    if (values.get("type") or "smtp") != "ews":
+        return []
+    warnings: list[str] = []
+    url = values.get("ews_url") or ""
+    if is_exchange_online(url):
+        warnings.append(EWS_RETIREMENT_WARNING.format(host=urlsplit(url).hostname))
+    elif values.get("autodiscover") and values.get("provider") == "microsoft365":
+        warnings.append(EWS_RETIREMENT_WARNING.format(host="a microsoft365 mailbox"))
+    if url.startswith("http://"):
+        warnings.append("ews_url uses http://: credentials and mail would cross the network unencrypted; use https://")
+    if values.get("autodiscover") and url:
+        warnings.append("autodiscover = true is ignored while ews_url is set (autodiscover only runs without a URL)")
+    if values.get("auth") == "password" and is_exchange_online(url):
+        warnings.append("Exchange Online retired basic authentication for EWS: use auth = oauth or client-credentials")
+    return warnings
+
+
+def _adapter_class(verify, proxies: dict[str, str]):
+    import requests.adapters
+
+    class MailctlEwsAdapter(requests.adapters.HTTPAdapter):
+        """Forces the profile's TLS verification and proxies onto every exchangelib request."""
+
+        def send(self, request, stream=False, timeout=None, verify_=None, cert=None, proxies_=None, **kwargs):
+            kwargs.pop("verify", None)
+            kwargs.pop("proxies", None)
+            return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert,
+                                proxies=dict(proxies))
+
+    return MailctlEwsAdapter
+
+
+class EwsTransport:
+    name = "ews"
+
+    def __init__(self, profile, secrets, *, trace: Trace | None = None, **options: Any):
+        self.profile = profile
+        self.secrets = secrets
+        self.trace = trace
+        self.options = options
+        self.auth = profile.values.get("auth") or "password"
+        self.url = profile.values.get("ews_url") or ""
+        self.mailbox = profile.values.get("username") or profile.values.get("from_address") or ""
+        self.account = None
+        self._tls = None
+        self._protocol = None
+        self._static_token = False
+
+    def __enter__(self) -> "EwsTransport":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def server(self) -> str:
+        return self.url or "autodiscover"
+
+    def warnings(self) -> list[str]:
+        return lint_warnings(self.profile)
+
+    # --- lifecycle ------------------------------------------------------------
+    def open(self) -> None:
+        if self.account is not None:
+            return
+        if not self.mailbox or "@" not in self.mailbox:
+            raise ConfigError(
+                f"profile {self.profile.name!r} (ews): username must be the mailbox's SMTP address",
+                hint=f"mailctl profile edit {self.profile.name} --username MAILBOX@DOMAIN",
+            )
+        from exchangelib import Account, Configuration, FailFast
+        from exchangelib.account import DELEGATE, IMPERSONATION
+        from exchangelib.protocol import CachingProtocol, Protocol
+        from exchangelib.version import EXCHANGE_2013, Version
+
+        credentials, access_type = self._credentials()
+        self._tls = tls_settings(self.profile)
+        timeout = float(self.profile.values.get("timeout") or 30)
+        if not self.url:
+            if not self.profile.values.get("autodiscover"):
+                raise ConfigError(
+                    f"profile {self.profile.name!r} (ews): missing required field ews_url",
+                    hint=f"mailctl profile edit {self.profile.name} --ews-url https://HOST/EWS/Exchange.asmx (or --autodiscover true)",
+                )
+            self.url = self._autodiscover(credentials)
+        proxies = proxies_for(self.profile, self.secrets, self.url)
+        adapter = _adapter_class(self._tls.verify, proxies)
+        protocol_cls = type(Protocol)("MailctlEwsProtocol", (Protocol,), {
+            "HTTP_ADAPTER_CLS": adapter, "TIMEOUT": timeout, "USERAGENT": user_agent(), "RETRY_WAIT": 1,
+        })
+        from exchangelib.credentials import BaseOAuth2Credentials
+
+        config = Configuration(
+            service_endpoint=self.url,
+            credentials=credentials,
+            # A fixed schema version skips exchangelib's version guessing round trips; Exchange2013
+            # is understood by Exchange 2013, 2016, 2019 and Exchange Online.
+            version=Version(build=EXCHANGE_2013),
+            retry_policy=FailFast(),
+            max_connections=1,
+            **({"auth_type": "OAuth 2.0"} if isinstance(credentials, BaseOAuth2Credentials) else {}),
+        )
+        # Build our own protocol (not exchangelib's process-wide cache) so this profile's adapter
+        # and credentials are used and nothing outlives close().
+        protocol = protocol_cls.__new__(protocol_cls)
+        protocol.__init__(config=config)
+        t0 = time.monotonic()
+        try:
+            account = Account(
+                primary_smtp_address=self.mailbox,
+                config=config,
+                autodiscover=False,
+                access_type=IMPERSONATION if access_type == "impersonation" else DELEGATE,
+                default_timezone=_utc(),
+                locale="en_US",
+            )
+        except ValueError as exc:
+            raise ConfigError(f"profile {self.profile.name!r} (ews): {exc}") from None
+        finally:
+            with CachingProtocol._protocol_cache_lock:
+                CachingProtocol._protocol_cache.pop((config.service_endpoint, config.credentials), None)
+        account.protocol = protocol
+        self._protocol = protocol
+        self.account = account
+        self._emit("account", f"{self.mailbox} via {self.url} ({self.auth}, {access_type})", time.monotonic() - t0)
+
+    def close(self) -> None:
+        if self._protocol is not None:
+            try:
+                self._protocol.close()
+            except Exception:  # closing must never mask the real outcome
+                pass
+        self._protocol = None
+        self.account = None
+        if self._tls is not None:
+            self._tls.cleanup()
+            self._tls = None
+
+    def _credentials(self):
+        from exchangelib import Credentials, Identity, OAuth2AuthorizationCodeCredentials
+
+        if self.auth == "password":
+            password = self.secrets.require(self.profile, "password")
+            return Credentials(self.mailbox if not self.profile.values.get("username") else self.profile.values["username"],
+                               password), "delegate"
+        if self.auth in ("oauth", "client-credentials"):
+            t0 = time.monotonic()
+            token, self._static_token = bearer_token(self.profile, self.secrets)
+            self._emit("token", "static access_token secret" if self._static_token else f"{self.auth} token",
+                       time.monotonic() - t0)
+            token_dict = {"access_token": token, "token_type": "Bearer"}
+            if self.auth == "client-credentials":
+                # App-only tokens act on a mailbox through ExchangeImpersonation + X-AnchorMailbox.
+                return OAuth2AuthorizationCodeCredentials(
+                    access_token=token_dict, identity=Identity(primary_smtp_address=self.mailbox)
+                ), "impersonation"
+            return OAuth2AuthorizationCodeCredentials(access_token=token_dict), "delegate"
+        raise ConfigError(
+            f"profile {self.profile.name!r} (ews): auth = {self.auth} is not supported for EWS",
+            hint="use auth = password, oauth or client-credentials",
+        )
+
+    def _autodiscover(self, credentials) -> str:
+        """The EWS URL by autodiscover (slow: several DNS and HTTPS probes)."""
+        from exchangelib import Account
+        from exchangelib.protocol import BaseProtocol
+
+        t0 = time.monotonic()
+        proxies = proxies_for(self.profile, self.secrets, None)
+        with _autodiscover_lock:
+            previous = BaseProtocol.HTTP_ADAPTER_CLS
+            BaseProtocol.HTTP_ADAPTER_CLS = _adapter_class(self._tls.verify, proxies)
+            try:
+                account = Account(primary_smtp_address=self.mailbox, credentials=credentials, autodiscover=True)
+                url = account.protocol.service_endpoint
+            except Exception as exc:
+                raise self._map_error(exc, stage="autodiscover") from None
+            finally:
+                BaseProtocol.HTTP_ADAPTER_CLS = previous
+        self._emit("autodiscover", f"{self.mailbox} -> {url}", time.monotonic() - t0)
+        return url
+
+    # --- sending --------------------------------------------------------------
+    def send(self, raw: bytes, sender: str, recipients: list[str]) -> SendResult:
+        self.open()
+        raw = with_envelope_recipients(raw, recipients)
+        save = bool(self.profile.values.get("save_to_sent_items", True))
+        t0 = time.monotonic()
+        try:
+            _create_item(self.account, raw, save=save)
+        except Exception as exc:
+            raise self._map_error(exc, stage="CreateItem") from None
+        duration = time.monotonic() - t0
+        disposition = "SendAndSaveCopy" if save else "SendOnly"
+        self._emit("CreateItem", f"MessageDisposition={disposition} -> NoError", duration)
+        return SendResult(server=self.url, reply=f"NoError (CreateItem {disposition})", duration=duration)
+
+    def check(self) -> str:
+        """A harmless authenticated request for diagnostics: GetFolder on the Sent Items folder."""
+        self.open()
+        t0 = time.monotonic()
+        try:
+            folder = self.account.sent
+        except Exception as exc:
+            raise self._map_error(exc, stage="GetFolder") from None
+        self._emit("GetFolder", f"sentitems -> {getattr(folder, 'name', 'ok')}", time.monotonic() - t0)
+        return str(getattr(folder, "name", "Sent Items"))
+
+    def _emit(self, stage: str, detail: str, seconds: float) -> None:
+        if self.trace is not None:
+            self.trace(stage, detail, seconds)
+
+    # --- errors ---------------------------------------------------------------
+    def _map_error(self, exc: BaseException, *, stage: str) -> MailctlError:
+        return ews_error(exc, server=self.url or "autodiscover", stage=stage, profile_name=self.profile.name,
+                         static_token=self._static_token, auth=self.auth)
+
+
+_MIME_ONLY = None
+
+
+def _mime_only_message_class():
+    """A Message that serialises as <t:Message><t:MimeContent/></t:Message> only.
+
+    exchangelib fills field defaults (Importance Normal, Sensitivity Normal,
+    IsReadReceiptRequested false...) that Exchange would apply over the MIME headers, turning
+    an Importance: high or Disposition-Notification-To header off."""
+    global _MIME_ONLY
+    if _MIME_ONLY is None:
+        from exchangelib import Message
+
+        class MimeOnlyMessage(Message):
+            def to_xml(self, version):
+                elem = super().to_xml(version=version)
+                for child in list(elem):
+                    if not str(child.tag).endswith("}MimeContent"):
+                        elem.remove(child)
+                return elem
+
+        _MIME_ONLY = MimeOnlyMessage
+    return _MIME_ONLY
+
+
+def _create_item(account, raw: bytes, *, save: bool) -> None:
+    """One CreateItem request carrying only the MIME content.
+
+    Message.send_and_save() would first look up the Sent Items folder (a GetFolder round trip);
+    naming the distinguished folder `sentitems` directly saves it. SendOnly has no folder."""
+    from exchangelib.items import SEND_AND_SAVE_COPY, SEND_ONLY, SEND_TO_NONE
+    from exchangelib.properties import DistinguishedFolderId, Mailbox
+    from exchangelib.services import CreateItem
+
+    message = _mime_only_message_class()(account=account, mime_content=raw)
+    folder = DistinguishedFolderId(id="sentitems", mailbox=Mailbox(email_address=account.primary_smtp_address)) if save else None
+    service = CreateItem(account=account)
+    results = service._elems_to_objs(service._chunked_get_elements(
+        service.get_payload,
+        items=[message],
+        folder=folder,
+        message_disposition=SEND_AND_SAVE_COPY if save else SEND_ONLY,
+        send_meeting_invitations=SEND_TO_NONE,
+    ))
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+
+
+def ews_error(exc: BaseException, *, server: str, stage: str, profile_name: str = "PROFILE",
+              static_token: bool = False, auth: str = "password") -> MailctlError:
+    """A mailctl error for an exchangelib exception (ResponseCode classes, transport errors)."""
+    if isinstance(exc, MailctlError):
+        return exc
+    import requests
+    from exchangelib import errors as ex
+
+    name = type(exc).__name__
+    text = _exc_text(exc)
+    if isinstance(exc, ex.UnauthorizedError) or (isinstance(exc, ex.TransportError) and "401" in text):
+        hint = (f"store the password again: mailctl profile edit {profile_name} --password-stdin"
+                if auth == "password" else f"run: mailctl auth login {profile_name}")
+        if static_token:
+            hint = "the stored access_token secret was rejected (expired?); store a fresh one or run: mailctl auth login " + profile_name
+        return AuthError(f"EWS at {server} rejected the credentials ({auth}): {text}", hint=hint)
+    if isinstance(exc, (ex.TransportError, requests.exceptions.RequestException, OSError)) and not isinstance(exc, ex.ResponseMessageError):
+        if "SSL" in text or "CERTIFICATE" in text.upper() and "verify" in text.lower():
+            return UnavailableError(
+                f"TLS handshake with {_host(server)} failed: {_short_tls(text)}",
+                hint="check the server certificate; for a private CA set ca_file in the profile",
+            )
+        if isinstance(exc, requests.exceptions.ReadTimeout) or "Read timed out" in text:
+            return TemporaryFailure(f"EWS at {server} did not answer in time", hint="raise the profile's timeout")
+        return UnavailableError(f"cannot reach EWS at {server}: {text}",
+                                hint="check ews_url, DNS, the network and the profile's proxy")
+    if isinstance(exc, ex.RateLimitError) or name in ("ErrorServerBusy",):
+        known = explain_ews("ErrorServerBusy")
+        return DeliveryError(f"EWS {stage} failed: ErrorServerBusy: {text}", permanent=False, enhanced="ErrorServerBusy",
+                             text=text, server=server, stage=stage, hint=known.hint if known else None)
+    if isinstance(exc, ex.ResponseMessageError) or name.startswith("Error"):
+        known = explain_ews(name)
+        message = f"EWS {stage} failed: {name}: {text}"
+        if known is None:
+            return DeliveryError(message, permanent=True, enhanced=name, text=text, server=server, stage=stage)
+        hint = known.hint
+        if not known.permanent:
+            return DeliveryError(message, permanent=False, enhanced=name, text=text, server=server, stage=stage, hint=hint)
+        if known.auth:
+            return AuthError(message, hint=hint, exit_code=known.exit_code)
+        return DeliveryError(message, permanent=True, enhanced=name, text=text, server=server, stage=stage, hint=hint,
+                             exit_code=known.exit_code)
+    if isinstance(exc, ex.EWSError):
+        return ProtocolError(f"EWS {stage}: {name}: {text}", hint="run with MAILCTL_DEBUG=1 and report the reply")
+    return ProtocolError(f"EWS {stage}: unexpected {name}: {text}", hint="run with MAILCTL_DEBUG=1 for details",
+                         exit_code=ExitCode.PROTOCOL)
+
+
+def _exc_text(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())[:400]
+
+
+def _short_tls(text: str) -> str:
+    if "certificate verify failed" in text:
+        detail = text.split("certificate verify failed:", 1)[-1].split(")")[0].strip(" :")
+        return f"certificate verify failed: {detail}" if detail else "certificate verify failed"
+    return text[:200]
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).netloc or url
+
+
+def _utc():
+    from exchangelib import UTC
+
+    return UTC
