@@ -253,3 +253,32 @@ def rename(
         actx.output.json(result)
     else:
         actx.output.info(f"Renamed {old!r} to {new!r}.")
+
+
+@profile_app.command("lint")
+def lint(
+    ctx: typer.Context,
+    names: Annotated[Optional[List[str]], typer.Argument(metavar="[NAME]...", help="Profiles to check (default: all).", autocompletion=complete_profile_name)] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Check profiles for configuration problems without touching the network (exit 1 on errors)."""
+    from mailctl.profiles.lint import lint_profiles
+
+    actx = app_context(ctx)
+    doc = actx.store.load()
+    for name in names or []:
+        if not doc.has(name):
+            from mailctl.errors import NotFoundError
+
+            raise NotFoundError(f"no profile named {name!r} in {doc.path}")
+    findings = lint_profiles(doc, names, actx.secrets)
+    if actx.use_json(json_):
+        actx.output.json([f.to_dict() for f in findings])
+    elif findings:
+        actx.output.table(("profile", "severity", "id", "message", "fix"), [(f.profile, f.severity, f.id, f.message, f.fix) for f in findings])
+    else:
+        actx.output.info("No problems found.")
+    failing = {"error", "warning"} if strict else {"error"}
+    if any(f.severity in failing for f in findings):
+        raise typer.Exit(1)
