@@ -71,11 +71,11 @@ class KeyringStore:
         import keyring
 
         old_count = self._part_count(profile, kind)
-        if len(value) <= self.part_chars and not value.startswith(PARTS_MARKER):
+        if _utf16_units(value) <= self.part_chars and not value.startswith(PARTS_MARKER):
             self._call("store", keyring.set_password, self.service, self._user(profile, kind), value)
             self._delete_parts(profile, kind, 1, old_count)
             return
-        chunks = [value[i : i + self.part_chars] for i in range(0, len(value), self.part_chars)]
+        chunks = _split_utf16(value, self.part_chars)
         # Parts first, head last: a reader never sees a head pointing at missing parts.
         for i, chunk in enumerate(chunks, 1):
             self._call("store", keyring.set_password, self.service, self._user(profile, kind, i), chunk)
@@ -115,3 +115,21 @@ class KeyringStore:
                 self._call("delete", keyring.delete_password, self.service, self._user(profile, kind, i))
             except keyring.errors.PasswordDeleteError:
                 pass
+
+
+def _utf16_units(text: str) -> int:
+    """Length as Windows counts it: characters outside the BMP take two UTF-16 units."""
+    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+
+
+def _split_utf16(text: str, limit: int) -> list[str]:
+    """Chunks of at most `limit` UTF-16 units, never splitting a character."""
+    chunks, start, units = [], 0, 0
+    for i, ch in enumerate(text):
+        width = 2 if ord(ch) > 0xFFFF else 1
+        if units + width > limit and i > start:
+            chunks.append(text[start:i])
+            start, units = i, 0
+        units += width
+    chunks.append(text[start:])
+    return chunks
