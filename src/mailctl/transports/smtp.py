@@ -1,0 +1,765 @@
+"""The SMTP transport (smtplib underneath).
+
+One connection serves many send() calls. open() walks the stages that diagnostics also time
+one by one: resolve -> connect -> (implicit TLS) -> banner -> EHLO -> STARTTLS -> EHLO -> AUTH.
+Rules: certificates are verified (system store plus ca_file, or a SHA-256 pin), TLS >= 1.2; a
+configured STARTTLS that is not offered is an error, never a plaintext fallback; AUTH is never
+sent unencrypted unless allow_insecure_auth. When the primary server cannot be reached (DNS,
+connect, TLS handshake, no greeting) the alternate server is tried.
+
+Every failure is a MailctlError carrying `stage`, `server` and a hint from the knowledge base
+(mailctl.diagnostics.knowledge), with the low-level exception as __cause__."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import smtplib
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from mailctl.errors import (
+    AuthError,
+    ConfigError,
+    DeliveryError,
+    ExitCode,
+    MailctlError,
+    ProtocolError,
+    UnavailableError,
+)
+from mailctl.message import strip_bcc
+from mailctl.transports.base import SendResult
+
+# Exit codes per stage when the knowledge base has nothing more specific (docs/smtp.md).
+_STAGE_5XX_EXIT = {
+    "banner": ExitCode.UNAVAILABLE,
+    "ehlo": ExitCode.PROTOCOL,
+    "starttls": ExitCode.PROTOCOL,
+    "auth": ExitCode.NOPERM,
+    "mail": ExitCode.PROBLEMS,
+    "rcpt": ExitCode.PROBLEMS,
+    "data": ExitCode.PROBLEMS,
+}
+_QUEUE_ID_RES = (
+    re.compile(r"queued as ([A-Za-z0-9._:@+-]+)", re.I),
+    re.compile(r"\bid=([A-Za-z0-9._:@+-]+)", re.I),
+    re.compile(r"OK\s+\d+\s+(\S+)\s+-\s+gsmtp", re.I),  # Gmail: 250 2.0.0 OK  1700000000 x1-2.3 - gsmtp
+    re.compile(r"<([^<>\s]+@[^<>\s]+)>"),  # Microsoft 365: 250 2.0.0 OK <msgid@host> [Hostname=...]
+)
+
+
+def queue_id_of(reply_text: str) -> str | None:
+    for pattern in _QUEUE_ID_RES:
+        m = pattern.search(reply_text or "")
+        if m:
+            return m.group(1)
+    return None
+
+
+def _decode(resp: bytes | str) -> str:
+    return resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp)
+
+
+def split_reply(resp: bytes | str) -> tuple[str | None, str]:
+    """Reply text -> (enhanced status code or None, text without it; lines joined by a space)."""
+    from mailctl.diagnostics.knowledge import split_enhanced
+
+    lines = _decode(resp).splitlines() or [""]
+    enhanced, first = split_enhanced(lines[0])
+    rest = []
+    for line in lines[1:]:
+        e, t = split_enhanced(line)
+        rest.append(t if e == enhanced else line.strip())
+    return enhanced, " ".join([first] + rest).strip()
+
+
+def _hint_for(err: BaseException, context: dict[str, Any]):
+    from mailctl.diagnostics.knowledge import explain
+
+    return explain(err, context=context)
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    port: int
+    alternate: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class TranscriptRecorder:
+    """Collects the SMTP conversation: ("C"|"S"|"*", text, seconds since start). AUTH payloads
+    are replaced by a marker; known secret strings (and their base64 forms) are masked too."""
+
+    REDACTED = "[redacted]"
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, float]] = []
+        self._start = time.perf_counter()
+        self._secrets: list[str] = []
+
+    def add_secret(self, value: str | None) -> None:
+        if not value:
+            return
+        forms = {value, base64.b64encode(value.encode()).decode()}
+        self._secrets.extend(f for f in forms if f and len(f) >= 3)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, self.REDACTED)
+        return text
+
+    def add(self, direction: str, text: str) -> None:
+        self.lines.append((direction, self.redact(text), time.perf_counter() - self._start))
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [{"dir": d, "line": t, "t": round(s, 6)} for d, t, s in self.lines]
+
+    def render(self) -> list[str]:
+        return [f"{d}: {t}" for d, t, _ in self.lines]
+
+
+class SmtpSession(smtplib.SMTP):
+    """smtplib.SMTP whose socket we create (resolve, proxy, TCP_NODELAY, implicit TLS) and
+    whose conversation can be recorded. With no recorder the hooks cost one attribute test."""
+
+    def __init__(self, *, local_hostname: str, timeout: float, recorder: TranscriptRecorder | None = None):
+        self.recorder = recorder
+        self.in_auth = False
+        super().__init__(host="", port=0, local_hostname=local_hostname, timeout=timeout)
+
+    def send(self, s):  # noqa: D401 - smtplib hook
+        if self.recorder is not None:
+            self._record_client(s)
+        super().send(s)
+
+    def _record_client(self, s) -> None:
+        if isinstance(s, bytes):  # the message body after DATA
+            text = s.decode("utf-8", "replace")
+            lines = text.split("\r\n")
+            if lines and lines[-1] == "":
+                lines.pop()
+            shown = lines[:40]
+            for line in shown:
+                self.recorder.add("C", line)
+            if len(lines) > len(shown):
+                self.recorder.add("*", f"... {len(lines) - len(shown)} more lines of the message ({len(s)} bytes in all)")
+            return
+        line = s.rstrip("\r\n")
+        if self.in_auth:
+            words = line.split(" ", 2)
+            if len(words) >= 2 and words[0].upper() == "AUTH":
+                line = f"AUTH {words[1]}" + (f" {TranscriptRecorder.REDACTED}" if len(words) > 2 else "")
+            else:
+                line = TranscriptRecorder.REDACTED
+        self.recorder.add("C", line)
+
+    def getreply(self):
+        code, msg = super().getreply()
+        if self.recorder is not None:
+            lines = _decode(msg).split("\n")
+            for i, line in enumerate(lines):
+                sep = "-" if i < len(lines) - 1 else " "
+                self.recorder.add("S", f"{code}{sep}{line}")
+        return code, msg
+
+    def attach(self, sock: socket.socket, host: str) -> None:
+        self.sock = sock
+        self.file = None
+        self._host = host
+
+    def reset_ehlo(self) -> None:
+        self.file = None
+        self.helo_resp = None
+        self.ehlo_resp = None
+        self.esmtp_features = {}
+        self.does_esmtp = False
+
+
+def make_tls_context(profile) -> tuple[ssl.SSLContext, str]:
+    """(context, how the peer is verified: 'system', 'ca_file', 'fingerprint', 'none')."""
+    pin = (profile.get("tls_fingerprint") or "").strip()
+    verify = profile.get("tls_verify", True)
+    if isinstance(verify, str):
+        verify = verify.lower() not in ("false", "0", "no", "off")
+    ca_file = profile.get("ca_file") or ""
+    ctx = ssl.create_default_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    mode = "system"
+    if ca_file:
+        try:
+            ctx.load_verify_locations(cafile=str(ca_file))
+        except (FileNotFoundError, IsADirectoryError):
+            raise ConfigError(f"ca_file {ca_file}: no such file") from None
+        except ssl.SSLError as exc:
+            raise ConfigError(f"ca_file {ca_file}: not a PEM CA bundle ({exc.reason or exc})") from None
+        mode = "ca_file"
+    if pin:
+        # A pin replaces CA verification (like msmtp's tls_fingerprint): the certificate's
+        # SHA-256 must match exactly, checked right after the handshake.
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        mode = "fingerprint"
+    elif not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        mode = "none"
+    return ctx, mode
+
+
+def normalise_fingerprint(value: str) -> str:
+    return re.sub(r"[^0-9a-f]", "", value.lower())
+
+
+def format_fingerprint(digest: bytes) -> str:
+    return ":".join(f"{b:02X}" for b in digest)
+
+
+def default_ehlo_name() -> str:
+    # smtplib's default is socket.getfqdn(), which can block on reverse DNS for seconds.
+    name = socket.gethostname() or "localhost"
+    if not re.match(r"^[A-Za-z0-9.-]+$", name):
+        name = "localhost"
+    return name
+
+
+def _oauth_token(profile, secrets, *, force_refresh: bool = False) -> str:
+    """An XOAUTH2 bearer token: the oauth package when it is there; a stored static
+    access_token otherwise (and always when one is stored and no refresh is asked for)."""
+    static = secrets.get(profile, "access_token") if secrets is not None else None
+    if static and not force_refresh:
+        return static
+    try:
+        from mailctl.oauth import get_access_token  # type: ignore[attr-defined]
+    except ImportError:
+        get_access_token = None
+    if get_access_token is None:
+        if static:
+            return static
+        return secrets.require(profile, "access_token")
+    return get_access_token(profile, secrets, force_refresh=force_refresh)
+
+
+def xoauth2_string(user: str, token: str) -> str:
+    return f"user={user}\x01auth=Bearer {token}\x01\x01"
+
+
+class SmtpTransport:
+    name = "smtp"
+
+    def __init__(self, profile, secrets, *, recorder: TranscriptRecorder | None = None, **options: Any) -> None:
+        self.profile = profile
+        self.secrets = secrets
+        self.recorder = recorder
+        self.options = options
+        host = profile.get("host")
+        if not host:
+            raise ConfigError(
+                f"profile {profile.name!r} (smtp): missing required field host",
+                hint=f"set it with: mailctl profile edit {profile.name} --host HOST",
+            )
+        self.security = profile.get("security") or "starttls"
+        port = int(profile.get("port") or {"starttls": 587, "tls": 465}.get(self.security, 25))
+        self.timeout = float(profile.get("timeout") or 30)
+        self.ehlo_name = profile.get("ehlo_name") or default_ehlo_name()
+        self.auth_method = profile.get("auth") or ("password" if profile.get("username") else "none")
+        self.servers = [Server(host, port)]
+        alt = profile.get("alternate_host")
+        if alt:
+            self.servers.append(Server(alt, int(profile.get("alternate_port") or port), True))
+        self._tls_ctx: ssl.SSLContext | None = None
+        self.tls_mode = ""
+        self.session: SmtpSession | None = None
+        self.server: Server | None = None
+        self.encrypted = False
+        self.authenticated_as: str | None = None
+        self.auth_mechanism: str | None = None
+        self.attempts: list[dict[str, Any]] = []  # failed servers before the one that worked
+        self._proxy = None
+
+    # --- helpers -----------------------------------------------------------------------
+    def _context(self, server: Server | None = None) -> dict[str, Any]:
+        server = server or self.server or self.servers[0]
+        return {"profile": self.profile.name, "host": server.host, "port": server.port}
+
+    def _error(self, err: MailctlError, stage: str, cause: BaseException | None = None, failure_id: str | None = None, server: Server | None = None) -> MailctlError:
+        """Annotate an error with stage/server, a knowledge-base hint and exit code."""
+        server = server or self.server or self.servers[0]
+        err.stage = stage  # type: ignore[attr-defined]
+        err.server = server.address  # type: ignore[attr-defined]
+        if failure_id:
+            err.failure_id = failure_id  # type: ignore[attr-defined]
+        if cause is not None and err.__cause__ is None:
+            err.__cause__ = cause
+        explanation = _hint_for(err, self._context(server))
+        if explanation is not None:
+            err.explanation = explanation  # type: ignore[attr-defined]
+            if not err.hint:
+                err.hint = explanation.fix
+            if explanation.exit_code is not None and not getattr(err, "_exit_fixed", False):
+                err.exit_code = explanation.exit_code
+        return err
+
+    def _reply_error(self, stage: str, code: int, resp: bytes | str, *, what: str) -> MailctlError:
+        enhanced, text = split_reply(resp)
+        server = self.server or self.servers[0]
+        reply = " ".join(p for p in (str(code), enhanced or "", text) if p)
+        message = f"{what} refused by {server.address}: {reply}"
+        permanent = code >= 500
+        if stage == "auth" and permanent:
+            err: MailctlError = AuthError(message)
+            err.code, err.enhanced, err.text, err.permanent = code, enhanced, text, True  # type: ignore[attr-defined]
+        elif stage in ("ehlo", "starttls") and permanent and code != 421:
+            err = ProtocolError(message)
+            err.code, err.enhanced, err.text, err.permanent = code, enhanced, text, True  # type: ignore[attr-defined]
+        else:
+            err = DeliveryError(
+                message,
+                permanent=permanent,
+                code=code,
+                enhanced=enhanced,
+                text=text,
+                server=server.address,
+                stage=stage,
+                exit_code=_STAGE_5XX_EXIT.get(stage, ExitCode.PROBLEMS) if permanent else ExitCode.TEMPFAIL,
+            )
+        return self._error(err, stage)
+
+    def _lost(self, stage: str, exc: BaseException) -> MailctlError:
+        self._drop()
+        server = self.server or self.servers[0]
+        if isinstance(exc, (TimeoutError, socket.timeout)):
+            msg = f"{server.address} did not answer within {self.timeout:g}s during {stage.upper()}"
+        else:
+            msg = f"connection to {server.address} lost during {stage.upper()}: {exc}"
+        err = DeliveryError(msg, permanent=False, server=server.address, stage=stage, exit_code=ExitCode.TEMPFAIL)
+        return self._error(err, stage, exc)
+
+    def proxy_spec(self):
+        if self._proxy is None and self.profile.get("proxy"):
+            from mailctl.transports.proxy import parse_proxy
+
+            url = self.profile.get("proxy")
+            password = self.secrets.get(self.profile, "proxy_password") if self.secrets is not None else None
+            if self.recorder is not None:
+                self.recorder.add_secret(password)
+            self._proxy = parse_proxy(url, password)
+        return self._proxy
+
+    @property
+    def tls_context(self) -> ssl.SSLContext:
+        if self._tls_ctx is None:
+            self._tls_ctx, self.tls_mode = make_tls_context(self.profile)
+        return self._tls_ctx
+
+    # --- stages (diagnostics time these one by one) ---------------------------------------
+    def resolve(self, server: Server) -> list[tuple]:
+        """getaddrinfo for the server (skipped by callers when a proxy resolves)."""
+        try:
+            return socket.getaddrinfo(server.host, server.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            err = UnavailableError(f"cannot resolve {server.host}: {exc.strerror or exc}")
+            raise self._error(err, "resolve", exc, server=server) from exc
+
+    def connect(self, server: Server, addrs: list[tuple] | None = None) -> None:
+        """TCP connection (direct or through the proxy); sets self.session."""
+        self.server = server
+        self.encrypted = False
+        proxy = self.proxy_spec()
+        try:
+            if proxy is not None:
+                from mailctl.transports.proxy import connect_via_proxy
+
+                sock = connect_via_proxy(proxy, server.host, server.port, self.timeout)
+            else:
+                if addrs is None:
+                    addrs = self.resolve(server)
+                sock = self._connect_first(addrs)
+        except MailctlError as err:
+            raise self._error(err, "connect", server=server)
+        except OSError as exc:
+            what = "timed out" if isinstance(exc, (TimeoutError, socket.timeout)) else (exc.strerror or str(exc))
+            err = UnavailableError(f"cannot connect to {server.address}: {what}")
+            raise self._error(err, "connect", exc, server=server) from exc
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        sock.settimeout(self.timeout)
+        session = SmtpSession(local_hostname=self.ehlo_name, timeout=self.timeout, recorder=self.recorder)
+        session.attach(sock, server.host)
+        self.session = session
+        if self.recorder is not None:
+            peer = ""
+            try:
+                peer = " ({}:{})".format(*sock.getpeername()[:2])
+            except OSError:
+                pass
+            via = f" via {proxy.display}" if proxy is not None else ""
+            self.recorder.add("*", f"connected to {server.address}{peer}{via}")
+
+    def _connect_first(self, addrs: list[tuple]) -> socket.socket:
+        last: OSError | None = None
+        deadline = time.monotonic() + self.timeout
+        for family, socktype, proto, _canon, sockaddr in addrs:
+            sock = socket.socket(family, socktype, proto)
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                last = exc
+                if time.monotonic() >= deadline:
+                    break
+        raise last or OSError("no address to connect to")
+
+    def tls_handshake(self, stage: str = "tls") -> None:
+        """Wrap the socket in TLS (implicit TLS at connect, or after STARTTLS's 220)."""
+        session = self.session
+        server = self.server
+        try:
+            session.sock = self.tls_context.wrap_socket(session.sock, server_hostname=server.host)
+        except ssl.SSLCertVerificationError as exc:
+            self._drop()
+            err = UnavailableError(f"TLS certificate of {server.address} not accepted: {exc.verify_message or exc.reason}")
+            raise self._error(err, stage, exc) from exc
+        except ssl.SSLError as exc:
+            self._drop()
+            err = UnavailableError(f"TLS handshake with {server.address} failed: {exc.reason or exc}")
+            raise self._error(err, stage, exc) from exc
+        except (OSError, EOFError) as exc:
+            self._drop()
+            what = "timed out" if isinstance(exc, (TimeoutError, socket.timeout)) else str(exc) or type(exc).__name__
+            err = UnavailableError(f"TLS handshake with {server.address} failed: {what}")
+            raise self._error(err, stage, exc) from exc
+        session.file = None
+        if self.tls_mode == "fingerprint":
+            der = session.sock.getpeercert(binary_form=True) or b""
+            got = hashlib.sha256(der).hexdigest()
+            want = normalise_fingerprint(self.profile.get("tls_fingerprint"))
+            if got != want:
+                self._drop()
+                err = UnavailableError(
+                    f"TLS certificate of {server.address} does not match the pinned fingerprint (got SHA-256 {format_fingerprint(bytes.fromhex(got))})"
+                )
+                raise self._error(err, stage, failure_id="tls-fingerprint-mismatch")
+        self.encrypted = True
+        if self.recorder is not None:
+            s = session.sock
+            self.recorder.add("*", f"TLS established: {s.version()} {s.cipher()[0]} (verification: {self.tls_mode})")
+
+    def banner(self) -> tuple[int, str]:
+        try:
+            code, msg = self.session.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self._drop()
+            server = self.server
+            if isinstance(exc, (TimeoutError, socket.timeout)):
+                what = f"no greeting from {server.address} within {self.timeout:g}s"
+            else:
+                what = f"{server.address} closed the connection before its greeting"
+            raise self._error(UnavailableError(what), "banner", exc) from exc
+        if code != 220:
+            err = self._reply_error("banner", code, msg, what="session")
+            self._drop()
+            raise err
+        return code, _decode(msg)
+
+    def ehlo(self) -> tuple[int, str]:
+        session = self.session
+        try:
+            code, msg = session.ehlo(self.ehlo_name)
+            if 500 <= code < 600:  # a server without ESMTP: fall back to HELO
+                code, msg = session.helo(self.ehlo_name)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise self._lost("ehlo", exc) from exc
+        if code != 250:
+            err = self._reply_error("ehlo", code, msg, what="EHLO")
+            self._drop()
+            raise err
+        return code, _decode(msg)
+
+    def starttls(self) -> tuple[int, str]:
+        session = self.session
+        if not session.has_extn("starttls"):
+            self._drop()
+            err = ProtocolError(f"{self.server.address} does not offer STARTTLS (security = starttls); not sending anything in plaintext")
+            raise self._error(err, "starttls", failure_id="starttls-not-offered")
+        try:
+            code, msg = session.docmd("STARTTLS")
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise self._lost("starttls", exc) from exc
+        if code != 220:
+            err = self._reply_error("starttls", code, msg, what="STARTTLS")
+            self._drop()
+            raise err
+        self.tls_handshake(stage="starttls")
+        session.reset_ehlo()
+        return code, _decode(msg)
+
+    def auth_mechanisms(self) -> list[str]:
+        if self.session is None or not self.session.has_extn("auth"):
+            return []
+        return self.session.esmtp_features.get("auth", "").upper().split()
+
+    def authenticate(self) -> str | None:
+        """AUTH as the profile says; returns the mechanism used (None for auth = none)."""
+        method = self.auth_method
+        if method == "none":
+            return None
+        allow_insecure = self.profile.get("allow_insecure_auth", False)
+        if isinstance(allow_insecure, str):
+            allow_insecure = allow_insecure.lower() in ("true", "1", "yes", "on")
+        if not self.encrypted and not allow_insecure:
+            self._drop()
+            err = ConfigError(
+                f"refusing to send credentials to {self.server.address} over an unencrypted connection (security = {self.security})"
+            )
+            raise self._error(err, "auth", failure_id="auth-plaintext-refused")
+        username = self.profile.get("username") or ""
+        if not username:
+            err = ConfigError(f"profile {self.profile.name!r}: auth = {method} needs a username")
+            err.hint = f"set it with: mailctl profile edit {self.profile.name} --username USER"
+            raise self._error(err, "auth")
+        offered = self.auth_mechanisms()
+        if method == "password":
+            mech = next((m for m in ("PLAIN", "LOGIN", "CRAM-MD5") if m in offered), None)
+        else:  # oauth, client-credentials, service-account: a bearer token over XOAUTH2
+            mech = "XOAUTH2" if "XOAUTH2" in offered else None
+        if mech is None:
+            if not offered:
+                detail = "offers no AUTH" + (" before STARTTLS" if not self.encrypted else "")
+                failure = "auth-not-offered"
+            else:
+                detail = f"offers AUTH {' '.join(offered)}, none usable for auth = {method}"
+                failure = "auth-mechanism-unsupported"
+            err = ProtocolError(f"{self.server.address} {detail}")
+            raise self._error(err, "auth", failure_id=failure)
+        try:
+            secret = self._credential(method)
+        except MailctlError as err:
+            raise self._error(err, "auth")
+        session = self.session
+        try:
+            try:
+                self._auth_once(session, mech, username, secret)
+            except smtplib.SMTPAuthenticationError as exc:
+                if mech == "XOAUTH2" and exc.smtp_code == 535 and self._can_refresh():
+                    if self.recorder is not None:
+                        self.recorder.add("*", "token refused; refreshing it once and retrying AUTH")
+                    try:
+                        secret = self._credential(method, force_refresh=True)
+                    except MailctlError:
+                        raise exc from None
+                    self._auth_once(session, mech, username, secret)
+                else:
+                    raise
+        except smtplib.SMTPAuthenticationError as exc:
+            err = self._reply_error("auth", exc.smtp_code, exc.smtp_error, what=f"AUTH {mech} as {username}")
+            raise err from exc
+        except smtplib.SMTPResponseException as exc:  # pragma: no cover - unusual replies
+            raise self._reply_error("auth", exc.smtp_code, exc.smtp_error, what=f"AUTH {mech}") from exc
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise self._lost("auth", exc) from exc
+        finally:
+            session.user = session.password = None
+        self.authenticated_as = username
+        self.auth_mechanism = mech
+        return mech
+
+    def _can_refresh(self) -> bool:
+        try:
+            from mailctl.oauth import get_access_token  # type: ignore[attr-defined] # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def _credential(self, method: str, *, force_refresh: bool = False) -> str:
+        if method == "password":
+            value = self.secrets.require(self.profile, "password")
+        else:
+            value = _oauth_token(self.profile, self.secrets, force_refresh=force_refresh)
+        if self.recorder is not None:
+            self.recorder.add_secret(value)
+        return value
+
+    def _auth_once(self, session: SmtpSession, mech: str, username: str, secret: str) -> None:
+        session.in_auth = True
+        try:
+            if mech == "XOAUTH2":
+                payload = xoauth2_string(username, secret)
+                if self.recorder is not None:
+                    self.recorder.add_secret(payload)
+                # On failure Google sends a 334 with a JSON error; the answer is an empty line.
+                session.auth("XOAUTH2", lambda challenge=None: payload if challenge is None else "", initial_response_ok=True)
+            else:
+                session.user, session.password = username, secret
+                if self.recorder is not None:
+                    self.recorder.add_secret(f"\0{username}\0{secret}")
+                fn = {"PLAIN": session.auth_plain, "LOGIN": session.auth_login, "CRAM-MD5": session.auth_cram_md5}[mech]
+                session.auth(mech, fn, initial_response_ok=mech != "CRAM-MD5")
+        finally:
+            session.in_auth = False
+
+    def quit(self) -> tuple[int, str] | None:
+        session = self.session
+        self.session = None
+        if session is None:
+            return None
+        try:
+            if session.sock is None:
+                return None
+            return session.quit()
+        except (smtplib.SMTPException, OSError):
+            try:
+                session.close()
+            except OSError:
+                pass
+            return None
+
+    def _drop(self) -> None:
+        session = self.session
+        self.session = None
+        self.encrypted = False
+        if session is not None:
+            try:
+                session.close()
+            except OSError:
+                pass
+
+    # --- the session as a whole -----------------------------------------------------------
+    def handshake(self, server: Server) -> None:
+        """Everything up to (not including) AUTH on one server."""
+        addrs = None if self.proxy_spec() is not None else self.resolve(server)
+        self.connect(server, addrs)
+        if self.security == "tls":
+            self.tls_handshake()
+        self.banner()
+        self.ehlo()
+        if self.security == "starttls":
+            self.starttls()
+            self.ehlo()
+
+    def open(self) -> None:
+        if self.session is not None:
+            return
+        self.attempts = []
+        failures: list[MailctlError] = []
+        for server in self.servers:
+            try:
+                self.handshake(server)
+                break
+            except UnavailableError as err:  # cannot reach this one: DNS, connect, TLS, greeting
+                failures.append(err)
+                self.attempts.append({"server": server.address, "stage": getattr(err, "stage", None), "error": err.message})
+                self._drop()
+                continue
+        else:
+            first = failures[0]
+            if len(failures) > 1:  # say what happened on every server; the hint is the primary's
+                first.message = "; ".join(f.message for f in failures)
+                first.args = (first.message,)
+            raise first
+        try:
+            self.authenticate()
+        except BaseException:
+            self._drop()
+            raise
+
+    def mail_from(self, sender: str, raw: bytes, recipients: list[str]) -> tuple[int, str]:
+        session = self.session
+        opts: list[str] = []
+        if session.does_esmtp:
+            if session.has_extn("size"):
+                opts.append(f"SIZE={len(raw)}")
+            if not raw.isascii() and session.has_extn("8bitmime"):
+                opts.append("BODY=8BITMIME")
+            if not (sender.isascii() and all(r.isascii() for r in recipients)) and session.has_extn("smtputf8"):
+                opts.append("SMTPUTF8")
+        try:
+            code, resp = session.mail(sender, opts)
+        except smtplib.SMTPNotSupportedError as exc:
+            raise self._error(ProtocolError(f"{self.server.address}: {exc}"), "mail", exc) from exc
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise self._lost("mail", exc) from exc
+        if code != 250:
+            raise self._fail_message("mail", code, resp, f"MAIL FROM:<{sender}>")
+        return code, _decode(resp)
+
+    def rcpt_to(self, recipients: list[str]) -> dict[str, str]:
+        """RCPT TO for each recipient; returns the refused ones (raises when all are refused)."""
+        session = self.session
+        refused: dict[str, tuple[int, bytes]] = {}
+        try:
+            for rcpt in recipients:
+                code, resp = session.rcpt(rcpt)
+                if code not in (250, 251):
+                    refused[rcpt] = (code, resp)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise self._lost("rcpt", exc) from exc
+        if refused and len(refused) == len(recipients):
+            first_rcpt, (code, resp) = next(iter(refused.items()))
+            err = self._fail_message("rcpt", code, resp, f"RCPT TO:<{first_rcpt}>")
+            if any(c < 500 for c, _ in refused.values()) and isinstance(err, DeliveryError):
+                err.permanent = False
+            err.refused = {r: f"{c} {_decode(m)}".replace("\n", " ") for r, (c, m) in refused.items()}  # type: ignore[attr-defined]
+            raise err
+        return {r: f"{c} {_decode(m)}".replace("\n", " ") for r, (c, m) in refused.items()}
+
+    def send_data(self, raw: bytes) -> tuple[int, str]:
+        try:
+            code, resp = self.session.data(raw)
+        except smtplib.SMTPResponseException as exc:  # a non-354 answer to DATA
+            raise self._fail_message("data", exc.smtp_code, exc.smtp_error, "DATA") from exc
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise self._lost("data", exc) from exc
+        if code != 250:
+            raise self._fail_message("data", code, resp, "DATA")
+        return code, _decode(resp)
+
+    def send(self, raw: bytes, sender: str, recipients: list[str]) -> SendResult:
+        if self.session is None:
+            self.open()
+        start = time.perf_counter()
+        raw = strip_bcc(raw)
+        self.mail_from(sender, raw, recipients)
+        refused = self.rcpt_to(recipients)
+        code, text = self.send_data(raw)
+        return SendResult(
+            server=self.server.address,
+            reply=f"{code} {text}".replace("\n", " "),
+            queue_id=queue_id_of(text),
+            refused=refused,
+            used_alternate=self.server.alternate,
+            duration=time.perf_counter() - start,
+        )
+
+    def _fail_message(self, stage: str, code: int, resp, what: str) -> MailctlError:
+        err = self._reply_error(stage, code, resp, what=what)
+        if code == 421:
+            self._drop()  # 421: the server closes the channel
+        else:
+            try:
+                self.session.rset()
+            except (smtplib.SMTPException, OSError):
+                self._drop()
+        return err
+
+    def close(self) -> None:
+        self.quit()
+
+    def __enter__(self) -> "SmtpTransport":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
