@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from mailctl.errors import DeliveryError, ExitCode, MailctlError
+from mailctl.errors import AuthError, ConfigError, DeliveryError, ExitCode, MailctlError
 from mailctl.outbox.store import ClaimedMessage, Outbox
 
 # Postfix: minimal_backoff_time = 300s, maximal_backoff_time = 4000s, doubling in between.
@@ -22,6 +22,7 @@ DEFAULT_MIN_BACKOFF = 300.0
 DEFAULT_MAX_BACKOFF = 4000.0
 DEFAULT_LEASE = 600.0  # a claimed row is ours this long after our last commit
 CLAIM_SIZE = 20  # rows claimed per write transaction
+MAX_FAILURES_IN_A_ROW = 3  # connection-level failures before a flush stops using a profile
 
 
 def backoff_delay(attempts: int, min_backoff: float = DEFAULT_MIN_BACKOFF, max_backoff: float = DEFAULT_MAX_BACKOFF) -> float:
@@ -177,6 +178,7 @@ class _Session:
         self.error = error
         self.transport: Any = None
         self.limiter: RateLimiter | None = None
+        self.failures = 0  # connection-level failures in a row
 
 
 def flush(
@@ -304,21 +306,30 @@ def flush(
                 lim.record(clock())
             result = s.transport.send(c.raw, c.sender, list(c.recipients))
         except DeliveryError as exc:
+            s.failures = 0
             reply = exc.reply or exc.message
-            commit(c, "failed" if exc.permanent else "deferred", reply, exc.server, s.name, time.monotonic() - t0)
+            refused = dict(getattr(exc, "refused", None) or {})
+            temporary = [r for r, why in refused.items() if str(why).startswith("4")]
+            if not exc.permanent and refused and 0 < len(temporary) < len(c.recipients):
+                # every recipient refused, some for good (5xx): retry only the 4xx ones
+                reply = "refused: " + "; ".join(f"{r}: {why}" for r, why in refused.items())
+                commit(c, "deferred", reply, exc.server, s.name, time.monotonic() - t0, recipients=temporary)
+            else:
+                commit(c, "failed" if exc.permanent else "deferred", reply, exc.server, s.name, time.monotonic() - t0)
             return
-        except MailctlError as exc:
-            # cannot reach the server, authentication refused, protocol or configuration trouble:
-            # nothing was delivered; retry later, and stop using this profile for this run.
+        except Exception as exc:
+            # connection lost, protocol trouble, or a bug: nothing is known to be delivered, so
+            # retry later. Reconnect for the next message, but give up on this profile for this
+            # run after a few failures in a row.
             _close(s)
-            s.error = exc
-            report.profile_errors[s.name or "(default)"] = exc.message
-            commit(c, "deferred", exc.message, getattr(exc, "server", None), s.name, time.monotonic() - t0)
+            s.failures += 1
+            message = exc.message if isinstance(exc, MailctlError) else f"unexpected {type(exc).__name__}: {exc}"
+            if s.failures >= MAX_FAILURES_IN_A_ROW or isinstance(exc, (AuthError, ConfigError)):
+                s.error = exc if isinstance(exc, MailctlError) else MailctlError(message)
+                report.profile_errors[s.name or "(default)"] = message
+            commit(c, "deferred", message, getattr(exc, "server", None), s.name, time.monotonic() - t0)
             return
-        except Exception as exc:  # an unexpected bug must not lose the message or stop the run
-            _close(s)
-            commit(c, "deferred", f"unexpected {type(exc).__name__}: {exc}", None, s.name, time.monotonic() - t0)
-            return
+        s.failures = 0
         duration = time.monotonic() - t0
         refused = dict(getattr(result, "refused", None) or {})
         temporary = [r for r, reply in refused.items() if str(reply).startswith("4")]
