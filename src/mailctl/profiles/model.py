@@ -27,7 +27,7 @@ DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 
 
 def validate_name(name: str, what: str = "profile name") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ValidationError(
             f"invalid {what} {name!r}: use 1-50 letters, digits or underscores",
             field="name",
