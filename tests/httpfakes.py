@@ -284,3 +284,83 @@ def soap_mime_content(body: bytes) -> bytes:
     m = re.search(rb"<(?:\w+:)?MimeContent[^>]*>([^<]*)</(?:\w+:)?MimeContent>", body)
     assert m, "no MimeContent in the request"
     return base64.b64decode(m.group(1))
+
+
+# --- an HTTP CONNECT proxy ------------------------------------------------------
+class ConnectProxy:
+    """A plain HTTP proxy on 127.0.0.1 that only does CONNECT tunnels, recording the targets
+    (and the Proxy-Authorization header) it was asked for."""
+
+    def __init__(self, *, require_auth: str | None = None):
+        import socket
+
+        self.targets: list[str] = []
+        self.auth_headers: list[str | None] = []
+        self.require_auth = require_auth
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> "ConnectProxy":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop = True
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client) -> None:
+        import select
+        import socket
+
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = client.recv(4096)
+            if not chunk:
+                client.close()
+                return
+            data += chunk
+        head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        method, target, _ = head[0].split(" ", 2)
+        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
+        self.targets.append(target)
+        self.auth_headers.append(headers.get("proxy-authorization"))
+        if self.require_auth and headers.get("proxy-authorization") != self.require_auth:
+            client.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n")
+            client.close()
+            return
+        if method != "CONNECT":
+            client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+            client.close()
+            return
+        host, _, port = target.rpartition(":")
+        upstream = socket.create_connection((host, int(port)))
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        socks = [client, upstream]
+        try:
+            while True:
+                readable, _, _ = select.select(socks, [], [], 5)
+                if not readable:
+                    break
+                for s in readable:
+                    buf = s.recv(65536)
+                    if not buf:
+                        return
+                    (upstream if s is client else client).sendall(buf)
+        except OSError:
+            pass
+        finally:
+            client.close()
+            upstream.close()

@@ -76,7 +76,7 @@ GRAPH_ERRORS: dict[str, KnownFailure] = {
             "ErrorInvalidRecipients",
             "at least one recipient address is invalid",
             "check the To/Cc/Bcc addresses",
-            ExitCode.DATAERR,
+            ExitCode.PROBLEMS,
         ),
         KnownFailure(
             "ErrorMessageSizeExceeded",
@@ -148,7 +148,7 @@ EWS_ERRORS: dict[str, KnownFailure] = {
             "ErrorInvalidRecipients",
             "at least one recipient address is invalid",
             "check the To/Cc/Bcc addresses",
-            ExitCode.DATAERR,
+            ExitCode.PROBLEMS,
         ),
         KnownFailure(
             "ErrorSendAsDenied",

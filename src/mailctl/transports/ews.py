@@ -234,7 +234,7 @@ class EwsTransport:
                 account = Account(primary_smtp_address=self.mailbox, credentials=credentials, autodiscover=True)
                 url = account.protocol.service_endpoint
             except Exception as exc:
-                raise self._map_error(exc, stage="autodiscover") from None
+                raise self._map_error(exc, stage="autodiscover") from exc
             finally:
                 BaseProtocol.HTTP_ADAPTER_CLS = previous
         self._emit("autodiscover", f"{self.mailbox} -> {url}", time.monotonic() - t0)
@@ -249,7 +249,7 @@ class EwsTransport:
         try:
             _create_item(self.account, raw, save=save)
         except Exception as exc:
-            raise self._map_error(exc, stage="CreateItem") from None
+            raise self._map_error(exc, stage="CreateItem") from exc
         duration = time.monotonic() - t0
         disposition = "SendAndSaveCopy" if save else "SendOnly"
         self._emit("CreateItem", f"MessageDisposition={disposition} -> NoError", duration)
@@ -262,7 +262,7 @@ class EwsTransport:
         try:
             folder = self.account.sent
         except Exception as exc:
-            raise self._map_error(exc, stage="GetFolder") from None
+            raise self._map_error(exc, stage="GetFolder") from exc
         self._emit("GetFolder", f"sentitems -> {getattr(folder, 'name', 'ok')}", time.monotonic() - t0)
         return str(getattr(folder, "name", "Sent Items"))
 
@@ -330,6 +330,15 @@ def ews_error(exc: BaseException, *, server: str, stage: str, profile_name: str 
     """A mailctl error for an exchangelib exception (ResponseCode classes, transport errors)."""
     if isinstance(exc, MailctlError):
         return exc
+    err = _ews_error(exc, server=server, stage=stage, profile_name=profile_name, static_token=static_token, auth=auth)
+    name = type(exc).__name__
+    err.error_code = name if name.startswith("Error") else None  # type: ignore[attr-defined]
+    err.__cause__ = exc  # diagnostics look at the exception chain; never shown to users
+    return err
+
+
+def _ews_error(exc: BaseException, *, server: str, stage: str, profile_name: str, static_token: bool,
+               auth: str) -> MailctlError:
     import requests
     from exchangelib import errors as ex
 

@@ -244,6 +244,14 @@ class GraphTransport:
 # --- errors -------------------------------------------------------------------
 def graph_error(response, *, server: str, stage: str, static_token: bool = False, profile_name: str = "PROFILE") -> MailctlError:
     """A mailctl error for a Graph error reply, with the knowledge base's hint and exit code."""
+    err = _graph_error(response, server=server, stage=stage, static_token=static_token, profile_name=profile_name)
+    # What diagnostics' knowledge base matches on (Facts.http_status / error_code).
+    err.http_status = response.status_code  # type: ignore[attr-defined]
+    err.error_code = _error_body(response)[0]  # type: ignore[attr-defined]
+    return err
+
+
+def _graph_error(response, *, server: str, stage: str, static_token: bool, profile_name: str) -> MailctlError:
     status = response.status_code
     code, text = _error_body(response)
     known: KnownFailure | None = explain_graph(code, status)
