@@ -288,7 +288,7 @@ class FakeIdP:
                 try:
                     claims = jwt.decode(
                         form.get("assertion", ""), idp.service_account_public_pem, algorithms=["RS256"],
-                        audience=idp.google_token_url,
+                        audience=[idp.google_token_url, "https://oauth2.googleapis.com/token"],
                     )
                 except Exception as exc:
                     return self._send(400, {"error": "invalid_grant", "error_description": f"Invalid JWT: {type(exc).__name__}"})

@@ -81,8 +81,16 @@ def entra_error(result: dict, profile_name: str, *, doing: str) -> MailctlError:
     return AuthError(f"profile {profile_name!r}: {doing} failed: {meaning}{detail}", hint=hint.format(name=profile_name))
 
 
-def google_error(error: str, description: str, profile_name: str, *, doing: str) -> MailctlError:
+def google_error(error: str, description: str, profile_name: str, *, doing: str, service_account: bool = False) -> MailctlError:
     description = _first_line(description)
+    if service_account and error in ("invalid_grant", "unauthorized_client", "access_denied"):
+        return AuthError(
+            f"profile {profile_name!r}: {doing} failed: Google refused the service account ({error}"
+            + (f": {description}" if description else "") + ")",
+            hint="check that the key is still active, the clock is right, and that domain-wide delegation grants this "
+            "client id the scope (Workspace Admin console > Security > API controls > Domain-wide delegation); "
+            "the profile's username must be a mailbox in that domain",
+        )
     table = {
         "invalid_grant": ("the stored sign-in is no longer valid (expired or revoked; apps in 'Testing' publishing "
                           "status lose refresh tokens after 7 days)", "run: mailctl auth login {name}"),
