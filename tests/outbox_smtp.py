@@ -66,7 +66,7 @@ class SmtpServer:
         self.handler = handler or RecordingHandler()
         self.port = port or free_port()
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port,
-                                     server_kwargs={"data_size_limit": 0}, ready_timeout=10)
+                                     data_size_limit=0, ready_timeout=10)
 
     def __enter__(self) -> "SmtpServer":
         self.controller.start()

@@ -1,0 +1,163 @@
+"""The outbox against real SMTP servers (aiosmtpd on 127.0.0.1): one connection per flush,
+4xx/5xx recipients, the alternate server, SIGKILL at many points, concurrent flushes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mailctl.outbox import FlushOptions, FlushPolicy, Outbox, flush
+from mailctl.profiles.model import ResolvedProfile
+from mailctl.transports import open_transport
+
+sys.path.insert(0, str(Path(__file__).parent))
+from outbox_smtp import RecordingHandler, SmtpServer, free_port, write_profiles  # noqa: E402
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def message(n: int, to: str = "user@example.org") -> bytes:
+    return (f"From: app@example.com\r\nTo: {to}\r\nSubject: test {n}\r\n"
+            f"Message-ID: <m{n}@test.example>\r\n\r\nbody {n}\r\n").encode()
+
+
+def profile_for(server: SmtpServer, **extra) -> ResolvedProfile:
+    values = {"type": "smtp", "host": "127.0.0.1", "port": server.port, "security": "none", "auth": "none",
+              "from_address": "app@example.com", "timeout": 10, **extra}
+    return ResolvedProfile("local_smtp", values)
+
+
+def smtp_flush(box, profile, **kw):
+    return flush(box, policy=kw.pop("policy", FlushPolicy()), resolve=lambda name: profile,
+                 open_transport=lambda p: open_transport(p, None), options=kw.pop("options", FlushOptions()), **kw)
+
+
+def test_flush_over_one_connection_with_4xx_and_5xx(tmp_path):
+    handler = RecordingHandler(temp_fail={"later@example.org"}, perm_fail={"nobody@example.org"})
+    with SmtpServer(handler) as server:
+        box = Outbox(tmp_path / "o.sqlite3")
+        ok = [box.enqueue(message(n), "app@example.com", ["user@example.org"]) for n in range(5)]
+        later = box.enqueue(message(10, "later@example.org"), "app@example.com", ["later@example.org"])
+        nobody = box.enqueue(message(11, "nobody@example.org"), "app@example.com", ["nobody@example.org"])
+        mixed = box.enqueue(message(12), "app@example.com", ["user@example.org", "later@example.org"])
+        report = smtp_flush(box, profile_for(server))
+        assert handler.connections == 1  # one connection reused for all eight
+        assert (report.sent, report.deferred, report.failed) == (5, 2, 1)
+        assert all(box.get(i).state == "sent" for i in ok)
+        assert box.get(later).state == "deferred" and box.get(later).last_reply.startswith("451")
+        assert box.get(nobody).state == "failed" and "550" in box.get(nobody).last_reply
+        assert box.get(mixed).state == "deferred" and box.get(mixed).recipients == ["later@example.org"]
+        assert int(report.exit_code) == 1
+        assert handler.by_message_id["<m12@test.example>"] == 1
+        box.close()
+
+
+def test_alternate_server_when_primary_is_down(tmp_path):
+    with SmtpServer() as server:
+        box = Outbox(tmp_path / "o.sqlite3")
+        box.enqueue(message(1), "app@example.com", ["user@example.org"])
+        dead = free_port()
+        profile = profile_for(server, port=dead, alternate_host="127.0.0.1", alternate_port=server.port)
+        report = smtp_flush(box, profile)
+        assert report.sent == 1 and server.handler.count == 1
+        box.close()
+
+
+def test_unreachable_server_defers(tmp_path):
+    box = Outbox(tmp_path / "o.sqlite3")
+    i = box.enqueue(message(1), "app@example.com", ["user@example.org"])
+    profile = ResolvedProfile("p", {"type": "smtp", "host": "127.0.0.1", "port": free_port(), "security": "none",
+                                    "auth": "none", "timeout": 5})
+    report = smtp_flush(box, profile)
+    assert report.deferred == 1 and int(report.exit_code) == 75
+    assert box.get(i).state == "deferred"
+    box.close()
+
+
+# --- processes -----------------------------------------------------------------------------
+def _env(home: Path, outbox: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILCTL_")}
+    env.update(MAILCTL_HOME=str(home), MAILCTL_OUTBOX=str(outbox), NO_COLOR="1")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _flush_cmd(*extra: str) -> list[str]:
+    return [sys.executable, "-m", "mailctl", "queue", "flush", *extra]
+
+
+class SlowHandler(RecordingHandler):
+    """A little latency per message so that kills land while messages are on the wire."""
+
+    async def handle_DATA(self, server, session, envelope):
+        await asyncio.sleep(0.02)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_sigkill_at_many_points_loses_nothing(isolated_env, tmp_path):
+    n = 150
+    handler = SlowHandler()
+    with SmtpServer(handler) as server:
+        write_profiles(isolated_env, {"local_smtp": server}, default="local_smtp", settings={"retention_days": 0})
+        outbox = tmp_path / "o.sqlite3"
+        with Outbox(outbox) as box:
+            for i in range(n):
+                box.enqueue(message(i), "app@example.com", ["user@example.org"])
+        env = _env(isolated_env, outbox)
+        rng = random.Random(6)
+        kills = 0
+        for round_ in range(12):
+            proc = subprocess.Popen(_flush_cmd("--lease", "1"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.35, 1.2))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait()
+            if handler.count >= n:
+                break
+            time.sleep(rng.choice([0, 0, 1.1]))  # sometimes let the lease run out before the next run
+        time.sleep(1.1)  # the last killed flush's lease
+        done = subprocess.run(_flush_cmd("--lease", "1"), env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        with Outbox(outbox) as box:
+            counts = box.count_by_state()
+        assert counts["sent"] == n, counts
+        delivered = handler.by_message_id
+        missing = [i for i in range(n) if delivered[f"<m{i}@test.example>"] == 0]
+        assert not missing
+        duplicates = sum(c - 1 for c in delivered.values() if c > 1)
+        assert kills >= 3, "the flushes finished before they could be killed; slow the server down"
+        print(f"SIGKILL test: {kills} kills, {duplicates} duplicate deliveries, {n} messages")
+        assert duplicates <= kills, (duplicates, kills)
+
+
+def test_four_concurrent_flushes_never_send_twice(isolated_env, tmp_path):
+    n = 400
+    handler = RecordingHandler()
+    with SmtpServer(handler) as server:
+        write_profiles(isolated_env, {"local_smtp": server}, default="local_smtp")
+        outbox = tmp_path / "o.sqlite3"
+        with Outbox(outbox) as box:
+            for i in range(n):
+                box.enqueue(message(i), "app@example.com", ["user@example.org"])
+        env = _env(isolated_env, outbox)
+        procs = [subprocess.Popen(_flush_cmd("--json"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(4)]
+        outs = [p.communicate(timeout=180) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0], outs
+        import json
+
+        sent_by_process = [json.loads(o)["sent"] for o, _ in outs]
+        assert sum(sent_by_process) == n
+        assert handler.count == n
+        assert all(c == 1 for c in handler.by_message_id.values()) and len(handler.by_message_id) == n
+        assert sum(1 for s in sent_by_process if s) >= 2, sent_by_process  # they really ran side by side
