@@ -82,6 +82,10 @@ def _socks5(proxy: ProxySpec, host: str, port: int, timeout: float) -> socket.so
     except socks.GeneralProxyError as exc:
         sock.close()
         inner = exc.socket_err if isinstance(exc.socket_err, BaseException) else None
+        if isinstance(inner, socks.SOCKS5AuthError):
+            raise _fail(f"SOCKS5 proxy {proxy.display} refused the credentials: {inner.msg}", "proxy-auth-failed", inner, AuthError) from inner
+        if isinstance(inner, socks.SOCKS5Error):
+            raise _fail(f"SOCKS5 proxy {proxy.display} could not reach {host}:{port}: {inner.msg}", "proxy-failed", inner) from inner
         if isinstance(inner, (TimeoutError, socket.timeout)):
             raise _fail(f"the proxy {proxy.display} did not answer in {timeout:g}s", "proxy-failed", inner) from inner
         raise _fail(f"SOCKS5 proxy {proxy.display}: {exc.msg}", "proxy-failed", exc) from exc
