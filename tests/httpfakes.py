@@ -104,7 +104,7 @@ class FakeHTTPS:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.fake = self
         self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True, do_handshake_on_connect=False)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.port = self._server.server_address[1]
         self.base_url = f"https://127.0.0.1:{self.port}"
 

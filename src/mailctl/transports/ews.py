@@ -83,6 +83,13 @@ def _adapter_class(verify, proxies: dict[str, str]):
         def send(self, request, stream=False, timeout=None, verify_=None, cert=None, proxies_=None, **kwargs):
             kwargs.pop("verify", None)
             kwargs.pop("proxies", None)
+            if verify is False:  # tls_verify = false was the user's explicit choice: no warning spam
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return super().send(request, stream=stream, timeout=timeout, verify=False, cert=cert,
+                                        proxies=dict(proxies))
             return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert,
                                 proxies=dict(proxies))
 

@@ -15,6 +15,7 @@ import os
 import ssl
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -210,7 +211,10 @@ def request(
     while True:
         attempt += 1
         try:
-            response = session.request(method, url, **kwargs)
+            with warnings.catch_warnings():
+                if session.verify is False:  # tls_verify = false was the user's explicit choice
+                    warnings.simplefilter("ignore")
+                response = session.request(method, url, **kwargs)
         except requests.exceptions.SSLError as exc:
             raise UnavailableError(
                 f"TLS handshake with {_host(url)} failed: {_reason(exc)}",
