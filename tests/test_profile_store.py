@@ -320,3 +320,30 @@ def test_settings_written_and_validated(cfg):
     with pytest.raises(ValidationError):
         with store.edit() as doc:
             doc.set_setting("batch_size", -1)
+
+
+@pytest.mark.parametrize(
+    "text,line,key",
+    [
+        ('schema_version = 1\n[profiles]\na = { host = "h.example.com", bogus = 1 }\n', 3, "bogus"),
+        ('schema_version = 1\n[profiles]\na.host = "h.example.com"\na.prot = 1\n', 4, "prot"),
+        ('schema_version = 1\n[ profiles . "a" ]\nhost = "h.example.com"\nprot = 1\n', 4, "prot"),
+        ('schema_version = 1\n[profiles]\nb.host = "h.example.com"\na.port = "x"\n', 4, "port"),
+    ],
+    ids=["inline table", "dotted keys", "spaced header", "dotted wrong type"],
+)
+def test_other_toml_layouts_still_name_the_line(tmp_path, text, line, key):
+    path = tmp_path / "p.toml"
+    err = _load_error(path, text)
+    assert f"{path}:{line}:" in err.message and key in err.message
+
+
+def test_inherits_missing_parent_in_file(cli, isolated_env):
+    cfg = isolated_env / "profiles.toml"
+    cfg.write_text('schema_version = 1\n[profiles.a]\nhost = "h.example.com"\ninherits = "ghost"\n', encoding="utf-8")
+    before = cfg.read_bytes()
+    r = cli("profile", "show", "a")
+    assert r.exit_code == 78 and "ghost" in r.stderr
+    r = cli("profile", "list", "--json")  # list still works and reports the broken row
+    assert r.exit_code == 0 and "ghost" in r.stdout
+    assert cfg.read_bytes() == before

@@ -56,6 +56,15 @@ def _line_of(text: str, table: str | None, key: str | None = None) -> int | None
             stripped = line.lstrip()
             if re.match(rf"^[\"']?{re.escape(key)}[\"']?\s*=", stripped):
                 return number
+    if header_line is None and key is not None and table:
+        # The table written as dotted keys (a.key = ...) or an inline table (a = { key = ... }).
+        leaf, k = re.escape(table.split(".")[-1]), re.escape(key)
+        for number, line in enumerate(text.splitlines(), 1):
+            stripped = line.lstrip()
+            if re.match(rf"^[\"']?{leaf}[\"']?\s*\.\s*[\"']?{k}[\"']?\s*=", stripped) or (
+                re.match(rf"^[\"']?{leaf}[\"']?\s*=\s*\{{", stripped) and re.search(rf"[{{,]\s*[\"']?{k}[\"']?\s*=", stripped)
+            ):
+                return number
     return header_line
 
 
