@@ -247,3 +247,13 @@ def test_profile_with_explicit_domain(cli, dns_server, profiles):
 def test_unknown_profile_exits_66(cli, dns_server, profiles):
     res, _ = run_profile(cli, dns_server, profiles, "--profile", "nope")
     assert res.exit_code == 66
+
+
+def test_check_does_not_load_doh_libraries(dns_server):
+    # httpx/httpcore are ~150 ms of start-up that plain DNS never needs (see resolver._light_dnspython)
+    code = ("import sys; from mailctl.cli import main\n"
+            f"try:\n    main(['dns', 'check-spf', 'valid.test', '--nameserver', '{dns_server.address}', '--json'])\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in ('httpx', 'httpcore', 'httpcore2') if m in sys.modules), 'dns.resolver' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[] True"

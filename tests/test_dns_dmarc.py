@@ -85,9 +85,24 @@ def test_servfail_exits_75(dns):
     assert "dns.servfail" in ids(data)
 
 
-@pytest.mark.parametrize("domain, org", [("a.b.example.co.uk", "example.co.uk"), ("mail.example.com", "example.com"),
-                                         ("example.com", "example.com")])
-def test_organizational_domain(domain, org):
+ORG_CASES = [("a.b.example.co.uk", "example.co.uk"), ("mail.example.com", "example.com"), ("example.com", "example.com"),
+             ("a.www.ck", "www.ck"), ("b.a.ck", "b.a.ck"), ("a.foo.github.io", "foo.github.io"), ("co.uk", "co.uk"),
+             ("a.example.xn--p1ai", "example.xn--p1ai"), ("x.y.z.test", "z.test")]
+
+
+@pytest.mark.parametrize("domain, org", ORG_CASES)
+def test_organizational_domain_agrees_with_publicsuffixlist(domain, org):
+    from publicsuffixlist import PublicSuffixList
+
     from mailctl.dns.psl import organizational_domain
 
     assert organizational_domain(domain) == org
+    assert (PublicSuffixList().privatesuffix(domain) or domain) == org
+
+
+def test_organizational_domain_fallback_without_the_list(monkeypatch):
+    from mailctl.dns import psl
+
+    monkeypatch.setattr(psl, "_rules", lambda: None)
+    assert psl.organizational_domain("a.b.example.co.uk") == "example.co.uk"
+    assert psl.organizational_domain("mail.example.com") == "example.com"

@@ -90,13 +90,19 @@ class Resolver:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._setup_lock = threading.Lock()
         self._cache: dict[tuple[str, str], Future] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._dns = None
 
     # -- setup ------------------------------------------------------------------------------
     def _resolver(self):
+        with self._setup_lock:  # the first queries arrive from several threads at once
+            return self._make_resolver()
+
+    def _make_resolver(self):
         if self._dns is None:
+            _light_dnspython()
             import dns.nameserver
             import dns.resolver
 
@@ -158,11 +164,11 @@ class Resolver:
         return self.lookup(name, "TXT")
 
     def _query(self, name: str, rdtype: str) -> Lookup:
+        res = self._resolver()  # first: it sets dnspython up before anything imports it
         import dns.exception
         import dns.name
         import dns.resolver
 
-        res = self._resolver()
         with self._lock:
             self.queries += 1
         try:
@@ -181,6 +187,23 @@ class Resolver:
         if answer.rrset is None:
             return Lookup(name, rdtype, NODATA, cnames=cnames)
         return Lookup(name, rdtype, OK, tuple(_text(rdtype, rd) for rd in answer.rrset), cnames)
+
+
+def _light_dnspython() -> None:
+    """Plain DNS over UDP/TCP is all we need: tell dnspython not to load its optional DoH,
+    DoQ, DNSSEC and IDNA 2008 backends (httpx alone costs ~150 ms of start-up, a large share
+    of a `mailctl dns check` run). Only effective before dns.query is first imported."""
+    import sys
+
+    if "dns.query" in sys.modules:
+        return
+    try:
+        import dns._features as features
+
+        for feature in ("doh", "doq", "dnssec", "trio", "wmi", "idna"):
+            features.force(feature, False)
+    except Exception:  # a private API: if it moves, we are only slower
+        pass
 
 
 def _cnames(answer) -> tuple[tuple[str, str], ...]:
