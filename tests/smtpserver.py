@@ -44,13 +44,13 @@ class RecordingHandler:
         self.users = users if users is not None else {USER: PASSWORD}
         self.tokens = tokens if tokens is not None else {USER: TOKEN}
         self.messages: list[dict[str, Any]] = []
-        self.auth_attempts: list[tuple[str, bool]] = []
+        self.attempts_auth: list[tuple[str, bool]] = []
         self.connections = 0
 
     # AUTH PLAIN / LOGIN
     def authenticator(self, server, session, envelope, mechanism, auth_data):
         ok = isinstance(auth_data, LoginPassword) and self.users.get(auth_data.login.decode()) == auth_data.password.decode()
-        self.auth_attempts.append((mechanism, ok))
+        self.attempts_auth.append((mechanism, ok))
         return AuthResult(success=ok, handled=False)
 
     async def auth_XOAUTH2(self, server, args):
@@ -67,7 +67,7 @@ class RecordingHandler:
         except Exception:
             user, token = "", ""
         ok = bool(user) and self.tokens.get(user) == token
-        self.auth_attempts.append(("XOAUTH2", ok))
+        self.attempts_auth.append(("XOAUTH2", ok))
         if ok:
             return AuthResult(success=True, auth_data=user)
         return AuthResult(success=False, handled=False, message="535 5.7.3 Authentication unsuccessful")
@@ -80,7 +80,7 @@ class RecordingHandler:
 
     async def handle_AUTH(self, server, session, envelope, args):
         if "auth" in self.script:
-            self.auth_attempts.append((args[0], False))
+            self.attempts_auth.append((args[0], False))
             return self.script["auth"]
         return MISSING
 

@@ -69,7 +69,7 @@ def test_starttls_auth_plain_many_messages_one_connection(pki):
         assert srv.messages[0]["auth"] is True
 
 
-def test_auth_login_when_plain_not_offered(pki, monkeypatch):
+def test_attempts_authin_when_plain_not_offered(pki, monkeypatch):
     store_secret("t", "password", PASSWORD)
     with smtp_server(cert=pki.good) as srv:
         p = profile(port=srv.port, ca_file=str(pki.ca_file), auth="password", username=USER)
@@ -79,7 +79,7 @@ def test_auth_login_when_plain_not_offered(pki, monkeypatch):
         assert t.authenticate() == "LOGIN"
         t.send(*msg_for(p))
         t.close()
-        assert srv.handler.auth_attempts == [("LOGIN", True)]
+        assert srv.handler.attempts_auth == [("LOGIN", True)]
 
 
 def test_implicit_tls_xoauth2_from_secret_store(pki):
@@ -92,7 +92,7 @@ def test_implicit_tls_xoauth2_from_secret_store(pki):
         with SmtpTransport(p, default_resolver(), recorder=rec) as t:
             assert t.auth_mechanism == "XOAUTH2"
             t.send(*msg_for(p))
-        assert handler.auth_attempts == [("XOAUTH2", True)]
+        assert handler.attempts_auth == [("XOAUTH2", True)]
         text = "\n".join(rec.render())
         assert "AUTH XOAUTH2 [redacted]" in text
         assert_no_secret(text)
@@ -115,7 +115,7 @@ def test_oauth_535_refreshes_token_once(pki, monkeypatch):
         with SmtpTransport(p, default_resolver()) as t:
             t.send(*msg_for(p))
     assert calls == [False, True]
-    assert [ok for _m, ok in handler.auth_attempts] == [False, True]
+    assert [ok for _m, ok in handler.attempts_auth] == [False, True]
 
 
 def test_wrong_password_is_auth_error_77(pki):
@@ -137,7 +137,7 @@ def test_starttls_not_offered_is_76_never_plaintext(pki):
         with pytest.raises(ProtocolError) as info:
             SmtpTransport(p, default_resolver()).open()
         assert info.value.exit_code == ExitCode.PROTOCOL
-        assert srv.handler.auth_attempts == []
+        assert srv.handler.attempts_auth == []
 
 
 def test_auth_refused_on_plaintext_without_allow_insecure_auth():
@@ -147,11 +147,11 @@ def test_auth_refused_on_plaintext_without_allow_insecure_auth():
         with pytest.raises(ConfigError) as info:
             SmtpTransport(p, default_resolver()).open()
         assert info.value.exit_code == ExitCode.CONFIG
-        assert srv.handler.auth_attempts == []
+        assert srv.handler.attempts_auth == []
         p = profile(port=srv.port, security="none", auth="password", username=USER, allow_insecure_auth=True)
         with SmtpTransport(p, default_resolver()) as t:
             t.send(*msg_for(p))
-        assert srv.handler.auth_attempts == [("PLAIN", True)]
+        assert srv.handler.attempts_auth == [("PLAIN", True)]
 
 
 def test_partial_refusal_is_reported_not_raised(pki):

@@ -147,7 +147,7 @@ def describe_certificate(der: bytes, *, now: datetime | None = None) -> dict[str
 
 
 def _peer_chain(sock) -> list[bytes]:
-    """DER certificates the peer sent (the whole chain on Python >= 3.13, else the leaf)."""
+    """DER certificates of the peer: the chain where the ssl module exposes it, else the leaf."""
     sslobj = getattr(sock, "_sslobj", None)
     for name in ("get_verified_chain", "get_unverified_chain"):
         getter = getattr(sslobj, name, None)
@@ -155,7 +155,13 @@ def _peer_chain(sock) -> list[bytes]:
             try:
                 chain = getter()
                 if chain:
-                    return [c.public_bytes() if hasattr(c, "public_bytes") else c for c in chain]
+                    import ssl
+
+                    out = []
+                    for cert in chain:
+                        data = cert.public_bytes() if hasattr(cert, "public_bytes") else cert
+                        out.append(ssl.PEM_cert_to_DER_cert(data) if isinstance(data, str) else data)
+                    return out
             except Exception:  # pragma: no cover - best effort
                 pass
     der = sock.getpeercert(binary_form=True)
