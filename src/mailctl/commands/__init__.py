@@ -4,6 +4,7 @@ or command to the root app. Order here is the order in --help."""
 COMMAND_GROUPS: list[tuple[str, str]] = [
     ("profile", "profile"),
     ("test", "test"),
+    ("auth", "auth"),
     ("dns", "dns"),
     ("queue", "queue"),
     ("send", "send"),

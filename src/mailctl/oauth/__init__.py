@@ -17,6 +17,13 @@ from mailctl.oauth.scopes import provider_of, scopes_for, uses_oauth
 
 def get_access_token(profile, secrets, *, force_refresh: bool = False) -> str:
     """A fresh access token for the profile (see module docstring)."""
+    if not uses_oauth(profile):
+        from mailctl.errors import ConfigError
+
+        raise ConfigError(
+            f"profile {profile.name!r} uses auth={profile.values.get('auth') or 'none'}, not OAuth: it has no access token",
+            hint=f"switch it to OAuth: mailctl profile edit {profile.name} --auth oauth, then mailctl auth login {profile.name}",
+        )
     if provider_of(profile) == "google":
         from mailctl.oauth import google
 
