@@ -238,6 +238,10 @@ def capabilities_of(session) -> dict[str, Any]:
 def probe(profile, secrets, *, message: ProbeMessage | None = None, quit_after: str | None = None, transcript: bool = True) -> ProbeReport:
     if profile.type == "file":
         return _probe_file(profile, message)
+    if profile.type in ("graph", "ews"):
+        from mailctl.diagnostics.http_probe import probe_http
+
+        return probe_http(profile, secrets, message=message, quit_after=quit_after)
     if profile.type != "smtp":
         report = ProbeReport(profile.name, profile.type, profile.server)
         report.exit_code = int(ExitCode.CONFIG)
@@ -464,6 +468,8 @@ def _describe_tls(report: ProbeReport, transport) -> tuple[str, dict]:
 
 def _describe_caps(report: ProbeReport, transport) -> tuple[str, dict]:
     caps = capabilities_of(transport.session)
+    if report.capabilities and report.capabilities.get("starttls"):
+        caps["starttls"] = True  # offered before TLS; a server stops advertising it afterwards
     report.capabilities = caps
     names = []
     if caps.get("size") is not None:

@@ -1,0 +1,182 @@
+"""The knowledge base: every entry a reply can produce is scripted on a real server and must
+come back from `mailctl test send` with its cause, fix and exit code; failures that are not
+replies (DNS, refused, timeouts, TLS) are produced for real too."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mailctl.diagnostics import knowledge
+from mailctl.diagnostics.knowledge import KNOWLEDGE, KnownFailure, Reply, explain, register
+from mailctl.errors import ExitCode
+
+from smtpserver import PASSWORD, USER, assert_no_secret, closed_port, make_pki, silent_listener, smtp_server, store_secret, write_profiles
+
+REPLY_ENTRIES = [e for e in KNOWLEDGE if e.example]
+STAGE_DEFAULT_5XX = {"banner": 69, "ehlo": 76, "auth": 77, "mail": 1, "rcpt": 1, "data": 1}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def base_profile(port, **values):
+    p = {"type": "smtp", "host": "127.0.0.1", "port": port, "security": "none", "auth": "none", "timeout": 3, "from_address": USER}
+    p.update(values)
+    return p
+
+
+def run_json(cli, *args):
+    res = cli(*args, "--json", "--transcript")
+    return res, json.loads(res.stdout)
+
+
+def test_every_issue_failure_has_an_entry():
+    ids = {e.id for e in KNOWLEDGE}
+    required = {
+        "connection-refused", "connect-timeout", "dns-not-found", "tls-to-plaintext-port", "plaintext-to-tls-port",
+        "tls-hostname-mismatch", "tls-self-signed", "tls-expired", "starttls-not-offered", "auth-before-tls",
+        "auth-failed", "m365-auth-unsuccessful", "gmail-bad-credentials", "gmail-app-password-required",
+        "m365-basic-auth-retired", "m365-smtp-auth-disabled", "not-authenticated", "m365-tenant-attribution",
+        "m365-send-as-denied", "m365-concurrent-connections", "rate-limited", "too-many-logins",
+        "sender-unauthenticated", "relay-denied", "unknown-recipient",
+    }
+    assert required <= ids, required - ids
+    assert len(ids) == len(KNOWLEDGE)
+
+
+@pytest.mark.parametrize("entry", REPLY_ENTRIES, ids=[e.id for e in REPLY_ENTRIES])
+def test_scripted_reply_is_explained(cli, isolated_env, entry: KnownFailure):
+    stage, reply = entry.example
+    extra = {}
+    if stage == "auth":
+        store_secret("kb", "password", PASSWORD)
+        extra = {"auth": "password", "username": USER, "allow_insecure_auth": True}
+    with smtp_server(script={stage: reply}, auth_require_tls=False) as srv:
+        write_profiles(isolated_env, {"kb": base_profile(srv.port, **extra)})
+        res, data = run_json(cli, "test", "send", "--to", "someone@example.net")
+        assert data["failed_stage"] == stage, data["stages"]
+        assert data["explanation"]["id"] == entry.id
+        code = int(reply[:3])
+        want = entry.exit_code if entry.exit_code is not None else (STAGE_DEFAULT_5XX[stage] if code >= 500 else 75)
+        assert res.exit_code == int(want) == data["exit_code"]
+        failed = data["stages"][[s["stage"] for s in data["stages"]].index(stage)]
+        assert failed["data"]["code"] == code
+        assert_no_secret(res.stdout, res.stderr)
+        human = cli("test", "send", "--to", "someone@example.net")
+        assert "cause: " + entry.cause.format(profile="kb", host="127.0.0.1", port=srv.port)[:40] in human.stdout
+        assert "Hint: " in human.stderr
+
+
+def test_connection_refused(cli, isolated_env):
+    write_profiles(isolated_env, {"kb": base_profile(closed_port())})
+    res, data = run_json(cli, "test", "connect")
+    assert (res.exit_code, data["failed_stage"], data["explanation"]["id"]) == (69, "connect", "connection-refused")
+
+
+def test_name_resolution_failure(cli, isolated_env):
+    write_profiles(isolated_env, {"kb": base_profile(25, host="no-such-host.invalid")})
+    res, data = run_json(cli, "test", "connect")
+    assert (res.exit_code, data["failed_stage"], data["explanation"]["id"]) == (69, "resolve", "dns-not-found")
+    assert "no-such-host.invalid" in data["explanation"]["fix"]
+
+
+def test_silent_server_times_out_at_banner(cli, isolated_env):
+    with silent_listener() as port:
+        write_profiles(isolated_env, {"kb": base_profile(port, timeout=0.5)})
+        res, data = run_json(cli, "test", "connect")
+    assert (res.exit_code, data["failed_stage"], data["explanation"]["id"]) == (69, "banner", "plaintext-to-tls-port")
+
+
+def test_plaintext_to_implicit_tls_port(cli, isolated_env, pki):
+    with smtp_server(security="tls", cert=pki.good) as srv:
+        write_profiles(isolated_env, {"kb": base_profile(srv.port, host="localhost", security="starttls", timeout=0.7, ca_file=str(pki.ca_file))})
+        res, data = run_json(cli, "test", "connect")
+    assert (res.exit_code, data["explanation"]["id"]) == (69, "plaintext-to-tls-port")
+    assert "--security tls" in data["explanation"]["fix"]
+
+
+def test_tls_to_plaintext_port(cli, isolated_env):
+    with smtp_server() as srv:
+        write_profiles(isolated_env, {"kb": base_profile(srv.port, security="tls")})
+        res, data = run_json(cli, "test", "connect")
+    assert (res.exit_code, data["failed_stage"], data["explanation"]["id"]) == (69, "tls", "tls-to-plaintext-port")
+
+
+@pytest.mark.parametrize(
+    "cert,expected",
+    [("wrong_name", "tls-hostname-mismatch"), ("self_signed", "tls-self-signed"), ("other_ca_cert", "tls-self-signed"), ("expired", "tls-expired")],
+)
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_certificate_failures(cli, isolated_env, pki, cert, expected, security):
+    with smtp_server(security=security, cert=getattr(pki, cert)) as srv:
+        write_profiles(isolated_env, {"kb": base_profile(srv.port, host="localhost", security=security, ca_file=str(pki.ca_file))})
+        res, data = run_json(cli, "test", "connect")
+    assert (res.exit_code, data["explanation"]["id"]) == (69, expected)
+    assert data["failed_stage"] == ("starttls" if security == "starttls" else "tls")
+    assert data["certificates"], "the refused certificate is shown"
+
+
+def test_starttls_not_offered(cli, isolated_env):
+    with smtp_server() as srv:  # no certificate: no STARTTLS
+        write_profiles(isolated_env, {"kb": base_profile(srv.port, security="starttls")})
+        res, data = run_json(cli, "test", "connect")
+    assert (res.exit_code, data["failed_stage"], data["explanation"]["id"]) == (76, "starttls", "starttls-not-offered")
+    assert not any(l["line"].upper().startswith("AUTH") for l in data["transcript"])
+
+
+def test_auth_refused_on_plaintext_by_mailctl(cli, isolated_env):
+    store_secret("kb", "password", PASSWORD)
+    with smtp_server(auth_require_tls=False) as srv:
+        write_profiles(isolated_env, {"kb": base_profile(srv.port, auth="password", username=USER)})
+        res, data = run_json(cli, "test", "connect")
+        assert srv.handler.attempts_auth == []
+    assert (res.exit_code, data["failed_stage"], data["explanation"]["id"]) == (78, "auth", "auth-plaintext-refused")
+    assert_no_secret(res.stdout, res.stderr)
+
+
+def test_auth_not_offered_before_tls(cli, isolated_env, pki):
+    store_secret("kb", "password", PASSWORD)
+    with smtp_server(cert=pki.good, auth_require_tls=True) as srv:  # AUTH advertised only after STARTTLS
+        write_profiles(isolated_env, {"kb": base_profile(srv.port, auth="password", username=USER, allow_insecure_auth=True)})
+        res, data = run_json(cli, "test", "connect")
+    assert (res.exit_code, data["failed_stage"], data["explanation"]["id"]) == (76, "auth", "auth-not-offered")
+
+
+def test_real_wrong_password_on_real_server(cli, isolated_env, pki):
+    store_secret("kb", "password", "not-" + PASSWORD)
+    with smtp_server(cert=pki.good) as srv:
+        write_profiles(isolated_env, {"kb": base_profile(srv.port, host="localhost", security="starttls", auth="password", username=USER, ca_file=str(pki.ca_file))})
+        res, data = run_json(cli, "test", "connect")
+    assert (res.exit_code, data["explanation"]["id"]) == (77, "gmail-bad-credentials")  # aiosmtpd answers 535 5.7.8
+    assert_no_secret(res.stdout, res.stderr, secrets=("not-" + PASSWORD,))
+
+
+def test_explain_exceptions_without_server():
+    assert explain(TimeoutError("timed out"), stage="connect").id == "connect-timeout"
+    err = OSError(101, "Network is unreachable")
+    assert explain(err, stage="connect").id == "network-unreachable"
+    assert explain(ConnectionRefusedError(111, "Connection refused")).exit_code == ExitCode.UNAVAILABLE
+    assert explain(Reply(250, "2.0.0 ok")) is None
+
+
+def test_explain_replies_and_placeholders():
+    e = explain((535, "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled"), stage="auth", context={"profile": "corp"})
+    assert e.id == "m365-smtp-auth-disabled" and "Set-TransportConfig" in e.fix
+    e = explain(Reply(550, "5.7.1 Relay access denied", stage="rcpt"), context={"profile": "corp"})
+    assert e.id == "relay-denied" and "profile edit corp" in e.fix
+    assert explain(Reply(451, "4.7.512 temporary", stage="mail")).id == "m365-temporary-restriction"
+    assert explain(Reply(599, "boom", stage="data")).id == "smtp-generic-5xx"
+
+
+def test_register_for_other_transports(monkeypatch):
+    monkeypatch.setattr(knowledge, "KNOWLEDGE", list(KNOWLEDGE))
+    register(KnownFailure("graph-send-as-denied", "Graph: no Send As right.", "Grant Send As.", ExitCode.NOPERM, http_status=(403,), error_codes=("ErrorSendAsDenied",)))
+    e = explain(Reply(http_status=403, error_code="ErrorSendAsDenied", text="not allowed"))
+    assert e.id == "graph-send-as-denied"
+    assert explain(Reply(http_status=403, error_code="Other")) is None
+    with pytest.raises(ValueError):
+        register(KnownFailure("graph-send-as-denied", "x", "y", http_status=(403,)))
