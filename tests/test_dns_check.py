@@ -257,3 +257,14 @@ def test_check_does_not_load_doh_libraries(dns_server):
             "print(sorted(m for m in ('httpx', 'httpcore', 'httpcore2') if m in sys.modules), 'dns.resolver' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[] True"
+
+
+def test_every_finding_id_is_documented():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    source = "\n".join(p.read_text() for p in (root / "src/mailctl/dns").glob("*.py"))
+    in_source = set(re.findall(r'"((?:spf|dkim|dmarc|profile)\.[a-z0-9-]+)"', source)) | {"dns.timeout", "dns.servfail"}
+    documented = set(re.findall(r"^\| `([a-z]+\.[a-z0-9-]+)` \|", (root / "docs/dns.md").read_text(), re.M))
+    assert in_source == documented

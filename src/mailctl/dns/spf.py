@@ -119,7 +119,7 @@ def parse_term(text: str) -> Term:
             net = ipaddress.ip_network(value, strict=False)
         except ValueError:
             raise SpfSyntaxError(f"'{text}': invalid {name} network") from None
-        if (name == "ip4") != (net.version == 4) or ("/" not in value and False):
+        if (name == "ip4") != (net.version == 4):
             raise SpfSyntaxError(f"'{text}': {name} with an IPv{net.version} address")
         if "/" in value and value.split("/", 1)[1].startswith("0") and value.split("/", 1)[1] != "0":
             raise SpfSyntaxError(f"'{text}': leading zero in prefix length")
