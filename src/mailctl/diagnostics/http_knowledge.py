@@ -295,3 +295,42 @@ def explain_status(status: int | None) -> KnownFailure | None:
     if 400 <= status < 500:
         return HTTP_STATUS[400]
     return None
+
+
+# --- the shared knowledge base (diagnostics/knowledge.py) ------------------------------
+GRAPH_STAGES = ("sendMail", "draft", "attachment", "upload-session", "upload", "send", "cleanup", "request", "mailbox")
+EWS_STAGES = ("CreateItem", "GetFolder", "autodiscover")
+_registered = False
+
+
+def knowledge_entries() -> list:
+    """GRAPH_ERRORS and EWS_ERRORS as entries of diagnostics.knowledge (matched on the API error
+    code and the stage, so ErrorAccessDenied gets the Graph or the EWS hint as appropriate)."""
+    from mailctl.diagnostics import knowledge as kb
+
+    entries = []
+    for prefix, table, stages in (("graph", GRAPH_ERRORS, GRAPH_STAGES), ("ews", EWS_ERRORS, EWS_STAGES)):
+        for code, known in table.items():
+            entries.append(kb.KnownFailure(
+                f"{prefix}-{code}",
+                known.meaning[0].upper() + known.meaning[1:] + ".",
+                known.hint.replace("PROFILE", "{profile}"),
+                known.exit_code,
+                error_codes=(code,),
+                stages=stages,
+                source="Microsoft Graph" if prefix == "graph" else "Exchange Web Services",
+            ))
+    return entries
+
+
+def register_with_knowledge_base() -> None:
+    """Add the Graph/EWS entries to diagnostics.knowledge once per process."""
+    global _registered
+    if _registered:
+        return
+    from mailctl.diagnostics import knowledge as kb
+
+    for entry in knowledge_entries():
+        if not any(e.id == entry.id for e in kb.KNOWLEDGE):
+            kb.register(entry)
+    _registered = True

@@ -340,6 +340,7 @@ def ews_error(exc: BaseException, *, server: str, stage: str, profile_name: str 
     err = _ews_error(exc, server=server, stage=stage, profile_name=profile_name, static_token=static_token, auth=auth)
     name = type(exc).__name__
     err.error_code = name if name.startswith("Error") else None  # type: ignore[attr-defined]
+    err.stage = stage  # type: ignore[attr-defined]
     err.__cause__ = exc  # diagnostics look at the exception chain; never shown to users
     return err
 

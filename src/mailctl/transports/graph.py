@@ -248,6 +248,7 @@ def graph_error(response, *, server: str, stage: str, static_token: bool = False
     # What diagnostics' knowledge base matches on (Facts.http_status / error_code).
     err.http_status = response.status_code  # type: ignore[attr-defined]
     err.error_code = _error_body(response)[0]  # type: ignore[attr-defined]
+    err.stage = stage  # type: ignore[attr-defined]
     return err
 
 

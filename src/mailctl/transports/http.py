@@ -220,27 +220,27 @@ def request(
                 f"TLS handshake with {_host(url)} failed: {_reason(exc)}",
                 hint="check the server certificate; for a private CA set ca_file in the profile "
                 "(tls_verify = false only for testing)",
-            ) from None
+            ) from exc
         except requests.exceptions.ProxyError as exc:
             raise UnavailableError(
                 f"proxy refused or failed the connection to {_host(url)}: {_reason(exc)}",
                 hint="check the profile's proxy URL and the proxy password (secret kind proxy_password)",
-            ) from None
-        except requests.exceptions.ConnectTimeout:
+            ) from exc
+        except requests.exceptions.ConnectTimeout as exc:
             raise UnavailableError(
                 f"timed out connecting to {_host(url)}",
                 hint="check the network, a firewall or the profile's proxy; raise timeout if the link is slow",
-            ) from None
-        except requests.exceptions.ReadTimeout:
+            ) from exc
+        except requests.exceptions.ReadTimeout as exc:
             raise TemporaryFailure(
                 f"{_host(url)} did not answer within {kwargs['timeout']:g} s",
                 hint="the request may still have been processed; raise the profile's timeout",
-            ) from None
+            ) from exc
         except requests.exceptions.ConnectionError as exc:
             raise UnavailableError(
                 f"cannot connect to {_host(url)}: {_reason(exc)}",
                 hint="check the host name, DNS, the network and the profile's proxy",
-            ) from None
+            ) from exc
         if response.status_code not in RETRY_STATUSES or attempt >= retry.max_attempts:
             return response
         delay = parse_retry_after(response.headers.get("Retry-After"))
