@@ -181,6 +181,13 @@ class TestAdd:
         assert "already exists" in r.stderr
         assert cfg.read_bytes() == before
 
+    def test_password_in_proxy_url_rejected_and_not_echoed(self, cli, cfg):
+        r = cli("profile", "add", "p", "--host", "smtp.example.com", "--proxy", "http://u:Pr0xyPw99@proxy.example.com:3128")
+        assert r.exit_code == 65
+        assert "proxy" in r.stderr
+        assert "Pr0xyPw99" not in r.output
+        assert not cfg.exists()
+
     def test_missing_parent_rejected(self, cli, cfg):
         ok(cli("profile", "add", "p", "--host", "smtp.example.com"))
         before = cfg.read_bytes()

@@ -277,3 +277,17 @@ def test_round_trip_through_cli_values(values, name):
             continue
         raw = str(value)
         assert coerce_cli_value(key, raw) == (value if not isinstance(value, float) else float(raw))
+
+
+@SETTINGS
+@given(field=st.sampled_from(["proxy", "ews_url", "graph_endpoint", "authority", "token_url", "redirect_uri"]),
+       scheme=st.sampled_from(["http", "https", "socks5", "ftp"]),
+       user=st.text(alphabet=string.ascii_letters, max_size=8),
+       password=st.text(alphabet=string.ascii_letters + string.digits, min_size=3, max_size=20).map("Zq9".__add__))
+def test_urls_with_a_password_are_refused_without_echoing_it(field, scheme, user, password):
+    err = rejects(field, f"{scheme}://{user}:{password}@proxy.example.com:8080/path")
+    assert password not in err.message and password not in (err.hint or "")
+
+
+def test_url_with_user_only_is_allowed():
+    assert validate_field("proxy", "socks5://alice@proxy.example.com:1080") == "socks5://alice@proxy.example.com:1080"

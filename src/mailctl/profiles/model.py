@@ -141,6 +141,13 @@ def _url(schemes: Sequence[str]) -> Callable[[str, Any], str]:
         if not value:
             return value
         parts = urlsplit(value)
+        if parts.password is not None:
+            # Never echo the value: it carries a password.
+            raise ValidationError(
+                f"{name}: the URL must not contain a password (user:password@)",
+                field=name,
+                hint="secrets are not stored in the profiles file; use the keyring (proxy_password) or MAILCTL_SECRET_<PROFILE>_<KIND>",
+            )
         if parts.scheme not in schemes or not parts.hostname:
             raise ValidationError(
                 f"{name}: expected a {' or '.join(s + '://' for s in schemes)} URL with a host (got {value!r})",
