@@ -28,10 +28,10 @@ def register(app: typer.Typer, name: str) -> None:
     app.add_typer(queue_app, name=name)
 
 
-def open_outbox(ctx: typer.Context, path: str | None):
+def open_outbox(ctx: typer.Context, path: str | None, *, synchronous: str = "FULL"):
     from mailctl.outbox import Outbox
 
-    return Outbox(path, clock=app_context(ctx).clock)
+    return Outbox(path, clock=app_context(ctx).clock, synchronous=synchronous)
 
 
 def _when(ts: float | None) -> str:
@@ -101,7 +101,9 @@ def flush_cmd(
     doc = app.store.load()
     options = FlushOptions(profile=profile, limit=limit, dry_run=dry_run, lease_seconds=lease)
     as_json = app.use_json(json_)
-    with open_outbox(ctx, outbox) as box:
+    # delivery results need not wait for the disk: one lost on power failure means at worst
+    # that message is sent again, never that a message is lost (enqueues stay FULL)
+    with open_outbox(ctx, outbox, synchronous="NORMAL") as box:
         with _ProgressBar(app, enabled=not as_json and not dry_run) as bar:
             report = profile_flush(box, doc, app.secrets, options, progress=bar.update)
     if as_json:

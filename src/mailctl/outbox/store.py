@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from mailctl.errors import NotFoundError, UsageError, ValidationError
+from mailctl.outbox.envelope import to_crlf
 from mailctl.outbox.schema import migrate
+from mailctl.profiles.model import validate_name
 
 STATES = ("queued", "sending", "sent", "deferred", "failed", "expired", "held")
 PENDING_STATES = ("queued", "deferred", "held", "sending")
@@ -99,22 +102,30 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
 
 
+_HEADER_RE = re.compile(rb"^(message-id|subject)[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
+
+
 def _header_fields(raw: bytes) -> tuple[str | None, str | None]:
-    """Message-ID and Subject from the header block, without parsing the whole message."""
+    """Message-ID and Subject from the header block. A regex, not the email parser: enqueue
+    must stay fast (the parser costs ~0.7 ms a message) and the stored bytes are what counts."""
     end = raw.find(b"\r\n\r\n")
     if end < 0:
         end = raw.find(b"\n\n")
     head = raw if end < 0 else raw[:end]
-    from email.parser import BytesHeaderParser
-    from email import policy
+    found: dict[bytes, str] = {}
+    for m in _HEADER_RE.finditer(head):
+        name = m.group(1).lower()
+        if name not in found:
+            found[name] = re.sub(r"\r?\n[ \t]", " ", m.group(2).decode("utf-8", "replace")).strip()
+    subject = found.get(b"subject")
+    if subject and "=?" in subject:
+        try:
+            from email.header import decode_header, make_header
 
-    try:
-        msg = BytesHeaderParser(policy=policy.default).parsebytes(head + b"\n\n")
-        mid = msg.get("Message-ID")
-        subject = msg.get("Subject")
-        return (str(mid).strip() if mid else None, str(subject) if subject is not None else None)
-    except Exception:  # a malformed header must not stop queueing: the bytes are kept as they are
-        return None, None
+            subject = str(make_header(decode_header(subject)))
+        except Exception:  # leave an undecodable subject as it is
+            pass
+    return found.get(b"message-id") or None, subject
 
 
 def _check_address(what: str, value: str) -> str:
@@ -179,6 +190,18 @@ class Outbox:
     ) -> int:
         """Queue raw RFC 5322 bytes for `recipients`; returns the queue id. Committed (and with
         synchronous=FULL, on disk) when this returns."""
+        row = self._row(raw, sender, recipients, profile, hold)
+        with self._write():
+            return int(self.conn.execute(_INSERT, row).lastrowid)
+
+    def enqueue_many(self, items: Iterable[tuple], *, hold: bool = False) -> list[int]:
+        """Queue many (raw, sender, recipients[, profile]) in ONE transaction: all or none,
+        one disk sync for the lot (bulk imports, batch jobs)."""
+        rows = [self._row(it[0], it[1], it[2], it[3] if len(it) > 3 else None, hold) for it in items]
+        with self._write():
+            return [int(self.conn.execute(_INSERT, row).lastrowid) for row in rows]
+
+    def _row(self, raw: bytes, sender: str, recipients: Sequence[str], profile: str | None, hold: bool) -> tuple:
         if isinstance(raw, str):
             raw = raw.encode("utf-8")
         if not isinstance(raw, (bytes, bytearray, memoryview)) or not raw:
@@ -190,22 +213,12 @@ class Outbox:
             raise ValidationError("the message has no recipients", hint="give recipients (To/Cc/Bcc headers or arguments)")
         sender = _check_address("sender", sender or "")
         if profile is not None:
-            from mailctl.profiles.model import validate_name
-
             validate_name(profile)
-        from mailctl.outbox.envelope import to_crlf
-
         raw = to_crlf(bytes(raw))
         message_id, subject = _header_fields(raw)
         now = self.clock()
-        with self._write():
-            cur = self.conn.execute(
-                "INSERT INTO messages (created_at, updated_at, profile, sender, recipients, message_id, subject,"
-                " size, raw, state, next_attempt_at, age_base) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (now, now, profile, sender, json.dumps(rcpts), message_id, subject, len(raw), raw,
-                 "held" if hold else "queued", now, now),
-            )
-            return int(cur.lastrowid)
+        return (now, now, profile, sender, json.dumps(rcpts), message_id, subject, len(raw), raw,
+                "held" if hold else "queued", now, now)
 
     def enqueue_message(
         self,
@@ -560,6 +573,9 @@ class Outbox:
             "domains_total": len(domains),
         }
 
+
+_INSERT = ("INSERT INTO messages (created_at, updated_at, profile, sender, recipients, message_id, subject,"
+           " size, raw, state, next_attempt_at, age_base) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
 
 _INFO_COLS = ("id, state, created_at, updated_at, profile, sender, recipients, message_id, subject, size, attempts,"
               " next_attempt_at, last_attempt_at, last_reply, last_server, done_at")
