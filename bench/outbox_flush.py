@@ -1,0 +1,105 @@
+"""Bench: flushing N queued messages over one connection to a local SMTP server (aiosmtpd in
+its own process) vs raw smtplib sending the same messages over one connection to the same
+server, in the same run. Target: outbox >= 0.8x raw smtplib's rate.
+
+    python bench/outbox_flush.py [--count 10000] [--rounds 3]
+
+The outbox side is the real flush engine with the real SMTP transport (claims, one committed
+result per message, attempt log), timed from the first claim to the last commit; enqueueing
+happens before the clock starts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import smtplib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from mailctl.outbox import FlushOptions, FlushPolicy, Outbox, flush  # noqa: E402
+from mailctl.profiles.model import ResolvedProfile  # noqa: E402
+from mailctl.transports import open_transport  # noqa: E402
+
+
+def start_server(tmp: Path) -> tuple[subprocess.Popen, int]:
+    portfile = tmp / "port"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "outbox_smtp.py"), str(portfile), "--discard"])
+    for _ in range(200):
+        if portfile.exists() and portfile.read_text().strip():
+            return proc, int(portfile.read_text())
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("SMTP server did not start")
+
+
+def messages(count: int) -> list[bytes]:
+    body = ("x" * 76 + "\r\n") * 13  # ~1 KB
+    return [(f"From: app@example.com\r\nTo: user@example.org\r\nSubject: bench {i}\r\n"
+             f"Message-ID: <bench{i}@example.com>\r\n\r\n{body}").encode() for i in range(count)]
+
+
+def raw_smtplib(port: int, msgs: list[bytes]) -> float:
+    t0 = time.perf_counter()
+    with smtplib.SMTP("127.0.0.1", port) as s:
+        s.ehlo("bench")
+        for m in msgs:
+            s.sendmail("app@example.com", ["user@example.org"], m)
+    return time.perf_counter() - t0
+
+
+def outbox_flush(port: int, msgs: list[bytes], tmp: Path, n: int) -> tuple[float, dict]:
+    path = tmp / f"outbox{n}.sqlite3"
+    box = Outbox(path)
+    box.enqueue_many([(m, "app@example.com", ["user@example.org"]) for m in msgs])
+    box.close()
+    box = Outbox(path, synchronous="NORMAL")  # as `mailctl queue flush` opens it
+    profile = ResolvedProfile("bench", {"type": "smtp", "host": "127.0.0.1", "port": port, "security": "none",
+                                        "auth": "none", "ehlo_name": "bench"})
+    t0 = time.perf_counter()
+    report = flush(box, policy=FlushPolicy(retention_days=0), resolve=lambda name: profile,
+                   open_transport=lambda p: open_transport(p, None), options=FlushOptions())
+    elapsed = time.perf_counter() - t0
+    box.close()
+    assert report.sent == len(msgs), report.to_dict()
+    return elapsed, report.to_dict()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        server, port = start_server(tmp)
+        try:
+            msgs = messages(a.count)
+            raw_smtplib(port, msgs[:200])  # warm up both sides
+            raw_times, box_times = [], []
+            for n in range(a.rounds):  # interleaved, so drift hits both alike
+                raw_times.append(raw_smtplib(port, msgs))
+                box_times.append(outbox_flush(port, msgs, tmp, n)[0])
+        finally:
+            server.kill()
+            server.wait()
+    raw_rate = a.count / statistics.median(raw_times)
+    box_rate = a.count / statistics.median(box_times)
+    print(json.dumps({
+        "bench": "outbox_flush", "count": a.count, "rounds": a.rounds,
+        "raw_smtplib_per_second": round(raw_rate), "outbox_flush_per_second": round(box_rate),
+        "ratio": round(box_rate / raw_rate, 3), "target_ratio": 0.8, "ok": box_rate / raw_rate >= 0.8,
+        "raw_seconds": [round(t, 2) for t in raw_times], "outbox_seconds": [round(t, 2) for t in box_times],
+    }))
+
+
+if __name__ == "__main__":
+    main()
