@@ -45,3 +45,12 @@ def test_lint_reports_inheritance_cycle(cli, isolated_env):
     res = cli("profile", "lint", "--json")
     assert res.exit_code == 1
     assert {f["id"] for f in json.loads(res.stdout)} == {"profile.unresolvable"}
+
+
+def test_duplicate_with_secret_of_a_profile_that_takes_none_is_refused(cli, isolated_env):
+    write(isolated_env, '[profiles.relay]\nhost = "relay.example"\nauth = "none"\n')
+    before = (isolated_env / "profiles.toml").read_text()
+    res = cli("profile", "duplicate", "relay", "--password-stdin", input="s3cr3t-value\n")
+    assert res.exit_code == 65
+    assert (isolated_env / "profiles.toml").read_text() == before
+    assert "s3cr3t-value" not in res.output

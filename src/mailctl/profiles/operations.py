@@ -89,7 +89,13 @@ def duplicate_profile(store: ProfileStore, secrets, src: str, new: str | None, *
         values = doc.raw_profile(src)
         doc.add_profile(new, values)
         kind = _secret_kind_after(doc, new)
-        if secret is not None and kind is not None:
+        if secret is not None:
+            if kind is None:
+                raise ValidationError(
+                    f"profile {src!r} takes no password or client secret; nothing to store for the copy",
+                    field="auth",
+                    hint="drop --password-stdin",
+                )
             secrets.store(new, kind, secret)
     return {"name": new, "source": src, "secret_stored": kind if secret is not None and kind else None}
 
