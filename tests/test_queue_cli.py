@@ -52,11 +52,17 @@ def test_add_with_explicit_envelope(cli, isolated_env):
     assert data["state"] == "held" and data["sender"] == "bounce@example.com" and data["recipients"] == ["x@example.net"]
 
 
+def test_quiet_flush_prints_nothing_when_all_is_well(cli, isolated_env):
+    cli("queue", "add", input=RAW)
+    r = cli("-q", "queue", "flush")
+    assert (r.exit_code, r.stdout, r.stderr) == (0, "", "")
+
+
 def test_flush_into_the_local_maildir(cli, isolated_env):
     cli("queue", "add", input=RAW)
     r = cli("queue", "flush")
     assert r.exit_code == 0, r.output
-    assert "Sent 1" in r.stdout
+    assert "Sent 1" in r.stderr
     files = list((isolated_env / "data" / "Maildir" / "new").iterdir())
     assert len(files) == 1
     assert cli("queue", "list", "--state", "sent", "--json").stdout.count("\n") == 1
@@ -72,7 +78,7 @@ def test_flush_exit_codes_with_a_real_server(cli, isolated_env):
         cli("queue", "add", input=RAW.replace("user@example.org", "later@example.org"))
         r = cli("queue", "flush")
         assert r.exit_code == 75, r.output
-        assert "451" in r.stdout and "deferred 1" in r.stdout
+        assert "451" in r.stdout and "deferred 1" in r.stderr
         cli("queue", "add", input=RAW.replace("user@example.org", "nobody@example.org").replace("Bcc: hidden@example.net\n", ""))
         r = cli("queue", "flush", "--json")
         data = json.loads(r.stdout)
@@ -89,6 +95,8 @@ def test_flush_when_sending_is_disabled(cli, isolated_env):
     assert not (isolated_env / "data" / "Maildir" / "new").exists()
     r = cli("queue", "flush", "--json")
     assert json.loads(r.stdout)["sending_enabled"] is False
+    r = cli("-q", "queue", "flush")
+    assert r.exit_code == 0 and r.stdout == "" and r.stderr == ""
 
 
 def test_flush_dry_run_and_limit(cli, isolated_env):

@@ -174,7 +174,8 @@ def _render_flush(app, report) -> None:
     for name, message in report.profile_errors.items():
         out.warn(f"profile {name}: {message}")
     rem = report.remaining
-    out.line(
+    # the summary is a message (stderr, silenced by -q) so a quiet cron job mails only problems
+    out.info(
         f"Sent {report.sent}, deferred {report.deferred}, failed {report.failed}, expired {report.expired}"
         + (f", reclaimed {report.reclaimed}" if report.reclaimed else "")
         + (f", purged {report.purged}" if report.purged else "")
