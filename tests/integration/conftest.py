@@ -638,18 +638,26 @@ def secret_service_skip_reason() -> str | None:
     return None
 
 
-def _secrets_name_owned(address: str) -> bool:
-    """Whether some Secret Service already serves this bus (a desktop session's keyring)."""
+def _bus_call(address: str, method: str, signature: str, args: tuple):
     from jeepney import DBusAddress, new_method_call
     from jeepney.io.blocking import open_dbus_connection
 
+    with open_dbus_connection(bus=address) as conn:
+        bus = DBusAddress("/org/freedesktop/DBus", bus_name="org.freedesktop.DBus", interface="org.freedesktop.DBus")
+        reply = conn.send_and_get_reply(new_method_call(bus, method, signature, args), timeout=5)
+        return reply.body[0]
+
+
+def _secrets_owner_pid(address: str) -> int | None:
+    """PID of the process that owns org.freedesktop.secrets on this bus, or None. Asks the
+    bus itself: talking to the Secret Service before someone owns the name would make the bus
+    *activate* one (gnome-keyring-daemon --start, locked, no password) instead of ours."""
     try:
-        with open_dbus_connection(bus=address) as conn:
-            bus = DBusAddress("/org/freedesktop/DBus", bus_name="org.freedesktop.DBus", interface="org.freedesktop.DBus")
-            reply = conn.send_and_get_reply(new_method_call(bus, "NameHasOwner", "s", ("org.freedesktop.secrets",)), timeout=5)
-            return bool(reply.body[0])
+        if not _bus_call(address, "NameHasOwner", "s", ("org.freedesktop.secrets",)):
+            return None
+        return int(_bus_call(address, "GetConnectionUnixProcessID", "s", ("org.freedesktop.secrets",)))
     except Exception:
-        return False
+        return None
 
 
 def _start_private_bus(env: dict) -> tuple[subprocess.Popen, str]:
@@ -668,10 +676,18 @@ def _wait_secret_service(address: str, timeout: float, proc: subprocess.Popen) -
     from jeepney.io.blocking import open_dbus_connection
 
     deadline = time.monotonic() + timeout
-    last: Exception | None = None
+    last: object = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"gnome-keyring-daemon exited with status {proc.returncode}")
+        owner = _secrets_owner_pid(address)
+        if owner is None:
+            time.sleep(0.05)
+            continue
+        if owner != proc.pid:
+            raise RuntimeError(
+                f"org.freedesktop.secrets is owned by PID {owner}, not by our gnome-keyring-daemon ({proc.pid})"
+            )
         try:
             import secretstorage
 
@@ -679,7 +695,8 @@ def _wait_secret_service(address: str, timeout: float, proc: subprocess.Popen) -
                 coll = secretstorage.get_default_collection(conn)
                 if not coll.is_locked():
                     return
-        except Exception as exc:  # not registered on the bus yet
+                last = "the default collection is locked"
+        except Exception as exc:
             last = exc
         time.sleep(0.1)
     raise RuntimeError(f"the Secret Service did not come up within {timeout}s ({last!r})")
@@ -700,7 +717,7 @@ def running_secret_service() -> Iterator[SecretService]:
     bus_pid = None
     try:
         address = os.environ.get("DBUS_SESSION_BUS_ADDRESS", "")
-        if not address or _secrets_name_owned(address):
+        if not address or _secrets_owner_pid(address) is not None:
             bus, address = _start_private_bus(env)
             procs.append(bus)
             bus_pid = bus.pid
