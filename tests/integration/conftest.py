@@ -277,6 +277,20 @@ class PostfixServer:
     def log(self) -> str:
         return self.maillog.read_text(errors="replace") if self.maillog.exists() else ""
 
+    def wait_for_log(self, pattern: str, since: int = 0, timeout: float = 10) -> str:
+        """The maillog text after offset `since`, once a line matches `pattern` (Postfix logs
+        through postlogd, a moment after the fact)."""
+        import re
+
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log()[since:]
+            if re.search(pattern, text) or time.monotonic() > deadline:
+                if not re.search(pattern, text):
+                    raise AssertionError(f"no log line matching {pattern!r} within {timeout}s:\n{text[-3000:]}")
+                return text
+            time.sleep(0.05)
+
     def dovecot_log_text(self) -> str:
         return self.dovecot_log.read_text(errors="replace") if self.dovecot_log.exists() else ""
 
