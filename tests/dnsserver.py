@@ -115,6 +115,7 @@ def test_zones() -> list[RR]:
         txt("noall.test", "v=spf1 ip4:192.0.2.1"),
         txt("results.test", "v=spf1 ip4:192.0.2.1 -ip4:192.0.2.2 ~ip4:192.0.2.3 ?ip4:192.0.2.4 include:_spf.provider.test -all"),
         txt("redirect.test", "v=spf1 redirect=_spf.provider.test"),
+        txt("redirectall.test", "v=spf1 ip4:192.0.2.1 redirect=toomany.test -all"),
         txt("tempfail.test", "v=spf1 ip4:192.0.2.1 include:_spf.servfail.test -all"),
         a("nospf.test", "192.0.2.1"),
         # -- DKIM ----------------------------------------------------------------------------

@@ -136,6 +136,13 @@ def test_redirect_supplies_the_all(dns):
     assert res.exit_code == 0
 
 
+def test_redirect_next_to_all_is_ignored_and_not_counted(dns):
+    res, data = dns("check-spf", "redirectall.test", "--ip", "203.0.113.5")
+    assert "spf.redirect-ignored" in ids(data, severity="warning")
+    assert data["checks"]["spf"]["lookups"] == 0  # toomany.test's 11 lookups are never made
+    assert data["checks"]["spf"]["evaluations"][0]["result"] == "fail"
+
+
 @pytest.mark.parametrize("ip, result, term, domain", [
     ("192.0.2.1", "pass", "ip4:192.0.2.1", "results.test"),
     ("192.0.2.2", "fail", "-ip4:192.0.2.2", "results.test"),

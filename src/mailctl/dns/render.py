@@ -35,9 +35,10 @@ def summary_lines(report: Report) -> list[str]:
                 decided = f" by '{ev['term']}' in {ev['domain']}" if ev.get("term") else ""
                 lines.append(f"  --ip {ev['ip']}: {ev['result']}{decided}")
         elif check.check == "dkim":
-            found = [s for s in d.get("selectors", [])]
-            lines.append(f"DKIM {check.domain}: {status}  ({len(found)} selector(s) found of {len(d.get('selectors_tried', []))} tried)")
-            for s in found:
+            shown = d.get("selectors", [])
+            found = [s for s in shown if s.get("status") not in ("missing", "temperror")]
+            lines.append(f"DKIM {check.domain}: {status}  ({len(found)} of {len(d.get('selectors_tried', []))} selector(s) found)")
+            for s in shown:
                 bits = f", {s['key_type']} {s['key_bits']} bits" if s.get("key_bits") else ""
                 chain = f" via CNAME {' -> '.join(s['cname_chain'])}" if s.get("cname_chain") else ""
                 lines.append(f"  {s['selector']}: {s.get('status')}{bits}{chain}")

@@ -325,8 +325,10 @@ class SpfWalker:
             if term.name in ("include", "redirect"):
                 if term.name == "redirect" and has_all:
                     tn.note = "ignored: the record has 'all'"
+                    tn.lookups = 0  # receivers never follow it, so it costs nothing
                     self.add(F.warning("spf.redirect-ignored", f"{domain}: '{term.text}' is ignored because the record also has 'all'",
                                        "remove either the redirect or the 'all' term", term.text))
+                    continue
                 if target in stack or target == domain:
                     tn.note = "loop"
                     self.add(F.error("spf.include-loop",
