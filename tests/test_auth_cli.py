@@ -206,3 +206,67 @@ def test_auth_help_is_light():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_google_service_account_via_key_file(cli, isolated_env, idp, ca_pem, tmp_path, memory_keyring):
+    from idp import google_service_account_key
+
+    write_profiles(isolated_env, {"ws": google_profile(idp, ca_pem, auth="service-account", username="bob@corp.example")})
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"type": "authorized_user"}')
+    res = cli("auth", "login", "ws", "--service-account-key", str(bad))
+    assert res.exit_code == 65 and "not a service account key" in res.stderr
+    missing = cli("auth", "token", "ws")
+    assert missing.exit_code == 77 and "--service-account-key" in missing.stderr
+    key = tmp_path / "key.json"
+    key.write_text(json.dumps(json.loads(google_service_account_key(idp)), indent=2))  # multi-line, as downloaded
+    res = cli("auth", "login", "ws", "--service-account-key", str(key), "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["flow"] == "service-account"
+    tok = cli("auth", "token", "ws")
+    assert idp.check_access_token(tok.stdout.strip(), "bob@corp.example")
+    st = cli("auth", "status", "ws", "--json")
+    row = json.loads(st.stdout)["profiles"][0]
+    assert st.exit_code == 0 and row["access"] and row["service_account_key"]
+    private_key = json.loads(key.read_text())["private_key"]
+    for r in (res, st, missing):
+        assert "PRIVATE KEY" not in r.output and private_key[40:80] not in r.output
+    assert_no_secrets(idp, memory_keyring, res, st)
+
+
+def test_status_warns_about_90_days_unused(cli, ms_home, idp, memory_keyring):
+    assert cli("auth", "login", "m").exit_code == 0
+    from mailctl.secrets import KeyringStore
+
+    store = KeyringStore()
+    doc = json.loads(store.get("m", "oauth_tokens"))
+    import time
+
+    doc["refreshed_at"] = time.time() - 80 * 86400
+    store.set("m", "oauth_tokens", json.dumps(doc))
+    st = cli("auth", "status", "m", "--no-check", "--json")
+    row = json.loads(st.stdout)["profiles"][0]
+    assert row["refresh_token_age_days"] == 80 and any("90 days unused" in w for w in row["warnings"])
+
+
+def test_google_paste_on_a_fixed_port_for_ssh_forward(cli, g_home, idp, ca_pem, monkeypatch):
+    """Human mode: the URL and the ssh -L hint go to stderr; the browser reaches the port."""
+    keyring.set_password("mailctl", "g/client_secret", GOOGLE_CLIENT_SECRET)
+    from smtpserver import free_port
+    from mailctl.commands import auth as auth_cmd
+
+    port = free_port()
+    shown = {}
+
+    original = auth_cmd.TerminalUI.authorization_url
+
+    def spy(self, **kw):
+        shown.update(kw)
+        threading.Thread(target=_browser, args=(kw["url"], ca_pem), daemon=True).start()
+        return original(self, **kw)
+
+    monkeypatch.setattr(auth_cmd.TerminalUI, "authorization_url", spy)
+    res = cli("auth", "login", "g", "--flow", "paste", "--port", str(port), "--timeout", "20")
+    assert res.exit_code == 0, res.output
+    assert shown["redirect_uri"] == f"http://localhost:{port}/" and shown["listening"]
+    assert f"ssh -L {port}:127.0.0.1:{port}" in res.stderr and "paste here" in res.stderr

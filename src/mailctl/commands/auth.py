@@ -95,6 +95,16 @@ class TerminalUI:
             return False
 
 
+def _read_file(path: str) -> str:
+    from mailctl.errors import NotFoundError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise NotFoundError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def _isatty(stream) -> bool:
     try:
         return stream.isatty()
@@ -112,6 +122,7 @@ def login(
     port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Loopback port for the Google redirect (fixed, for ssh -L).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for a Google redirect.")] = 600,
     client_secret_stdin: Annotated[bool, typer.Option("--client-secret-stdin", help="Read the OAuth client secret (first line of stdin) and store it in the keyring first.")] = False,
+    service_account_key: Annotated[Optional[str], typer.Option("--service-account-key", metavar="FILE", help="Google service account key JSON to store in the keyring first ('-' reads stdin).")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Sign in and store the tokens (Microsoft: device code; Google: paste/loopback, browser or device; app-only profiles: check the credentials)."""
@@ -124,9 +135,14 @@ def login(
         if not secret:
             raise UsageError("--client-secret-stdin: stdin was empty")
         app.secrets.store(prof.name, "client_secret", secret)
+    if service_account_key:
+        from mailctl.oauth.google import check_service_account_key
+
+        text = sys.stdin.read() if service_account_key == "-" else _read_file(service_account_key)
+        app.secrets.store(prof.name, "service_account_key", check_service_account_key(text))
     use_json = app.use_json(json_)
     ui = TerminalUI(app.output, use_json, prof.name)
-    if client_secret_stdin:
+    if client_secret_stdin or service_account_key == "-":
         ui.read_line = None  # stdin carried the secret
     try:
         result = flows.login(prof, app.secrets, ui, flow=flow, no_wait=no_wait, redirect_url=redirect_url, port=port, timeout=timeout)

@@ -461,7 +461,7 @@ def _service_account_fetch(profile, secrets) -> tuple[str, float]:
     if not raw:
         raise AuthError(
             f"profile {profile.name!r}: auth=service-account needs the service account's key JSON, and none is stored",
-            hint=f"store it: mailctl profile edit {profile.name} --password-stdin < key.json",
+            hint=f"store it: mailctl auth login {profile.name} --service-account-key key.json",
         )
     subject = profile.values.get("username")
     if not subject:
@@ -472,7 +472,7 @@ def _service_account_fetch(profile, secrets) -> tuple[str, float]:
         creds = service_account.Credentials.from_service_account_info(info, scopes=scopes_for(profile), subject=subject)
     except (ValueError, KeyError) as exc:
         raise ConfigError(f"profile {profile.name!r}: the stored service account key is not a valid key JSON ({type(exc).__name__})",
-                          hint=f"store the key file again: mailctl profile edit {profile.name} --password-stdin < key.json") from None
+                          hint=f"store the key file again: mailctl auth login {profile.name} --service-account-key key.json") from None
     session = _session(profile)
     try:
         _network(profile, "getting a service account token", lambda: creds.refresh(Request(session=session.session)))
@@ -485,6 +485,23 @@ def _service_account_fetch(profile, secrets) -> tuple[str, float]:
                                hint="check the network and the profile's proxy setting") from None
     expiry = creds.expiry.replace(tzinfo=timezone.utc).timestamp() if creds.expiry else time.time() + 3600
     return creds.token, expiry
+
+
+def check_service_account_key(text: str) -> str:
+    """The key JSON, compacted, after checking it is a service account key (never echoed)."""
+    from mailctl.errors import ValidationError
+
+    try:
+        info = json.loads(text)
+    except ValueError:
+        raise ValidationError("the service account key is not JSON (expected the key file downloaded from Google Cloud)") from None
+    missing = [k for k in ("type", "client_email", "private_key", "token_uri") if not (isinstance(info, dict) and info.get(k))]
+    if missing or info.get("type") != "service_account":
+        raise ValidationError(
+            "not a service account key file" + (f" (missing {', '.join(missing)})" if missing else ""),
+            hint="IAM & Admin > Service accounts > the account > Keys > Add key > JSON",
+        )
+    return json.dumps(info, separators=(",", ":"))
 
 
 def login_service_account(profile, secrets) -> LoginResult:

@@ -23,7 +23,9 @@ GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 
 
 def uses_oauth(profile) -> bool:
-    return profile.values.get("auth") in OAUTH_AUTHS
+    auth = profile.values.get("auth")
+    # Graph and the Gmail API only speak OAuth: an unset auth there means oauth.
+    return auth in OAUTH_AUTHS or (not auth and profile.type in ("graph", "gmail-api"))
 
 
 def provider_of(profile) -> str:
