@@ -48,8 +48,10 @@ def _finish(ctx: typer.Context, report, command: str, json_: bool, junit: Option
         rows = finding_rows(report)
         if rows:
             out.line()
-            out.table(["severity", "id", "finding"], [(sev, id_, f"{msg}\nfix: {fix}" if fix else msg)
-                                                      for sev, _check, id_, msg, fix in rows])
+            out.table(["severity", "id", "finding"], [
+                row for sev, _check, id_, msg, fix in rows
+                for row in ([(sev, id_, msg)] + ([("", "", f"fix: {fix}")] if fix else []))
+            ])
     code = report.exit_code()
     if code == ExitCode.TEMPFAIL:
         raise TemporaryFailure(f"DNS lookups failed ({report.summary()})",
