@@ -270,3 +270,37 @@ def test_google_paste_on_a_fixed_port_for_ssh_forward(cli, g_home, idp, ca_pem, 
     assert res.exit_code == 0, res.output
     assert shown["redirect_uri"] == f"http://localhost:{port}/" and shown["listening"]
     assert f"ssh -L {port}:127.0.0.1:{port}" in res.stderr and "paste here" in res.stderr
+
+
+def test_countdown_only_on_a_terminal():
+    import io
+
+    from mailctl.commands.auth import TerminalUI
+    from mailctl.output import Output
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    ui = TerminalUI(Output(stderr=tty), False, "m")
+    ui.tick(754)
+    ui.done()
+    assert "12:34 left (Ctrl-C cancels)" in tty.getvalue()
+    plain = io.StringIO()
+    ui = TerminalUI(Output(stderr=plain), False, "m")
+    ui.tick(754)
+    assert plain.getvalue() == ""
+    jsonish = Tty()
+    ui = TerminalUI(Output(stderr=jsonish), True, "m")
+    ui.tick(754)
+    assert jsonish.getvalue() == ""
+
+
+def test_default_google_flow_depends_on_a_display():
+    from mailctl.oauth.flows import browser_available
+
+    assert not browser_available({"SSH_CONNECTION": "1 2 3 4", "DISPLAY": ":0"}, "linux")
+    assert not browser_available({}, "linux")
+    assert browser_available({"DISPLAY": ":0"}, "linux")
+    assert browser_available({}, "darwin")

@@ -6,7 +6,6 @@ countdown on stderr, results on stdout, JSON Lines with --json for login)."""
 from __future__ import annotations
 
 import sys
-import webbrowser
 from typing import Annotated, Any, Optional
 
 import typer
@@ -89,6 +88,8 @@ class TerminalUI:
             self.out.stderr.flush()
 
     def open_browser(self, url: str) -> bool:
+        import webbrowser
+
         try:
             return bool(webbrowser.open(url))
         except Exception:  # no browser: the URL is printed anyway
