@@ -48,12 +48,17 @@ def messages(count: int) -> list[bytes]:
 
 
 def raw_smtplib(port: int, msgs: list[bytes]) -> float:
-    t0 = time.perf_counter()
+    global LAST_CPU
+    t0, c0 = time.perf_counter(), time.process_time()
     with smtplib.SMTP("127.0.0.1", port) as s:
         s.ehlo("bench")
         for m in msgs:
             s.sendmail("app@example.com", ["user@example.org"], m)
+    LAST_CPU = time.process_time() - c0
     return time.perf_counter() - t0
+
+
+LAST_CPU = 0.0
 
 
 def outbox_flush(port: int, msgs: list[bytes], tmp: Path, n: int) -> tuple[float, dict]:
@@ -64,10 +69,12 @@ def outbox_flush(port: int, msgs: list[bytes], tmp: Path, n: int) -> tuple[float
     box = Outbox(path, synchronous="NORMAL")  # as `mailctl queue flush` opens it
     profile = ResolvedProfile("bench", {"type": "smtp", "host": "127.0.0.1", "port": port, "security": "none",
                                         "auth": "none", "ehlo_name": "bench"})
-    t0 = time.perf_counter()
+    global LAST_CPU
+    t0, c0 = time.perf_counter(), time.process_time()
     report = flush(box, policy=FlushPolicy(retention_days=0), resolve=lambda name: profile,
                    open_transport=lambda p: open_transport(p, None), options=FlushOptions())
     elapsed = time.perf_counter() - t0
+    LAST_CPU = time.process_time() - c0
     box.close()
     assert report.sent == len(msgs), report.to_dict()
     return elapsed, report.to_dict()
@@ -84,10 +91,12 @@ def main() -> None:
         try:
             msgs = messages(a.count)
             raw_smtplib(port, msgs[:200])  # warm up both sides
-            raw_times, box_times = [], []
+            raw_times, box_times, raw_cpu, box_cpu = [], [], [], []
             for n in range(a.rounds):  # interleaved, so drift hits both alike
                 raw_times.append(raw_smtplib(port, msgs))
+                raw_cpu.append(LAST_CPU)
                 box_times.append(outbox_flush(port, msgs, tmp, n)[0])
+                box_cpu.append(LAST_CPU)
         finally:
             server.kill()
             server.wait()
@@ -98,6 +107,10 @@ def main() -> None:
         "raw_smtplib_per_second": round(raw_rate), "outbox_flush_per_second": round(box_rate),
         "ratio": round(box_rate / raw_rate, 3), "target_ratio": 0.8, "ok": box_rate / raw_rate >= 0.8,
         "raw_seconds": [round(t, 2) for t in raw_times], "outbox_seconds": [round(t, 2) for t in box_times],
+        # client CPU per message: what each side costs, independent of the server and of load
+        "raw_client_cpu_us_per_msg": round(statistics.median(raw_cpu) / a.count * 1e6),
+        "outbox_client_cpu_us_per_msg": round(statistics.median(box_cpu) / a.count * 1e6),
+        "load_average": os.getloadavg()[0],
     }))
 
 

@@ -48,7 +48,8 @@ def test_blank_database_gets_every_migration_in_order(tmp_path):
     assert names == [name for name, _ in MIGRATIONS]
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     cols = {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
-    assert {"raw", "sender", "recipients", "profile", "state", "attempts", "next_attempt_at", "last_reply",
+    assert {r[1] for r in conn.execute("PRAGMA table_info(bodies)")} == {"message", "raw"}
+    assert {"sender", "recipients", "profile", "state", "attempts", "next_attempt_at", "last_reply",
             "lease_until", "lease_owner"} <= cols
     assert {r[1] for r in conn.execute("PRAGMA table_info(attempts)")} >= {"at", "server", "reply", "duration", "outcome"}
     # reopening applies nothing twice

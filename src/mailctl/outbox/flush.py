@@ -234,6 +234,7 @@ def flush(
         report.problems.append(MessageOutcome(i, "expired", "still undelivered after max_retry_age"))
 
     owner = uuid.uuid4().hex
+    lease_renewed = [clock()]  # when our claimed rows' leases were last pushed forward
     sessions: dict[str | None, _Session] = {}
     global_limiter = RateLimiter(policy.rate_limit_per_minute,
                                  outbox.sent_since(clock() - 60) if policy.rate_limit_per_minute else ())
@@ -265,8 +266,14 @@ def flush(
                 reply = f"{reply} (expired: undelivered after max_retry_age)".strip()
             else:
                 next_at = now + backoff_delay(c.attempts + 1, policy.min_backoff, policy.max_backoff)
+        # renew the lease on the rest of our claim now and then (not on every commit: that
+        # would rewrite those rows' pages each time); a quarter of the lease leaves ample margin
+        renew = None
+        if clock() - lease_renewed[0] >= min(60.0, options.lease_seconds / 4):
+            renew = options.lease_seconds
+            lease_renewed[0] = clock()
         outbox.record_attempt(c, owner, outcome, reply=reply, server=server, profile=profile, duration=duration,
-                              next_attempt_at=next_at, recipients=recipients, renew_lease=options.lease_seconds)
+                              next_attempt_at=next_at, recipients=recipients, renew_lease=renew)
         setattr(report, outcome, getattr(report, outcome) + 1)
         result = MessageOutcome(c.id, outcome, reply, server, profile, next_at)
         if outcome != "sent" and len(report.problems) < 100:
@@ -353,6 +360,7 @@ def flush(
             if policy.batch_size:
                 want = min(want, policy.batch_size - in_batch)
             claims = outbox.claim_batch(owner, want, options.lease_seconds, profiles=profiles, ids=options.ids)
+            lease_renewed[0] = clock()
             if not claims:
                 break
             report.reclaimed += sum(1 for c in claims if c.reclaimed)

@@ -20,8 +20,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             recipients      TEXT NOT NULL,          -- JSON list: envelope RCPT TO still to deliver
             message_id      TEXT,                   -- the Message-ID header, for finding it
             subject         TEXT,
-            size            INTEGER NOT NULL,
-            raw             BLOB NOT NULL,          -- the RFC 5322 bytes, exactly as queued
+            size            INTEGER NOT NULL,       -- of the raw bytes (in `bodies`)
             state           TEXT NOT NULL DEFAULT 'queued'
                             CHECK (state IN ('queued','sending','sent','deferred','failed','expired','held')),
             attempts        INTEGER NOT NULL DEFAULT 0,
@@ -35,6 +34,12 @@ MIGRATIONS: list[tuple[str, str]] = [
             age_base        REAL NOT NULL           -- max_retry_age counts from here: queued, released or retried
         );
         CREATE INDEX messages_ready ON messages (state, next_attempt_at);
+        -- the raw RFC 5322 bytes, exactly as queued; apart so that state changes, listings and
+        -- stats touch small rows only
+        CREATE TABLE bodies (
+            message     INTEGER PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+            raw         BLOB NOT NULL
+        );
         CREATE INDEX messages_done ON messages (state, done_at);
         CREATE TABLE attempts (
             id          INTEGER PRIMARY KEY,
@@ -79,11 +84,7 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
 
 
 def _statements(sql: str) -> list[str]:
-    # executescript() would COMMIT our transaction; split instead (no ';' inside our SQL strings).
-    out = []
-    for chunk in sql.split(";"):
-        lines = [line.split("--", 1)[0] for line in chunk.splitlines()]
-        text = "\n".join(lines).strip()
-        if text:
-            out.append(text)
-    return out
+    # executescript() would COMMIT our transaction; split instead. Comments go first (they may
+    # hold ';'); our SQL has no '--' or ';' inside string literals.
+    text = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+    return [chunk.strip() for chunk in text.split(";") if chunk.strip()]

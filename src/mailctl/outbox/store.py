@@ -190,18 +190,23 @@ class Outbox:
     ) -> int:
         """Queue raw RFC 5322 bytes for `recipients`; returns the queue id. Committed (and with
         synchronous=FULL, on disk) when this returns."""
-        row = self._row(raw, sender, recipients, profile, hold)
+        row, raw = self._row(raw, sender, recipients, profile, hold)
         with self._write():
-            return int(self.conn.execute(_INSERT, row).lastrowid)
+            return self._insert(row, raw)
 
     def enqueue_many(self, items: Iterable[tuple], *, hold: bool = False) -> list[int]:
         """Queue many (raw, sender, recipients[, profile]) in ONE transaction: all or none,
         one disk sync for the lot (bulk imports, batch jobs)."""
         rows = [self._row(it[0], it[1], it[2], it[3] if len(it) > 3 else None, hold) for it in items]
         with self._write():
-            return [int(self.conn.execute(_INSERT, row).lastrowid) for row in rows]
+            return [self._insert(row, raw) for row, raw in rows]
 
-    def _row(self, raw: bytes, sender: str, recipients: Sequence[str], profile: str | None, hold: bool) -> tuple:
+    def _insert(self, row: tuple, raw: bytes) -> int:
+        queue_id = int(self.conn.execute(_INSERT, row).lastrowid)
+        self.conn.execute("INSERT INTO bodies (message, raw) VALUES (?, ?)", (queue_id, raw))
+        return queue_id
+
+    def _row(self, raw: bytes, sender: str, recipients: Sequence[str], profile: str | None, hold: bool) -> tuple[tuple, bytes]:
         if isinstance(raw, str):
             raw = raw.encode("utf-8")
         if not isinstance(raw, (bytes, bytearray, memoryview)) or not raw:
@@ -217,8 +222,8 @@ class Outbox:
         raw = to_crlf(bytes(raw))
         message_id, subject = _header_fields(raw)
         now = self.clock()
-        return (now, now, profile, sender, json.dumps(rcpts), message_id, subject, len(raw), raw,
-                "held" if hold else "queued", now, now)
+        return (now, now, profile, sender, json.dumps(rcpts), message_id, subject, len(raw),
+                "held" if hold else "queued", now, now), raw
 
     def enqueue_message(
         self,
@@ -262,8 +267,8 @@ class Outbox:
                 return []
             where.append(f"id IN ({','.join('?' * len(ids))})")
             params += list(ids)
-        sql = ("SELECT id, profile, sender, recipients, raw, attempts, created_at, age_base, message_id, state"
-               f" FROM messages WHERE {' AND '.join(where)} ORDER BY next_attempt_at, id LIMIT ?")
+        sql = ("SELECT id, profile, sender, recipients, (SELECT raw FROM bodies WHERE message=id), attempts,"
+               f" created_at, age_base, message_id, state FROM messages WHERE {' AND '.join(where)} ORDER BY next_attempt_at, id LIMIT ?")
         params.append(int(limit))
         with self._write():
             rows = self.conn.execute(sql, params).fetchall()
@@ -456,7 +461,8 @@ class Outbox:
             )
         ]
         if with_raw:
-            info.raw = bytes(self.conn.execute("SELECT raw FROM messages WHERE id=?", (message_id,)).fetchone()[0])
+            row = self.conn.execute("SELECT raw FROM bodies WHERE message=?", (message_id,)).fetchone()
+            info.raw = bytes(row[0]) if row else b""
         return info
 
     # managing ------------------------------------------------------------
@@ -575,7 +581,7 @@ class Outbox:
 
 
 _INSERT = ("INSERT INTO messages (created_at, updated_at, profile, sender, recipients, message_id, subject,"
-           " size, raw, state, next_attempt_at, age_base) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+           " size, state, next_attempt_at, age_base) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
 
 _INFO_COLS = ("id, state, created_at, updated_at, profile, sender, recipients, message_id, subject, size, attempts,"
               " next_attempt_at, last_attempt_at, last_reply, last_server, done_at")
