@@ -14,7 +14,7 @@ from email.utils import formatdate, make_msgid
 import keyring
 import pytest
 
-from conftest import smtp_profile, write_profiles  # tests/integration/conftest.py
+from integration_services import smtp_profile, write_profiles
 
 pytestmark = pytest.mark.integration
 
@@ -191,9 +191,10 @@ def test_wrong_password_defers_nothing_lost(pf, cli):
     keyring.set_password("mailctl", "pf/password", "definitely-wrong")
     qid = _enqueue(cli, _raw(pf, pf.accept, f"outbox authfail {tag}"))
     res, report = _flush(cli)
-    assert res.exit_code != 0, res.output
-    assert report["sent"] == 0
-    assert _states(cli)[qid] in ("queued", "deferred")
+    assert res.exit_code == 75, res.output
+    assert report["sent"] == 0 and report["failed"] == 0
+    assert _states(cli)[qid] == "deferred"
+    assert "535" in res.output
     assert "definitely-wrong" not in res.output
 
     keyring.set_password("mailctl", "pf/password", pf.password)

@@ -13,7 +13,7 @@ import uuid
 import keyring
 import pytest
 
-from conftest import smtp_profile, write_profiles  # tests/integration/conftest.py
+from integration_services import smtp_profile, write_profiles
 
 pytestmark = pytest.mark.integration
 
