@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import secrets as pysecrets
 import threading
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 from mailctl.errors import AuthError, ConfigError, UnavailableError, UsageError
 from mailctl.oauth import store
 from mailctl.oauth.hints import google_error, needs_login
-from mailctl.oauth.microsoft import LoginResult, _iso
+from mailctl.oauth.result import LoginResult, _iso
 from mailctl.oauth.scopes import GOOGLE_MAIL_SCOPE, google_endpoints, scopes_for
 
 EARLY_REFRESH = 300  # refresh when under 5 minutes are left (MSAL's rule too)

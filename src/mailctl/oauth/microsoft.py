@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from mailctl.errors import AuthError, ConfigError, TemporaryFailure, UnavailableError
 from mailctl.oauth import store
+from mailctl.oauth.result import LoginResult, _iso
 from mailctl.oauth.hints import entra_error, needs_login
 from mailctl.oauth.scopes import app_only, microsoft_authority, scopes_for
 
@@ -132,33 +133,6 @@ class DeviceLogin:
     @property
     def message(self) -> str:
         return self.flow.get("message") or f"Open {self.verification_uri} and enter the code {self.user_code}"
-
-
-@dataclass
-class LoginResult:
-    profile: str
-    provider: str
-    flow: str
-    account: str | None
-    scopes: list[str]
-    expires_at: float | None
-    refresh_token: bool
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "profile": self.profile, "provider": self.provider, "flow": self.flow, "account": self.account,
-            "scopes": self.scopes, "access_token_expires_at": _iso(self.expires_at),
-            "refresh_token": self.refresh_token, "warnings": self.warnings,
-        }
-
-
-def _iso(ts: float | None) -> str | None:
-    if not ts:
-        return None
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
 
 
 def start_device_login(profile, secrets) -> DeviceLogin:
