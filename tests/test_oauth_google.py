@@ -58,8 +58,10 @@ def test_pasted_address(gp, idp, ca_pem):
     secrets = default_resolver()
     login = google.start_loopback_login(gp, secrets, listen=False)
     location = browser(login.authorization_url, ca_pem, follow=False)
-    lines = iter([location + "\n"])
-    final = google.wait_for_redirect(login, read_line=lambda: next(lines), timeout=10)
+    lines = iter(["\n", "oops, wrong thing\n", location + "\n"])
+    rejected = []
+    final = google.wait_for_redirect(login, read_line=lambda: next(lines), timeout=10, on_rejected=rejected.append)
+    assert rejected == ["oops, wrong thing"]
     google.complete_login(login, final)
     assert idp.check_access_token(get_access_token(gp, secrets), USER)
 

@@ -77,6 +77,11 @@ class TerminalUI:
         self.out.stderr.write("\n".join(lines) + "\n")
         self.out.stderr.flush()
 
+    def rejected(self, line: str) -> None:
+        # Never echo the line: it might be a secret typed at the wrong prompt.
+        self.out.stderr.write("\nThat is not the address the browser ended on; paste the whole http://localhost...?state=...&code=... address:\n")
+        self.out.stderr.flush()
+
     def tick(self, seconds_left: float) -> None:
         if self.countdown:
             self.out.stderr.write(f"\rWaiting for the sign-in: {_clock(seconds_left)} left (Ctrl-C cancels) ")

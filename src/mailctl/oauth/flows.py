@@ -121,7 +121,8 @@ def _google(profile, secrets, ui, *, flow, no_wait, redirect_url, port, timeout)
                          listening=pending.listener is not None, note=pending.listen_error, wait=True)
     if flow == "browser" and not opened:
         pass  # the URL is shown; pasting or a forwarded port still work
-    final = google.wait_for_redirect(pending, read_line=ui.read_line, timeout=timeout, on_tick=ui.tick)
+    final = google.wait_for_redirect(pending, read_line=ui.read_line, timeout=timeout, on_tick=ui.tick,
+                                     on_rejected=getattr(ui, "rejected", None))
     return google.complete_login(pending, final).to_dict()
 
 

@@ -190,6 +190,7 @@ def wait_for_redirect(
     timeout: float = 600,
     clock: Callable[[], float] = time.monotonic,
     on_tick: Callable[[float], None] | None = None,
+    on_rejected: Callable[[str], None] | None = None,
 ) -> str:
     """The final redirect address: from the listener (browser on this machine or an SSH
     forward) or pasted (read_line, run in a thread so both can happen)."""
@@ -204,9 +205,11 @@ def wait_for_redirect(
                 if not line:
                     return  # EOF: keep waiting for the listener
                 line = line.strip()
-                if line:
+                if "code=" in line or "error=" in line:
                     got.put(line)
                     return
+                if line and on_rejected:
+                    on_rejected(line)
 
         threading.Thread(target=reader, daemon=True).start()
     deadline = clock() + timeout
