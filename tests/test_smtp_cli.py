@@ -160,6 +160,7 @@ def test_certificate_shown_when_verification_fails(cli, isolated_env, pki):
 
 
 def test_unknown_type_profile_is_78(cli, isolated_env):
-    write_profiles(isolated_env, {"g": {"type": "graph", "client_id": "abc", "tenant_id": "contoso.onmicrosoft.com"}})
+    # graph and ews have their own probes now (diagnostics/http_probe.py); gmail-api has none
+    write_profiles(isolated_env, {"g": {"type": "gmail-api", "client_id": "abc"}})
     res = cli("test", "connect")
     assert res.exit_code == 78
