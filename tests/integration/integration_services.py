@@ -89,6 +89,79 @@ def wait_for_path(path: Path, timeout: float, proc: subprocess.Popen | None = No
     raise RuntimeError(f"{what} did not create {path} within {timeout}s")
 
 
+def _die_with_parent() -> None:
+    """preexec_fn: the service gets SIGTERM when the pytest process dies, even by SIGKILL
+    (Linux PR_SET_PDEATHSIG), so a killed test run leaves no daemons behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # not Linux/glibc: teardown still stops it by PID
+        pass
+
+
+def spawn(args: list[str], **kwargs) -> subprocess.Popen:
+    """Start a service in its own session (so a stop can take its whole process group)."""
+    return subprocess.Popen(args, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
+
+
+WATCHDOG = r"""
+import ctypes, os, signal, sys, time
+pids = [int(p) for p in sys.argv[1:]]
+def stop(*_):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.killpg(pid, sig)
+            except OSError:
+                pass
+        time.sleep(2)
+    os._exit(0)
+signal.signal(signal.SIGTERM, stop)
+try:
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
+except Exception:
+    pass
+parent = int(os.environ["MAILCTL_WATCHDOG_PARENT"])
+while True:
+    if os.getppid() != parent:
+        stop()
+    time.sleep(1)
+"""
+
+
+def start_watchdog(procs: list[subprocess.Popen]) -> subprocess.Popen:
+    """A small process that stops the services' process groups if pytest dies without its
+    teardown (SIGKILL, a CI timeout). Needed because Postfix's master changes its effective
+    uid, which clears PR_SET_PDEATHSIG. Normal teardown kills the watchdog first."""
+    import sys
+
+    env = dict(os.environ, MAILCTL_WATCHDOG_PARENT=str(os.getpid()))
+    return subprocess.Popen(
+        [sys.executable, "-c", WATCHDOG, *(str(p.pid) for p in procs)],
+        stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+    )
+
+
+def stop_watchdog(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait(5)
+
+
+def private_tempdir(prefix: str) -> Path:
+    """A 0755 temporary directory whose parents the unprivileged service users can traverse
+    (pytest's tmp_path lives under a 0700 directory)."""
+    base = Path(tempfile.gettempdir())
+    for parent in [base, *base.parents]:
+        if not os.stat(parent).st_mode & 0o001:
+            base = Path("/tmp")
+            break
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    os.chmod(root, 0o755)
+    return root
+
+
 def stop_pid(proc: subprocess.Popen, timeout: float = 10) -> None:
     """SIGTERM the process (Postfix's master and Dovecot stop their children on TERM),
     then SIGKILL its whole process group if it lingers."""
@@ -514,19 +587,18 @@ def _write_dovecot(root: Path, port: int) -> Path:
 def running_postfix() -> Iterator[PostfixServer]:
     """Start Dovecot (SASL only) and a private Postfix master; stop both by PID on exit."""
     # Not pytest's tmp_path: its parents are 0700 and Postfix's daemons run as `postfix`.
-    root = Path(tempfile.mkdtemp(prefix="mailctl-postfix-"))
-    os.chmod(root, 0o755)
+    root = private_tempdir("mailctl-postfix-")
     procs: list[subprocess.Popen] = []
+    watchdog = None
     try:
         tls = make_ca_and_certs(root)
         ports = {name: free_port() for name in ("submission", "selfsigned", "plainauth", "notls")}
         _write_postfix(root, tls, ports)
         conf = _write_dovecot(root, ports["submission"])
 
-        dovecot = subprocess.Popen(
+        dovecot = spawn(
             [DOVECOT, "-F", "-c", str(conf)],
             stdin=subprocess.DEVNULL, stdout=open(root / "dovecot.out", "wb"), stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
         procs.append(dovecot)
         try:
@@ -534,12 +606,13 @@ def running_postfix() -> Iterator[PostfixServer]:
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}\n{tail(root / 'dovecot.out')}\n{tail(root / 'dovecot.log')}") from None
 
-        master = subprocess.Popen(
+        master = spawn(
             [str(POSTFIX_MASTER), "-c", str(root / "etc"), "-d"],
             stdin=subprocess.DEVNULL, stdout=open(root / "master.out", "wb"), stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=str(root / "spool"),
+            cwd=str(root / "spool"),
         )
         procs.append(master)
+        watchdog = start_watchdog(procs)
         try:
             for name, port in ports.items():
                 wait_for_port(port, 20, master, f"postfix master ({name})")
@@ -574,6 +647,7 @@ def running_postfix() -> Iterator[PostfixServer]:
         )
         yield server
     finally:
+        stop_watchdog(watchdog)
         for proc in reversed(procs):
             stop_pid(proc)
         if os.environ.get("MAILCTL_KEEP_SERVICES"):
@@ -665,9 +739,9 @@ def _secrets_owner_pid(address: str) -> int | None:
 
 
 def _start_private_bus(env: dict) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
+    proc = spawn(
         ["dbus-daemon", "--session", "--nofork", "--print-address=1", "--nopidfile"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
     )
     address = proc.stdout.readline().strip()
     if not address:
@@ -711,7 +785,7 @@ def running_secret_service() -> Iterator[SecretService]:
     """gnome-keyring-daemon --unlock --components=secrets in the current D-Bus session (CI:
     dbus-run-session), or in a private dbus-daemon when there is no session bus or when a
     Secret Service already serves it (never touch a desktop user's real keyring)."""
-    home = Path(tempfile.mkdtemp(prefix="mailctl-keyring-"))
+    home = Path(tempfile.mkdtemp(prefix="mailctl-keyring-"))  # 0700: it holds the keyring file
     runtime = home / "runtime"
     runtime.mkdir(mode=0o700)
     procs: list[subprocess.Popen] = []
@@ -719,6 +793,7 @@ def running_secret_service() -> Iterator[SecretService]:
     env = dict(os.environ, HOME=str(home), XDG_DATA_HOME=str(home / "data"), XDG_RUNTIME_DIR=str(runtime),
                XDG_CONFIG_HOME=str(home / "config"), XDG_CACHE_HOME=str(home / "cache"))
     bus_pid = None
+    watchdog = None
     try:
         address = os.environ.get("DBUS_SESSION_BUS_ADDRESS", "")
         if not address or _secrets_owner_pid(address) is not None:
@@ -726,12 +801,13 @@ def running_secret_service() -> Iterator[SecretService]:
             procs.append(bus)
             bus_pid = bus.pid
         env["DBUS_SESSION_BUS_ADDRESS"] = address
-        daemon = subprocess.Popen(
+        daemon = spawn(
             ["gnome-keyring-daemon", "--foreground", "--unlock", "--components=secrets"],
             stdin=subprocess.PIPE, stdout=open(home / "gnome-keyring.out", "wb"), stderr=subprocess.STDOUT,
-            env=env, start_new_session=True,
+            env=env,
         )
         procs.append(daemon)
+        watchdog = start_watchdog(procs)
         daemon.stdin.write(b"mailctl-test-keyring-password")
         daemon.stdin.close()
         try:
@@ -746,6 +822,7 @@ def running_secret_service() -> Iterator[SecretService]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        stop_watchdog(watchdog)
         for proc in reversed(procs):
             stop_pid(proc)
         shutil.rmtree(home, ignore_errors=True)
