@@ -128,17 +128,37 @@ class TranscriptRecorder:
 
 
 class SmtpSession(smtplib.SMTP):
-    """smtplib.SMTP whose socket we create (resolve, proxy, TCP_NODELAY, implicit TLS) and
-    whose conversation can be recorded. With no recorder the hooks cost one attribute test."""
+    """smtplib.SMTP whose socket we create (resolve, proxy, TCP_NODELAY, implicit TLS). The
+    hot path (send/getreply) is smtplib's own; RecordingSmtpSession adds the transcript."""
+
+    recorder: TranscriptRecorder | None = None
 
     def __init__(self, *, local_hostname: str, timeout: float, recorder: TranscriptRecorder | None = None):
-        self.recorder = recorder
         self.in_auth = False
         super().__init__(host="", port=0, local_hostname=local_hostname, timeout=timeout)
 
+    def attach(self, sock: socket.socket, host: str) -> None:
+        self.sock = sock
+        self.file = None
+        self._host = host
+
+    def reset_ehlo(self) -> None:
+        self.file = None
+        self.helo_resp = None
+        self.ehlo_resp = None
+        self.esmtp_features = {}
+        self.does_esmtp = False
+
+
+class RecordingSmtpSession(SmtpSession):
+    """A session that records the conversation (test connect/send --transcript)."""
+
+    def __init__(self, *, local_hostname: str, timeout: float, recorder: TranscriptRecorder | None = None):
+        super().__init__(local_hostname=local_hostname, timeout=timeout)
+        self.recorder = recorder
+
     def send(self, s):  # noqa: D401 - smtplib hook
-        if self.recorder is not None:
-            self._record_client(s)
+        self._record_client(s)
         super().send(s)
 
     def _record_client(self, s) -> None:
@@ -164,24 +184,11 @@ class SmtpSession(smtplib.SMTP):
 
     def getreply(self):
         code, msg = super().getreply()
-        if self.recorder is not None:
-            lines = _decode(msg).split("\n")
-            for i, line in enumerate(lines):
-                sep = "-" if i < len(lines) - 1 else " "
-                self.recorder.add("S", f"{code}{sep}{line}")
+        lines = _decode(msg).split("\n")
+        for i, line in enumerate(lines):
+            sep = "-" if i < len(lines) - 1 else " "
+            self.recorder.add("S", f"{code}{sep}{line}")
         return code, msg
-
-    def attach(self, sock: socket.socket, host: str) -> None:
-        self.sock = sock
-        self.file = None
-        self._host = host
-
-    def reset_ehlo(self) -> None:
-        self.file = None
-        self.helo_resp = None
-        self.ehlo_resp = None
-        self.esmtp_features = {}
-        self.does_esmtp = False
 
 
 def make_tls_context(profile) -> tuple[ssl.SSLContext, str]:
@@ -394,7 +401,8 @@ class SmtpTransport:
         except OSError:
             pass
         sock.settimeout(self.timeout)
-        session = SmtpSession(local_hostname=self.ehlo_name, timeout=self.timeout, recorder=self.recorder)
+        cls = RecordingSmtpSession if self.recorder is not None else SmtpSession
+        session = cls(local_hostname=self.ehlo_name, timeout=self.timeout, recorder=self.recorder)
         session.attach(sock, server.host)
         self.session = session
         if self.recorder is not None:
