@@ -237,7 +237,7 @@ def flush(
     lease_renewed = [clock()]  # when our claimed rows' leases were last pushed forward
     sessions: dict[str | None, _Session] = {}
     global_limiter = RateLimiter(policy.rate_limit_per_minute,
-                                 outbox.sent_since(clock() - 60) if policy.rate_limit_per_minute else ())
+                                 outbox.sent_since(clock() - 60, limit=policy.rate_limit_per_minute) if policy.rate_limit_per_minute else ())
 
     def session_for(name: str | None) -> _Session:
         key = name if name is not None else default_name
@@ -250,7 +250,7 @@ def flush(
                     prof = resolve(key)
                     s = _Session(prof.name, prof)
                     limit = int(prof.values.get("rate_limit_per_minute") or 0)
-                    s.limiter = RateLimiter(limit, outbox.sent_since(clock() - 60, prof.name) if limit else ())
+                    s.limiter = RateLimiter(limit, outbox.sent_since(clock() - 60, prof.name, limit=limit) if limit else ())
                 except MailctlError as exc:
                     s = _Session(key, error=exc)
             sessions[key] = s

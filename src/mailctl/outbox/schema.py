@@ -33,6 +33,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             done_at         REAL,                   -- when it reached sent/failed/expired
             age_base        REAL NOT NULL           -- max_retry_age counts from here: queued, released or retried
         );
+        -- deliberately few indexes: every one is rewritten by each delivery's commit
         CREATE INDEX messages_ready ON messages (state, next_attempt_at);
         -- the raw RFC 5322 bytes, exactly as queued; apart so that state changes, listings and
         -- stats touch small rows only
@@ -40,7 +41,6 @@ MIGRATIONS: list[tuple[str, str]] = [
             message     INTEGER PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
             raw         BLOB NOT NULL
         );
-        CREATE INDEX messages_done ON messages (state, done_at);
         CREATE TABLE attempts (
             id          INTEGER PRIMARY KEY,
             message     INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
@@ -52,7 +52,6 @@ MIGRATIONS: list[tuple[str, str]] = [
             duration    REAL
         );
         CREATE INDEX attempts_message ON attempts (message);
-        CREATE INDEX attempts_at ON attempts (at);
         """,
     ),
 ]
