@@ -270,3 +270,28 @@ def test_lint_warns_about_exchange_online_ews(isolated_env):
 def test_lint_ignores_other_transports(isolated_env):
     write_profiles(isolated_env, {"s": {"type": "smtp", "host": "outlook.office365.com"}})
     assert lint_warnings(resolved(isolated_env, "s")) == []
+
+
+def test_app_only_401_refreshes_the_token_once(isolated_env, srv, idp, ca_pem):
+    replies = [Reply(401, b"", {"WWW-Authenticate": 'Bearer error="invalid_token"'}), create_item_ok()]
+    srv.on("POST", EWS_PATH, lambda rec: replies.pop(0) if len(replies) > 1 else replies[0])
+    profile = make_profile(isolated_env, srv.base_url + EWS_PATH, name="app", auth="client-credentials",
+                           tenant_id=TENANT, client_id=CLIENT_ID, authority=idp.authority, ca_file=ca_pem)
+    keyring.set_password("mailctl", "app/client_secret", CLIENT_SECRET)
+    raw, sender, rcpts = message(profile)
+    assert send(profile, raw, sender, rcpts).reply.startswith("NoError")
+    first, second = srv.requests[0], srv.requests[-1]
+    assert first.headers["authorization"] != second.headers["authorization"]
+    assert idp.check_access_token(second.headers["authorization"].removeprefix("Bearer "))
+
+
+def test_requests_go_through_the_profile_proxy(isolated_env, srv, ca_pem):
+    from httpfakes import ConnectProxy
+
+    ews_fake(srv, basic=(MAILBOX, PASSWORD))
+    keyring.set_password("mailctl", "e/password", PASSWORD)
+    with ConnectProxy() as proxy:
+        profile = make_profile(isolated_env, srv.base_url + EWS_PATH, ca_file=ca_pem, proxy=proxy.url)
+        raw, sender, rcpts = message(profile)
+        assert send(profile, raw, sender, rcpts).reply.startswith("NoError")
+    assert proxy.targets and set(proxy.targets) == {f"127.0.0.1:{srv.port}"}

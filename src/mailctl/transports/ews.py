@@ -111,6 +111,8 @@ class EwsTransport:
         self._tls = None
         self._protocol = None
         self._static_token = False
+        self._force_refresh = False
+        self._refreshed = False  # one forced token refresh per transport
 
     def __enter__(self) -> "EwsTransport":
         self.open()
@@ -212,7 +214,7 @@ class EwsTransport:
                                password), "delegate"
         if self.auth in ("oauth", "client-credentials"):
             t0 = time.monotonic()
-            token, self._static_token = bearer_token(self.profile, self.secrets)
+            token, self._static_token = bearer_token(self.profile, self.secrets, force_refresh=self._force_refresh)
             self._emit("token", "static access_token secret" if self._static_token else f"{self.auth} token",
                        time.monotonic() - t0)
             token_dict = {"access_token": token, "token_type": "Bearer"}
@@ -254,7 +256,13 @@ class EwsTransport:
         save = bool(self.profile.values.get("save_to_sent_items", True))
         t0 = time.monotonic()
         try:
-            _create_item(self.account, raw, save=save)
+            try:
+                _create_item(self.account, raw, save=save)
+            except Exception as exc:
+                if not self._can_refresh(exc):
+                    raise
+                self._refresh_token()
+                _create_item(self.account, raw, save=save)
         except Exception as exc:
             raise self._map_error(exc, stage="CreateItem") from exc
         duration = time.monotonic() - t0
@@ -272,6 +280,23 @@ class EwsTransport:
             raise self._map_error(exc, stage="GetFolder") from exc
         self._emit("GetFolder", f"sentitems -> {getattr(folder, 'name', 'ok')}", time.monotonic() - t0)
         return str(getattr(folder, "name", "Sent Items"))
+
+    def _can_refresh(self, exc: BaseException) -> bool:
+        """A 401 with a token mailctl can renew (not a static access_token secret)."""
+        if self.auth not in ("oauth", "client-credentials") or self._static_token or self._refreshed:
+            return False
+        from exchangelib.errors import TransportError, UnauthorizedError
+
+        return isinstance(exc, UnauthorizedError) or (isinstance(exc, TransportError) and "401" in str(exc))
+
+    def _refresh_token(self) -> None:
+        self._refreshed = True
+        self._force_refresh = True
+        self.close()
+        try:
+            self.open()
+        finally:
+            self._force_refresh = False
 
     def _emit(self, stage: str, detail: str, seconds: float) -> None:
         if self.trace is not None:
