@@ -826,3 +826,58 @@ def running_secret_service() -> Iterator[SecretService]:
         for proc in reversed(procs):
             stop_pid(proc)
         shutil.rmtree(home, ignore_errors=True)
+
+
+# --- by hand ------------------------------------------------------------------------
+def _main(argv: list[str]) -> int:
+    """python tests/integration/integration_services.py [postfix|keyring|all]: start the
+    services, print how to reach them, wait for Ctrl-C, stop them (docs/testing.md)."""
+    what = argv[0] if argv else "all"
+    if what not in ("postfix", "keyring", "all"):
+        print("usage: integration_services.py [postfix|keyring|all]")
+        return 2
+    with contextlib.ExitStack() as stack:
+        if what in ("postfix", "all"):
+            reason = postfix_skip_reason()
+            if reason:
+                print(f"cannot start Postfix: {reason}")
+                return 1
+            pf = stack.enter_context(running_postfix())
+            print(f"Postfix (master PID {pf.master_pid}, Dovecot PID {pf.dovecot_pid}), files in {pf.root}")
+            for ep in pf.endpoints.values():
+                print(f"  {ep.name:<11} {ep.host}:{ep.port}  STARTTLS={'yes' if ep.starttls else 'no'}")
+            print(f"  user {pf.username}  password {pf.password}")
+            print(f"  CA file {pf.ca_file}; self-signed SHA-256 {pf.selfsigned_fingerprint}")
+            print(f"  deliver to {pf.accept} (Maildir {pf.maildir}); {pf.reject} -> 550, {pf.defer} -> 450")
+            print(f"  maillog {pf.maillog}; dovecot log {pf.dovecot_log}")
+            print("  profile:")
+            print(f"    mailctl profile add itest --host {pf.host} --port {pf.port} --security starttls "
+                  f"--auth password --username {pf.username} --from-address {pf.username} "
+                  f"--ca-file {pf.ca_file} --password-stdin <<< '{pf.password}'")
+        if what in ("keyring", "all"):
+            reason = secret_service_skip_reason()
+            if reason:
+                print(f"cannot start the Secret Service: {reason}")
+                return 1
+            ss = stack.enter_context(running_secret_service())
+            print(f"Secret Service: gnome-keyring-daemon PID {ss.keyring_pid} on")
+            print(f"  export DBUS_SESSION_BUS_ADDRESS='{ss.bus_address}'")
+            print("  export PYTHON_KEYRING_BACKEND=keyring.backends.SecretService.Keyring")
+        print("Running; Ctrl-C (or SIGTERM) stops everything.", flush=True)
+
+        def interrupt(*_):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, interrupt)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("\nstopping")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_main(sys.argv[1:]))
