@@ -4,7 +4,7 @@ The work happens in mailctl.diagnostics.probe; this module parses options and re
 
 from __future__ import annotations
 
-from typing import Annotated, Any, List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -27,9 +27,11 @@ def register(app: typer.Typer, name: str) -> None:
 
 
 def _quit_after_callback(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
     from mailctl.diagnostics.probe import QUIT_AFTER_CHOICES
 
-    if value is not None and value.lower() not in QUIT_AFTER_CHOICES:
+    if value.lower() not in QUIT_AFTER_CHOICES:
         raise typer.BadParameter(f"expected one of: {', '.join(QUIT_AFTER_CHOICES)}")
     return value.lower() if value else None
 
