@@ -203,24 +203,54 @@ def _unverified_chain(host: str, port: int, timeout: float) -> list[dict[str, An
         return []
 
 
+def _exchange(run, report: ProbeReport, profile, request_detail: str, fn: Callable[[], Any],
+              describe: Callable[[Any], tuple[str, dict]]) -> Any:
+    """`request` times the HTTP exchange; `response` judges the reply. A server that answered
+    with an error passes `request` and fails `response` (with the API error code); a request
+    that got no answer (connection, TLS, proxy) fails `request`."""
+    t0 = time.perf_counter()
+    try:
+        value, err = fn(), None
+    except MailctlError as exc:
+        value, err = None, exc
+    duration = time.perf_counter() - t0
+    answered = err is not None and (getattr(err, "http_status", None) is not None or getattr(err, "error_code", None))
+    if err is not None and not answered:
+        report.stages.append(StageResult("request", "failed", duration, report.target, request_detail, error=err.message,
+                                         explanation=_explain(profile, err, "request"), exit_code=int(err.exit_code),
+                                         data=_reply_data(err)))
+        raise _Stop(err)
+    if err is not None:
+        status = getattr(err, "http_status", None)
+        report.stages.append(StageResult("request", "ok", duration, report.target,
+                                         request_detail + (f" -> HTTP {status}" if status else " -> answered")))
+        report.stages.append(StageResult("response", "failed", 0.0, report.target, error=err.message,
+                                         explanation=_explain(profile, err, "response"), exit_code=int(err.exit_code),
+                                         data=_reply_data(err)))
+        raise _Stop(err)
+    report.stages.append(StageResult("request", "ok", duration, report.target, request_detail))
+    return run("response", lambda: value, describe)
+
+
 def _graph_request(run, report: ProbeReport, transport, message: ProbeMessage | None) -> None:
-    run("request", transport.open, lambda _v: (f"HTTPS session to {transport.endpoint}", {}))
-    report.stages[-1].detail = _graph_request_detail(transport, message)
+    transport.open()  # the token was checked by the token stage; this builds the HTTPS session
+    detail = _graph_request_detail(transport, message)
     if message is None:
         from mailctl.transports.graph import graph_error, probe_mailbox
 
-        response = run("response", lambda: probe_mailbox(transport), lambda r: _describe_mailbox(transport, r))
-        if response.status_code >= 400 and response.status_code not in (403,):
-            # 403 only says the token may not read the user object (User.Read); sendMail may still work.
-            err = graph_error(response, server=transport.endpoint, stage="mailbox", profile_name=transport.profile.name)
-            report.stages[-1] = StageResult("response", "failed", report.stages[-1].duration, report.target, error=err.message,
-                                            explanation=_explain(transport.profile, err, "response"), exit_code=int(err.exit_code),
-                                            data=_reply_data(err))
-            raise _Stop(err)
+        def lookup():
+            response = probe_mailbox(transport)
+            if response.status_code >= 400 and response.status_code != 403:
+                # 403 only says the token may not read the user object (User.Read); sendMail may still work.
+                raise graph_error(response, server=transport.endpoint, stage="mailbox", profile_name=transport.profile.name)
+            return response
+
+        _exchange(run, report, transport.profile, detail, lookup, lambda r: _describe_mailbox(transport, r))
         report.server = transport.endpoint
         return
-    result = run("response", lambda: transport.send(message.raw, message.sender, message.recipients),
-                 lambda r: (f"{r.reply} via {transport.last_route} route", {"route": transport.last_route, "reply": r.reply}))
+    result = _exchange(run, report, transport.profile, detail,
+                       lambda: transport.send(message.raw, message.sender, message.recipients),
+                       lambda r: (f"{r.reply} via the {transport.last_route} route", {"route": transport.last_route, "reply": r.reply}))
     report.server = result.server
     report.result = {"server": result.server, "reply": result.reply, "queue_id": None, "refused": {}, "used_alternate": False,
                      "route": transport.last_route}
@@ -237,8 +267,6 @@ def _describe_mailbox(transport, response) -> tuple[str, dict]:
     if response.status_code == 403:
         return ("token accepted; reading the mailbox needs User.Read / User.Read.All (403): sendMail rights "
                 "are checked only by `test send`", {"status": 403})
-    if response.status_code >= 400:
-        return f"HTTP {response.status_code}", {"status": response.status_code}
     try:
         data = response.json()
     except ValueError:
@@ -248,15 +276,23 @@ def _describe_mailbox(transport, response) -> tuple[str, dict]:
 
 
 def _ews_request(run, report: ProbeReport, transport, message: ProbeMessage | None) -> None:
-    run("request", transport.open, lambda _v: (
-        f"{'CreateItem (MIME content, ' + str(len(message.raw)) + ' bytes)' if message else 'GetFolder sentitems'} "
-        f"as {transport.mailbox} ({transport.auth})", {}))
+    try:
+        transport.open()  # builds the exchangelib account: no network unless autodiscover
+    except MailctlError as err:
+        report.stages.append(StageResult("request", "failed", 0.0, report.target, error=err.message,
+                                         explanation=_explain(transport.profile, err, "request"), exit_code=int(err.exit_code)))
+        raise _Stop(err) from err
+    who = f"as {transport.mailbox} ({transport.auth})"
     if message is None:
-        run("response", transport.check, lambda name: (f"NoError: folder {name!r}", {"folder": name}))
+        _exchange(run, report, transport.profile, f"GetFolder sentitems {who}", transport.check,
+                  lambda name: (f"NoError: folder {name!r}", {"folder": name}))
         report.server = transport.url
         return
-    result = run("response", lambda: transport.send(message.raw, message.sender, message.recipients),
-                 lambda r: (r.reply, {"reply": r.reply}))
+    disposition = "SendAndSaveCopy" if transport.profile.values.get("save_to_sent_items", True) else "SendOnly"
+    result = _exchange(run, report, transport.profile,
+                       f"CreateItem {disposition}, {len(message.raw)} bytes of MIME {who}",
+                       lambda: transport.send(message.raw, message.sender, message.recipients),
+                       lambda r: (r.reply, {"reply": r.reply}))
     report.server = result.server
     report.result = {"server": result.server, "reply": result.reply, "queue_id": None, "refused": {}, "used_alternate": False}
 

@@ -366,6 +366,8 @@ def ews_error(exc: BaseException, *, server: str, stage: str, profile_name: str 
     name = type(exc).__name__
     err.error_code = name if name.startswith("Error") else None  # type: ignore[attr-defined]
     err.stage = stage  # type: ignore[attr-defined]
+    if isinstance(err, AuthError) and err.error_code is None and "rejected the credentials" in err.message:
+        err.http_status = 401  # type: ignore[attr-defined]
     err.__cause__ = exc  # diagnostics look at the exception chain; never shown to users
     return err
 
