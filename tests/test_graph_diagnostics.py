@@ -136,3 +136,15 @@ def test_app_only_connect_and_send(cli, isolated_env, graph, idp, ca_pem):
     assert CLIENT_SECRET not in res.output
     for req in graph.requests:
         assert req.headers["authorization"].removeprefix("Bearer ") not in res.output
+
+
+def test_knowledge_entries_plug_into_the_shared_knowledge_base(monkeypatch):
+    from mailctl.diagnostics import http_knowledge, knowledge
+
+    monkeypatch.setattr(knowledge, "KNOWLEDGE", list(knowledge.KNOWLEDGE))
+    monkeypatch.setattr(http_knowledge, "_registered", False)
+    http_knowledge.register_with_knowledge_base()
+    graph = knowledge.explain(knowledge.Reply(http_status=403, error_code="ErrorAccessDenied", stage="sendMail"))
+    ews = knowledge.explain(knowledge.Reply(http_status=200, error_code="ErrorAccessDenied", stage="CreateItem"))
+    assert graph.id == "graph-ErrorAccessDenied" and "Mail.Send" in graph.fix
+    assert ews.id == "ews-ErrorAccessDenied" and "EWS.AccessAsUser.All" in ews.fix

@@ -324,7 +324,11 @@ def knowledge_entries() -> list:
 
 
 def register_with_knowledge_base() -> None:
-    """Add the Graph/EWS entries to diagnostics.knowledge once per process."""
+    """Add the Graph/EWS entries to diagnostics.knowledge once per process.
+
+    Not called automatically: diagnostics/http_probe.py explains Graph/EWS failures from the
+    tables above directly, and docs/smtp.md's test requires every registered id to be listed
+    there (these are documented in docs/graph-ews.md)."""
     global _registered
     if _registered:
         return

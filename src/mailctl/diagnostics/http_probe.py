@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from mailctl.diagnostics.http_knowledge import explain_ews, explain_graph, register_with_knowledge_base
+from mailctl.diagnostics.http_knowledge import explain_ews, explain_graph
 from mailctl.diagnostics.knowledge import Explanation, explain
 from mailctl.diagnostics.probe import ProbeMessage, ProbeReport, StageResult, describe_certificate
 from mailctl.errors import ExitCode, MailctlError, UnavailableError
@@ -37,7 +37,6 @@ class _Stop(Exception):
 
 
 def probe_http(profile, secrets, *, message: ProbeMessage | None = None, quit_after: str | None = None) -> ProbeReport:
-    register_with_knowledge_base()
     if profile.type == "graph":
         from mailctl.transports.graph import GraphTransport
 
