@@ -259,28 +259,38 @@ class Outbox:
         (its flush died). `profiles` restricts to those profile names (None in the list = rows
         queued for the default profile); `ids` to those queue ids."""
         now = self.clock()
-        where = ["((state IN ('queued','deferred') AND next_attempt_at <= ?) OR (state = 'sending' AND lease_until < ?))"]
-        params: list[Any] = [now, now]
-        where += self._profile_filter(profiles, params)
+        if ids is not None and not ids:
+            return []
+        extra: list[str] = []
+        extra_params: list[Any] = []
+        extra += self._profile_filter(profiles, extra_params)
         if ids is not None:
-            if not ids:
-                return []
-            where.append(f"id IN ({','.join('?' * len(ids))})")
-            params += list(ids)
-        sql = ("SELECT id, profile, sender, recipients, (SELECT raw FROM bodies WHERE message=id), attempts,"
-               f" created_at, age_base, message_id, state FROM messages WHERE {' AND '.join(where)} ORDER BY next_attempt_at, id LIMIT ?")
-        params.append(int(limit))
+            extra.append(f"id IN ({','.join('?' * len(ids))})")
+            extra_params += list(ids)
+        tail = "".join(f" AND {w}" for w in extra)
+        # One indexed range scan per state (an OR across states would scan and sort the whole
+        # table on every claim), then merge: oldest due first.
         with self._write():
-            rows = self.conn.execute(sql, params).fetchall()
+            rows: list[tuple] = []
+            for cond in ("state='sending' AND lease_until < ?", "state='queued' AND next_attempt_at <= ?",
+                         "state='deferred' AND next_attempt_at <= ?"):
+                rows += self.conn.execute(
+                    "SELECT id, profile, sender, recipients, attempts, created_at, age_base, message_id, state,"
+                    f" next_attempt_at FROM messages WHERE {cond}{tail} ORDER BY next_attempt_at, id LIMIT ?",
+                    [now, *extra_params, int(limit)],
+                ).fetchall()
             if not rows:
                 return []
+            rows.sort(key=lambda r: (r[9], r[0]))
+            rows = rows[:limit]
             claimed = [r[0] for r in rows]
             marks = ",".join("?" * len(claimed))
             self.conn.execute(
                 f"UPDATE messages SET state='sending', lease_owner=?, lease_until=?, updated_at=? WHERE id IN ({marks})",
                 [owner, now + lease_seconds, now, *claimed],
             )
-            reclaimed = [r[0] for r in rows if r[9] == "sending"]
+            bodies = dict(self.conn.execute(f"SELECT message, raw FROM bodies WHERE message IN ({marks})", claimed))
+            reclaimed = [r[0] for r in rows if r[8] == "sending"]
             if reclaimed:
                 self.conn.executemany(
                     "INSERT INTO attempts (message, at, outcome, reply) VALUES (?, ?, 'interrupted',"
@@ -288,7 +298,8 @@ class Outbox:
                     [(i, now) for i in reclaimed],
                 )
         return [
-            ClaimedMessage(r[0], r[1], r[2], json.loads(r[3]), bytes(r[4]), r[5], r[6], r[7], r[8], r[9] == "sending")
+            ClaimedMessage(r[0], r[1], r[2], json.loads(r[3]), bytes(bodies.get(r[0], b"")), r[4], r[5], r[6], r[7],
+                           r[8] == "sending")
             for r in rows
         ]
 
@@ -408,10 +419,13 @@ class Outbox:
     # reading -------------------------------------------------------------
     def count_due(self, *, profiles: Sequence[str | None] | None = None) -> int:
         now = self.clock()
-        params: list[Any] = [now, now]
-        where = ["((state IN ('queued','deferred') AND next_attempt_at <= ?) OR (state='sending' AND lease_until < ?))"]
-        where += self._profile_filter(profiles, params)
-        return self.conn.execute(f"SELECT count(*) FROM messages WHERE {' AND '.join(where)}", params).fetchone()[0]
+        extra: list[Any] = []
+        tail = "".join(f" AND {w}" for w in self._profile_filter(profiles, extra))
+        total = 0
+        for cond in ("state='sending' AND lease_until < ?", "state='queued' AND next_attempt_at <= ?",
+                     "state='deferred' AND next_attempt_at <= ?"):
+            total += self.conn.execute(f"SELECT count(*) FROM messages WHERE {cond}{tail}", [now, *extra]).fetchone()[0]
+        return total
 
     def count_by_state(self, *, profiles: Sequence[str | None] | None = None) -> dict[str, int]:
         params: list[Any] = []
