@@ -171,3 +171,17 @@ def test_untrusted_ca_is_a_tls_error(isolated_env, idp):
     with pytest.raises(UnavailableError) as exc:
         microsoft.start_device_login(resolved(isolated_env, "m"), default_resolver())
     assert "TLS certificate verification failed" in exc.value.message
+
+
+def test_tokens_from_the_environment_for_cron(ms, idp, monkeypatch):
+    """No keyring under cron: the stored document can come from MAILCTL_SECRET_<P>_OAUTH_TOKENS."""
+    from mailctl.secrets import KeyringStore
+
+    secrets = default_resolver()
+    _login(ms, secrets)
+    doc = KeyringStore().get("m", "oauth_tokens")
+    KeyringStore().delete("m", "oauth_tokens")
+    monkeypatch.setenv("MAILCTL_SECRET_M_OAUTH_TOKENS", doc)
+    token = get_access_token(ms, default_resolver(), force_refresh=True)
+    assert idp.check_access_token(token, USER)
+    assert microsoft.status(ms, default_resolver(), check=False)["source"] == "environment"
