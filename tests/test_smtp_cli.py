@@ -109,6 +109,8 @@ def test_quit_after(cli, isolated_env, pki):
         data = json.loads(cli("test", "send", "--to", "x@example.net", "--quit-after", "rcpt", "--json").stdout)
         assert [s["stage"] for s in data["stages"]][-3:] == ["mail", "rcpt", "quit"]
         assert srv.messages == []
+        data = json.loads(cli("test", "connect", "--quit-after", "tls", "--json").stdout)
+        assert [s["stage"] for s in data["stages"]][-3:] == ["starttls", "ehlo_tls", "quit"]
         assert cli("test", "connect", "--quit-after", "bogus").exit_code == 2
 
 

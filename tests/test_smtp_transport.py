@@ -59,9 +59,12 @@ def test_starttls_auth_plain_many_messages_one_connection(pki):
     store_secret("t", "password", PASSWORD)
     with smtp_server(cert=pki.good) as srv:
         p = profile(port=srv.port, ca_file=str(pki.ca_file), auth="password", username=USER)
-        with SmtpTransport(p, default_resolver()) as t:
+        rec = TranscriptRecorder()
+        with SmtpTransport(p, default_resolver(), recorder=rec) as t:
             assert t.encrypted and t.auth_mechanism == "PLAIN"
             results = [t.send(*msg_for(p)) for _ in range(5)]
+        assert "C: AUTH PLAIN [redacted]" in rec.render()
+        assert_no_secret("\n".join(rec.render()))
         assert srv.handler.connections == 2  # aiosmtpd's readiness probe + ours
         assert len(srv.messages) == 5
         assert results[0].server == f"localhost:{srv.port}" and not results[0].used_alternate
@@ -119,12 +122,14 @@ def test_oauth_535_refreshes_token_once(pki, monkeypatch):
 
 
 def test_wrong_password_is_auth_error_77(pki):
-    store_secret("t", "password", "wrong")
+    store_secret("t", "password", "wrong-" + PASSWORD)
     with smtp_server(cert=pki.good) as srv:
         p = profile(port=srv.port, ca_file=str(pki.ca_file), auth="password", username=USER)
+        rec = TranscriptRecorder()
         with pytest.raises(AuthError) as info:
-            SmtpTransport(p, default_resolver()).open()
+            SmtpTransport(p, default_resolver(), recorder=rec).open()
     err = info.value
+    assert_no_secret(err.message, err.hint, "\n".join(rec.render()), secrets=("wrong-" + PASSWORD,))
     assert err.exit_code == ExitCode.NOPERM and err.stage == "auth"
     assert err.code == 535 and err.enhanced == "5.7.8"
     assert err.hint
@@ -137,6 +142,7 @@ def test_starttls_not_offered_is_76_never_plaintext(pki):
         with pytest.raises(ProtocolError) as info:
             SmtpTransport(p, default_resolver()).open()
         assert info.value.exit_code == ExitCode.PROTOCOL
+        assert_no_secret(info.value.message, info.value.hint)
         assert srv.handler.attempts_auth == []
 
 
@@ -147,6 +153,7 @@ def test_auth_refused_on_plaintext_without_allow_insecure_auth():
         with pytest.raises(ConfigError) as info:
             SmtpTransport(p, default_resolver()).open()
         assert info.value.exit_code == ExitCode.CONFIG
+        assert_no_secret(info.value.message, info.value.hint)
         assert srv.handler.attempts_auth == []
         p = profile(port=srv.port, security="none", auth="password", username=USER, allow_insecure_auth=True)
         with SmtpTransport(p, default_resolver()) as t:
@@ -294,6 +301,7 @@ def test_proxy_wrong_password_is_77(kind):
         with pytest.raises(AuthError) as info:
             SmtpTransport(p, default_resolver()).open()
         assert info.value.exit_code == ExitCode.NOPERM
+        assert_no_secret(info.value.message, info.value.hint, secrets=("wrong", "right"))
 
 
 def test_proxy_password_in_url_is_refused():

@@ -317,6 +317,8 @@ def _probe_smtp(profile, secrets, message, quit_after, want_transcript) -> Probe
     def skip(name: str, server, why: str) -> None:
         report.stages.append(StageResult(name, "skipped", 0.0, server.address, why))
 
+    if quit_after == "tls" and transport.security == "starttls":
+        quit_after = "starttls"  # the TLS handshake of a STARTTLS profile is the starttls stage
     stop_error: MailctlError | None = None
     reached = None
     try:
