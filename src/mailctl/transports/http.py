@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email.utils
 import os
+import re
 import ssl
 import tempfile
 import time
@@ -279,6 +280,11 @@ def _reason(exc: BaseException) -> str:
     if "Max retries exceeded" in text and "(Caused by" in text:
         text = text.split("(Caused by", 1)[1].rstrip(")")
     text = text.replace("NewConnectionError(", "").strip()
+    text = re.sub(r"\w*Connection(?:Pool)?\(host='[^']*', port=\d+\):\s*", "", text)
+    text = re.sub(r"^\('Unable to connect to proxy', [\"']?(.*?)[\"']?\)+$", r"unable to connect to the proxy: \1", text)
+    text = text.strip(" \"'")
+    while text.endswith(")") and text.count(")") > text.count("("):
+        text = text[:-1].rstrip(" \"'")
     if ": " in text and text.startswith("<"):
         text = text.split(": ", 1)[1]
     return text[:300]
