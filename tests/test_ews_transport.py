@@ -295,3 +295,19 @@ def test_requests_go_through_the_profile_proxy(isolated_env, srv, ca_pem):
         raw, sender, rcpts = message(profile)
         assert send(profile, raw, sender, rcpts).reply.startswith("NoError")
     assert proxy.targets and set(proxy.targets) == {f"127.0.0.1:{srv.port}"}
+
+
+def test_connection_refused_is_unavailable(isolated_env, ca_pem):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    keyring.set_password("mailctl", "e/password", PASSWORD)
+    profile = make_profile(isolated_env, f"https://127.0.0.1:{port}{EWS_PATH}", ca_file=ca_pem)
+    raw, sender, rcpts = message(profile)
+    with pytest.raises(UnavailableError) as exc:
+        send(profile, raw, sender, rcpts)
+    assert exc.value.exit_code == ExitCode.UNAVAILABLE and "ews_url" in exc.value.hint
+    assert "object at 0x" not in exc.value.message

@@ -393,7 +393,9 @@ def _ews_error(exc: BaseException, *, server: str, stage: str, profile_name: str
             )
         if isinstance(exc, requests.exceptions.ReadTimeout) or "Read timed out" in text:
             return TemporaryFailure(f"EWS at {server} did not answer in time", hint="raise the profile's timeout")
-        return UnavailableError(f"cannot reach EWS at {server}: {text}",
+        from mailctl.transports.http import tidy_reason
+
+        return UnavailableError(f"cannot reach EWS at {server}: {tidy_reason(text)}",
                                 hint="check ews_url, DNS, the network and the profile's proxy")
     if isinstance(exc, ex.RateLimitError) or name in ("ErrorServerBusy",):
         known = explain_ews("ErrorServerBusy")

@@ -276,6 +276,11 @@ def _reason(exc: BaseException) -> str:
         if "CERTIFICATE_VERIFY_FAILED" in text:
             detail = text.split("certificate verify failed:", 1)[-1].split(")")[0].strip(" :")
             return f"certificate verify failed: {detail}" if detail else "certificate verify failed"
+    return tidy_reason(text)
+
+
+def tidy_reason(text: str) -> str:
+    """A urllib3/requests failure text without pool and object reprs or URLs."""
     # urllib3 puts "HTTPSConnectionPool(host=..., port=...): Max retries exceeded ..." first.
     if "Max retries exceeded" in text and "(Caused by" in text:
         text = text.split("(Caused by", 1)[1].rstrip(")")
