@@ -245,7 +245,7 @@ def probe(profile, secrets, *, message: ProbeMessage | None = None, quit_after: 
     if profile.type != "smtp":
         report = ProbeReport(profile.name, profile.type, profile.server)
         report.exit_code = int(ExitCode.CONFIG)
-        report.error = f"`test` supports smtp and file profiles; profile {profile.name!r} is {profile.type}"
+        report.error = f"`test` supports smtp, file, graph and ews profiles; profile {profile.name!r} is {profile.type}"
         report.hint = "use `mailctl send` to try this transport"
         return report
     return _probe_smtp(profile, secrets, message, quit_after, transcript)
