@@ -789,7 +789,6 @@ def running_secret_service() -> Iterator[SecretService]:
     runtime = home / "runtime"
     runtime.mkdir(mode=0o700)
     procs: list[subprocess.Popen] = []
-    saved = {k: os.environ.get(k) for k in ("DBUS_SESSION_BUS_ADDRESS",)}
     env = dict(os.environ, HOME=str(home), XDG_DATA_HOME=str(home / "data"), XDG_RUNTIME_DIR=str(runtime),
                XDG_CONFIG_HOME=str(home / "config"), XDG_CACHE_HOME=str(home / "cache"))
     bus_pid = None
@@ -814,14 +813,8 @@ def running_secret_service() -> Iterator[SecretService]:
             _wait_secret_service(address, 20, daemon)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}\n{tail(home / 'gnome-keyring.out')}") from None
-        os.environ["DBUS_SESSION_BUS_ADDRESS"] = address
         yield SecretService(bus_address=address, keyring_pid=daemon.pid, bus_pid=bus_pid, home=home)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         stop_watchdog(watchdog)
         for proc in reversed(procs):
             stop_pid(proc)
