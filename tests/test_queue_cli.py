@@ -168,3 +168,26 @@ def test_maintenance_hold_and_release_procedure(cli, isolated_env):
     assert json.loads(cli("queue", "show", str(new), "--json").stdout)["state"] == "sent"
     assert cli("queue", "release", "--all").exit_code == 0
     assert json.loads(cli("queue", "flush", "--json").stdout)["sent"] == 2
+
+
+def test_progress_bar_on_a_terminal(monkeypatch):
+    """The command layer renders the engine's progress events as a rich bar on a terminal."""
+    import io
+
+    from mailctl.commands.queue import _ProgressBar
+    from mailctl.context import AppContext
+    from mailctl.output import Output
+
+    err = io.StringIO()
+    err.isatty = lambda: True  # type: ignore[method-assign]
+    monkeypatch.setattr(sys, "stderr", err)
+    app = AppContext(output=Output(stderr=err))
+    with _ProgressBar(app, enabled=True) as bar:
+        bar.update("start", total=3)
+        for i in range(3):
+            bar.update("message", id=i, outcome="sent", reply="250")
+        bar.update("wait", seconds=20, reason="batch interval")
+        assert bar.progress.tasks[0].completed == 3
+    quiet = AppContext(output=Output(stderr=err, quiet=True))
+    assert _ProgressBar(quiet, enabled=True).enabled is False
+    assert _ProgressBar(app, enabled=False).enabled is False
