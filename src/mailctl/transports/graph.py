@@ -37,8 +37,9 @@ from mailctl.profiles.presets import graph_endpoint
 from mailctl.transports.base import SendResult
 from mailctl.transports.http import RetryPolicy, bearer_token, build_session, close_session, request
 
-# sendMail and message-create requests are limited to 4 MB; base64 grows by 4/3.
-MIME_LIMIT = 3 * 1024 * 1024
+# sendMail and message-create requests are limited to 4 MB; base64 grows by 4/3, so stay a
+# little under 3 MiB of MIME (3,000,000 bytes -> 4,000,000 bytes of base64).
+MIME_LIMIT = 3_000_000
 SMALL_ATTACHMENT_LIMIT = 3 * 1024 * 1024  # above this, attachments go through an upload session
 MAX_ATTACHMENT = 150 * 1024 * 1024  # upload session limit per attachment
 UPLOAD_CHUNK = 320 * 1024 * 10  # chunks must be multiples of 320 KiB (and under 4 MiB)
