@@ -252,3 +252,30 @@ def test_profile_added_through_the_cli(postfix_server, cli, isolated_env):
     assert sent.exit_code == 0, sent.output + repr(sent.exception)
     _assert_secret_hidden(sent, postfix_server)
     postfix_server.by_subject(subject)
+
+
+# --- test connect ----------------------------------------------------------------------
+def test_connect_reports_tls_certificate_and_capabilities(postfix_server, cli, isolated_env):
+    _setup(isolated_env, postfix_server)
+    res = cli("test", "connect", "pf", "--json")
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    _assert_secret_hidden(res, postfix_server)
+    data = json.loads(res.stdout)
+    assert data["tls"]["version"] in ("TLSv1.2", "TLSv1.3")
+    assert data["tls"]["verification"].startswith("ok")
+    leaf = data["certificates"][0]
+    assert "IP:127.0.0.1" in leaf["san"] and not leaf["self_signed"]
+    assert data["capabilities"]["auth"] == ["PLAIN", "LOGIN"]  # after STARTTLS
+    assert data["capabilities"]["starttls"] and data["capabilities"]["pipelining"]
+    stages = [s["stage"] for s in data["stages"] if s["status"] == "ok"]
+    for stage in ("connect", "banner", "ehlo", "starttls", "ehlo_tls", "auth", "quit"):
+        assert stage in stages, stages
+
+
+def test_connect_shows_the_fingerprint_to_pin(postfix_server, cli, isolated_env):
+    """test connect on the untrusted server fails (69) but shows the SHA-256 a user would pin."""
+    _setup(isolated_env, postfix_server, port=postfix_server.selfsigned.port)
+    res = cli("test", "connect", "pf")
+    assert res.exit_code == 69, res.output
+    assert postfix_server.selfsigned_fingerprint in res.stdout
+    assert "self-signed" in res.stdout
