@@ -311,3 +311,34 @@ def test_connection_refused_is_unavailable(isolated_env, ca_pem):
         send(profile, raw, sender, rcpts)
     assert exc.value.exit_code == ExitCode.UNAVAILABLE and "ews_url" in exc.value.hint
     assert "object at 0x" not in exc.value.message
+
+
+def test_autodiscover_only_when_asked(isolated_env, srv, ca_pem, monkeypatch):
+    import exchangelib
+
+    calls = []
+    real_account = exchangelib.Account
+
+    class Discovered:
+        protocol = type("P", (), {"service_endpoint": srv.base_url + EWS_PATH})()
+
+    def account(*args, **kwargs):
+        if kwargs.get("autodiscover"):
+            calls.append(kwargs["primary_smtp_address"])
+            return Discovered()
+        return real_account(*args, **kwargs)
+
+    monkeypatch.setattr(exchangelib, "Account", account)
+    ews_fake(srv, basic=(MAILBOX, PASSWORD))
+    keyring.set_password("mailctl", "e/password", PASSWORD)
+    # with a URL: no autodiscover even when asked for
+    profile = make_profile(isolated_env, srv.base_url + EWS_PATH, ca_file=ca_pem, autodiscover=True)
+    raw, sender, rcpts = message(profile)
+    send(profile, raw, sender, rcpts)
+    assert calls == []
+    # without a URL: autodiscover, then the discovered endpoint is used
+    write_profiles(isolated_env, {"d": {"type": "ews", "auth": "password", "username": MAILBOX, "autodiscover": True,
+                                        "ca_file": ca_pem}})
+    keyring.set_password("mailctl", "d/password", PASSWORD)
+    result = send(resolved(isolated_env, "d"), raw, sender, rcpts)
+    assert calls == [MAILBOX] and result.server == srv.base_url + EWS_PATH
