@@ -52,9 +52,14 @@ _QUEUE_ID_RES = (
 )
 
 
+_QUEUE_ID_HINT = re.compile(r"queued as|id=|gsmtp|<", re.I)
+
+
 def queue_id_of(reply_text: str) -> str | None:
+    if not reply_text or not _QUEUE_ID_HINT.search(reply_text):  # one scan on the hot path
+        return None
     for pattern in _QUEUE_ID_RES:
-        m = pattern.search(reply_text or "")
+        m = pattern.search(reply_text)
         if m:
             return m.group(1)
     return None
