@@ -22,8 +22,21 @@ def postfix_server() -> Iterator[PostfixServer]:
     reason = postfix_skip_reason()
     if reason:
         pytest.skip(reason)
-    with running_postfix() as server:
+    # Ports are picked free, then bound by Postfix: another test run on the machine may take
+    # one in between. Such a start fails fast (master exits); try again with new ports.
+    for attempt in range(3):
+        services = running_postfix()
+        try:
+            server = services.__enter__()
+        except RuntimeError:
+            if attempt == 2:
+                raise
+            continue
+        break
+    try:
         yield server
+    finally:
+        services.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="session")
