@@ -115,7 +115,11 @@ class EwsTransport:
         self._refreshed = False  # one forced token refresh per transport
 
     def __enter__(self) -> "EwsTransport":
-        self.open()
+        try:
+            self.open()
+        except BaseException:
+            self.close()  # __exit__ will not run: drop the session and its temporary CA bundle
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

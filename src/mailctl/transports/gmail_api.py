@@ -52,7 +52,11 @@ class GmailApiTransport:
         self._static = False
 
     def __enter__(self) -> "GmailApiTransport":
-        self.open()
+        try:
+            self.open()
+        except BaseException:
+            self.close()  # __exit__ will not run: drop the session and its temporary CA bundle
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -66,7 +66,11 @@ class GraphTransport:
 
     # --- lifecycle ------------------------------------------------------------
     def __enter__(self) -> "GraphTransport":
-        self.open()
+        try:
+            self.open()
+        except BaseException:
+            self.close()  # __exit__ will not run: drop the session and its temporary CA bundle
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

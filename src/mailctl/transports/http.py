@@ -85,7 +85,7 @@ def tls_settings(profile) -> TlsSettings:
         with open(system, "rb") as fh:
             parts.append(fh.read())
     parts.append(extra)
-    fd, path = tempfile.mkstemp(prefix="mailctl-ca-", suffix=".pem")
+    fd, path = tempfile.mkstemp(prefix="mailctl-http-ca-", suffix=".pem")
     with os.fdopen(fd, "wb") as fh:
         fh.write(b"\n".join(parts))
     return TlsSettings(path, temp_bundle=path)
