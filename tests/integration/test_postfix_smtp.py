@@ -114,12 +114,6 @@ def test_wrong_password_exit_77_with_hint(postfix_server, cli, isolated_env):
     postfix_server.wait_for_log("SASL PLAIN authentication failed")
 
 
-@pytest.mark.xfail(
-    reason="knowledge base: Postfix/Dovecot's generic '535 5.7.8 Error: authentication failed' matches the "
-    "Gmail entry (gmail-bad-credentials, app passwords, mail.google.com scope) because entries' `source` "
-    "does not restrict matching; a non-Gmail server should get the generic auth-failed fix",
-    strict=False,
-)
 def test_wrong_password_hint_is_generic_for_postfix(postfix_server, cli, isolated_env):
     _setup(isolated_env, postfix_server, password="wrong-password-generic")
     res = cli("test", "send", "pf", "--to", postfix_server.accept)

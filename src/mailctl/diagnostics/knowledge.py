@@ -440,6 +440,9 @@ KNOWLEDGE: list[KnownFailure] = [
         E.NOPERM,
         codes=(535,),
         enhanced=("5.7.8",),
+        # 5.7.8 is RFC 4954's generic "credentials invalid" (Postfix/Dovecot send it too):
+        # only Google's own wording makes this the Gmail case.
+        pattern=r"google|gsmtp|BadCredentials",
         example=("auth", "535 5.7.8 Username and Password not accepted. For more information, go to https://support.google.com/mail/?p=BadCredentials"),
         source="gmail",
     ),
