@@ -2,7 +2,7 @@
 its own process) vs raw smtplib sending the same messages over one connection to the same
 server, in the same run. Target: outbox >= 0.8x raw smtplib's rate.
 
-    python bench/outbox_flush.py [--count 10000] [--rounds 3]
+    python bench/outbox_flush.py [--count 10000] [--rounds 3] [--pin]
 
 The outbox side is the real flush engine with the real SMTP transport (claims, one committed
 result per message, attempt log), timed from the first claim to the last commit; enqueueing
@@ -30,9 +30,11 @@ from mailctl.profiles.model import ResolvedProfile  # noqa: E402
 from mailctl.transports import open_transport  # noqa: E402
 
 
-def start_server(tmp: Path) -> tuple[subprocess.Popen, int]:
+def start_server(tmp: Path, cpu: int | None = None) -> tuple[subprocess.Popen, int]:
     portfile = tmp / "port"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "outbox_smtp.py"), str(portfile), "--discard"])
+    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "outbox_smtp.py"), str(portfile), "--discard"],
+                            preexec_fn=pin)
     for _ in range(200):
         if portfile.exists() and portfile.read_text().strip():
             return proc, int(portfile.read_text())
@@ -84,10 +86,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--pin", action="store_true", help="server on CPU 1, client on CPU 0 (each side its own core)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        server, port = start_server(tmp)
+        server, port = start_server(tmp, 1 if a.pin else None)
+        if a.pin:
+            os.sched_setaffinity(0, {0})
         try:
             msgs = messages(a.count)
             raw_smtplib(port, msgs[:200])  # warm up both sides
@@ -103,7 +108,7 @@ def main() -> None:
     raw_rate = a.count / statistics.median(raw_times)
     box_rate = a.count / statistics.median(box_times)
     print(json.dumps({
-        "bench": "outbox_flush", "count": a.count, "rounds": a.rounds,
+        "bench": "outbox_flush", "count": a.count, "rounds": a.rounds, "pinned": a.pin,
         "raw_smtplib_per_second": round(raw_rate), "outbox_flush_per_second": round(box_rate),
         "ratio": round(box_rate / raw_rate, 3), "target_ratio": 0.8, "ok": box_rate / raw_rate >= 0.8,
         "raw_seconds": [round(t, 2) for t in raw_times], "outbox_seconds": [round(t, 2) for t in box_times],
