@@ -137,3 +137,14 @@ def test_python_api_uses_mailctl_outbox(isolated_env, tmp_path, monkeypatch):
     with Outbox(tmp_path / "api.sqlite3") as o:
         assert [m.id for m in o.list()] == [a, b]
         assert o.get(a).profile == "company"
+
+
+def test_send_with_a_broken_profile_says_what_is_wrong(cli, isolated_env):
+    """A configuration problem is not a 4xx: exit 78 with the reason, the message kept queued."""
+    (isolated_env / "profiles.toml").write_text(
+        'schema_version = 1\ndefault = "broken"\n[profiles.broken]\ntype = "smtp"\nauth = "none"\nfrom_address = "a@example.com"\n')
+    r = cli("send", "--to", "bob@example.org", "--subject", "s", "--body", "b")
+    assert r.exit_code == 78, r.output
+    assert "host" in r.stderr and "stays queued as" in r.stderr
+    with box(isolated_env) as b:
+        assert b.count_by_state()["deferred"] == 1

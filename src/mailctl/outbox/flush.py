@@ -85,6 +85,7 @@ class MessageOutcome:
     server: str | None = None
     profile: str | None = None
     next_attempt_at: float | None = None
+    error: MailctlError | None = None  # what kept it from the server, when not a reply (not serialised)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "outcome": self.outcome, "reply": self.reply, "server": self.server,
@@ -257,7 +258,8 @@ def flush(
         return s
 
     def commit(c: ClaimedMessage, outcome: str, reply: str, server: str | None, profile: str | None,
-               duration: float | None, *, recipients: Sequence[str] | None = None) -> None:
+               duration: float | None, *, recipients: Sequence[str] | None = None,
+               error: MailctlError | None = None) -> None:
         next_at = None
         if outcome == "deferred":
             now = clock()
@@ -275,7 +277,7 @@ def flush(
         outbox.record_attempt(c, owner, outcome, reply=reply, server=server, profile=profile, duration=duration,
                               next_attempt_at=next_at, recipients=recipients, renew_lease=renew)
         setattr(report, outcome, getattr(report, outcome) + 1)
-        result = MessageOutcome(c.id, outcome, reply, server, profile, next_at)
+        result = MessageOutcome(c.id, outcome, reply, server, profile, next_at, error)
         if outcome != "sent" and len(report.problems) < 100:
             report.problems.append(result)
         if options.keep_results:
@@ -285,7 +287,7 @@ def flush(
     def deliver(c: ClaimedMessage) -> None:
         s = session_for(c.profile)
         if s.error is not None:
-            commit(c, "deferred", f"profile {s.name or '(default)'}: {s.error.message}", None, s.name, None)
+            commit(c, "deferred", f"profile {s.name or '(default)'}: {s.error.message}", None, s.name, None, error=s.error)
             return
         limiters = [lim for lim in (global_limiter, s.limiter) if lim and lim.per_minute]
         while limiters:
@@ -306,7 +308,7 @@ def flush(
                 s.error = exc if isinstance(exc, MailctlError) else MailctlError(f"unexpected {type(exc).__name__}: {exc}")
                 report.profile_errors[s.name or "(default)"] = s.error.message
                 reply = exc.reply if isinstance(exc, DeliveryError) and exc.reply else s.error.message
-                commit(c, "deferred", reply, getattr(exc, "server", None), s.name, time.monotonic() - t0)
+                commit(c, "deferred", reply, getattr(exc, "server", None), s.name, time.monotonic() - t0, error=s.error)
                 return
         try:
             for lim in limiters:
@@ -334,7 +336,8 @@ def flush(
             if s.failures >= MAX_FAILURES_IN_A_ROW or isinstance(exc, (AuthError, ConfigError)):
                 s.error = exc if isinstance(exc, MailctlError) else MailctlError(message)
                 report.profile_errors[s.name or "(default)"] = message
-            commit(c, "deferred", message, getattr(exc, "server", None), s.name, time.monotonic() - t0)
+            commit(c, "deferred", message, getattr(exc, "server", None), s.name, time.monotonic() - t0,
+                   error=exc if isinstance(exc, MailctlError) else None)
             return
         s.failures = 0
         duration = time.monotonic() - t0

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from mailctl.errors import AuthError, ConfigError
 from mailctl.outbox.flush import FlushOptions, FlushPolicy, FlushReport, MessageOutcome, flush
 from mailctl.outbox.store import Outbox
 
@@ -76,4 +77,9 @@ def submit(
     result: MessageOutcome | None = next((r for r in report.results if r.id == queue_id), None)
     if result is None:  # another flush took it first; it is in its hands now
         return SendOutcome(queue_id, "queued", profile=resolved.name)
+    if result.outcome == "deferred" and isinstance(result.error, (AuthError, ConfigError)):
+        # not the server's 4xx but our configuration or credentials: say so with their exit code
+        err = result.error
+        err.hint = ((err.hint + "; ") if err.hint else "") + f"the message stays queued as {queue_id}; fix this, then run: mailctl queue flush"
+        raise err
     return SendOutcome(queue_id, result.outcome, result.reply, result.server, result.profile or resolved.name)
