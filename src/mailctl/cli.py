@@ -24,12 +24,10 @@ def _passthrough_exceptions() -> tuple[type[BaseException], ...]:
     """Typer's (or Click's) own exits, aborts and usage errors keep their normal handling."""
     names = ("Exit", "Abort", "TyperException", "ClickException")
     found = [getattr(typer, n) for n in names if hasattr(typer, n)]
-    try:
-        import click  # Typer < 0.22 is built on Click
+    if not hasattr(typer, "TyperException"):  # Typer built on Click (older releases)
+        import click
 
         found += [click.exceptions.Exit, click.exceptions.Abort, click.ClickException]
-    except ImportError:
-        pass
     return tuple(found)
 
 
