@@ -54,3 +54,15 @@ def test_duplicate_with_secret_of_a_profile_that_takes_none_is_refused(cli, isol
     assert res.exit_code == 65
     assert (isolated_env / "profiles.toml").read_text() == before
     assert "s3cr3t-value" not in res.output
+
+
+def test_rename_without_a_usable_keyring_still_renames_and_warns(cli, isolated_env):
+    import keyring.backends.fail
+
+    write(isolated_env, 'default = "old"\n[profiles.old]\nhost = "relay.example"\nauth = "none"\n')
+    keyring.set_keyring(keyring.backends.fail.Keyring())
+    res = cli("profile", "rename", "old", "new")
+    assert res.exit_code == 0, res.output
+    assert "keyring" in res.stderr
+    text = (isolated_env / "profiles.toml").read_text()
+    assert "[profiles.new]" in text and "[profiles.old]" not in text and 'default = "new"' in text

@@ -249,6 +249,8 @@ def rename(
     """Rename a profile; its secrets, the default and children's `inherits` follow."""
     actx = app_context(ctx)
     result = ops.rename_profile(actx.store, actx.secrets, old, new)
+    for warning in result["warnings"]:
+        actx.output.warn(warning)
     if actx.use_json(json_):
         actx.output.json(result)
     else:

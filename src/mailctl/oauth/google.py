@@ -51,20 +51,9 @@ def _session(profile):
 
 
 def _network(profile, doing: str, fn: Callable[[], Any]) -> Any:
-    import requests
+    from mailctl.oauth.http import network_call
 
-    try:
-        return fn()
-    except requests.exceptions.SSLError:
-        raise UnavailableError(
-            f"profile {profile.name!r}: {doing}: TLS certificate verification failed talking to Google",
-            hint=f"if a proxy or private CA intercepts TLS, give its CA: mailctl profile edit {profile.name} --ca-file PATH",
-        ) from None
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-        raise UnavailableError(
-            f"profile {profile.name!r}: {doing}: cannot reach Google ({type(exc).__name__})",
-            hint="check the network, DNS and the profile's proxy setting",
-        ) from None
+    return network_call(profile, doing, fn, peer="Google")
 
 
 # --- loopback / paste ---------------------------------------------------------------

@@ -12,7 +12,9 @@ import os
 import ssl
 import tempfile
 
-from mailctl.errors import ConfigError
+from typing import Any, Callable
+
+from mailctl.errors import ConfigError, UnavailableError
 
 TIMEOUT = 30.0
 _bundles: dict[str, str] = {}
@@ -118,3 +120,21 @@ class TimeoutSession:
 
     def close(self):
         self._session.close()
+
+
+def network_call(profile, doing: str, fn: Callable[[], Any], *, peer: str) -> Any:
+    """Run an identity-provider request; TLS and connection failures become exit 69 with a hint."""
+    import requests
+
+    try:
+        return fn()
+    except requests.exceptions.SSLError:
+        raise UnavailableError(
+            f"profile {profile.name!r}: {doing}: TLS certificate verification failed talking to {peer}",
+            hint=f"if a proxy or private CA intercepts TLS, give its CA: mailctl profile edit {profile.name} --ca-file PATH",
+        ) from None
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        raise UnavailableError(
+            f"profile {profile.name!r}: {doing}: cannot reach {peer} ({type(exc).__name__})",
+            hint="check the network, DNS and the profile's proxy setting",
+        ) from None

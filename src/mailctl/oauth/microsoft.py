@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from mailctl.errors import AuthError, ConfigError, TemporaryFailure, UnavailableError
+from mailctl.errors import AuthError, ConfigError, TemporaryFailure
 from mailctl.oauth import store
 from mailctl.oauth.result import LoginResult, _iso
 from mailctl.oauth.hints import entra_error, needs_login
@@ -26,22 +26,13 @@ def _scopes(profile) -> list[str]:
 
 def _guard(profile, doing: str, fn: Callable[[], Any]) -> Any:
     """Run an MSAL call; turn transport failures into mailctl errors."""
-    import requests
     from msal.exceptions import MsalServiceError
+
+    from mailctl.oauth.http import network_call
 
     authority = profile.values.get("authority") or "the Microsoft login endpoint"
     try:
-        return fn()
-    except requests.exceptions.SSLError:
-        raise UnavailableError(
-            f"profile {profile.name!r}: {doing}: TLS certificate verification failed talking to {authority}",
-            hint=f"if a proxy or private CA intercepts TLS, give its CA: mailctl profile edit {profile.name} --ca-file PATH",
-        ) from None
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-        raise UnavailableError(
-            f"profile {profile.name!r}: {doing}: cannot reach the identity provider ({type(exc).__name__})",
-            hint="check the network, DNS and the profile's proxy setting",
-        ) from None
+        return network_call(profile, doing, fn, peer=authority)
     except MsalServiceError as exc:
         raise TemporaryFailure(
             f"profile {profile.name!r}: {doing}: the identity provider failed ({exc.error}: {str(exc.error_description or '')[:200]})",

@@ -140,20 +140,27 @@ def delete_profile(store: ProfileStore, secrets, name: str, *, new_default: str 
 
 def rename_profile(store: ProfileStore, secrets, old: str, new: str) -> dict[str, Any]:
     validate_name(new)
+    from mailctl.secrets.base import KINDS
+
+    warnings: list[str] = []
     with store.edit() as doc:
         doc.rename_profile(old, new)
         # Copy secrets before the file changes; delete the old ones only after it has.
         moved = []
-        from mailctl.secrets.base import KINDS
-
-        for kind in KINDS:
-            value = secrets.keyring.get(old, kind)
-            if value is not None:
-                secrets.keyring.set(new, kind, value)
-                moved.append(kind)
+        try:
+            for kind in KINDS:
+                value = secrets.keyring.get(old, kind)
+                if value is not None:
+                    secrets.keyring.set(new, kind, value)
+                    moved.append(kind)
+        except SecretStoreUnavailable as exc:
+            if moved:  # some copied, then the keyring failed: do not rename half-way
+                raise
+            # No usable keyring (secrets from the environment or secret_command): nothing to move.
+            warnings.append(f"renamed, but keyring secrets could not be checked: {exc.message}")
     for kind in moved:
         secrets.keyring.delete(old, kind)
-    return {"old": old, "new": new, "secrets_moved": moved}
+    return {"old": old, "new": new, "secrets_moved": moved, "warnings": warnings}
 
 
 def set_default(store: ProfileStore, name: str) -> dict[str, Any]:
