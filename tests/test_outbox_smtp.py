@@ -7,6 +7,7 @@ import asyncio
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -80,6 +81,75 @@ def test_unreachable_server_defers(tmp_path):
     assert report.deferred == 1 and int(report.exit_code) == 75
     assert box.get(i).state == "deferred"
     box.close()
+
+
+class LedgerHandler(RecordingHandler):
+    """At each message's DATA (the point of delivery), reads the outbox with its own SQLite
+    connection and notes how many earlier messages the flush has committed as sent."""
+
+    def __init__(self, db: Path, **kw) -> None:
+        super().__init__(**kw)
+        self.db = db
+        self.committed_at_data: list[tuple[int, int]] = []  # (messages delivered before, committed sent)
+
+    async def handle_DATA(self, server, session, envelope):
+        with sqlite3.connect(self.db) as conn:
+            sent = conn.execute("SELECT count(*) FROM messages WHERE state='sent'").fetchone()[0]
+        self.committed_at_data.append((self.count, sent))
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_each_result_is_committed_before_the_next_message_is_delivered(tmp_path):
+    # The flush writes a result while the server handles the next MAIL FROM; the guarantee
+    # "a kill repeats at most the message in flight" needs every earlier result committed
+    # by the time the next message's data reaches the server.
+    path = tmp_path / "o.sqlite3"
+    handler = LedgerHandler(path)
+    with SmtpServer(handler) as server:
+        box = Outbox(path)
+        for n in range(30):
+            box.enqueue(message(n), "app@example.com", ["user@example.org"])
+        report = smtp_flush(box, profile_for(server))
+        assert report.sent == 30
+        assert handler.committed_at_data == [(k, k) for k in range(30)]
+        assert box.count_by_state()["sent"] == 30
+        box.close()
+
+
+class LockingHandler(RecordingHandler):
+    """After the first message, another connection takes the outbox's write lock and keeps it."""
+
+    def __init__(self, db: Path, **kw) -> None:
+        super().__init__(**kw)
+        self.holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+
+    async def handle_DATA(self, server, session, envelope):
+        reply = await super().handle_DATA(server, session, envelope)
+        if self.count == 1:
+            self.holder.execute("BEGIN IMMEDIATE")
+        return reply
+
+
+def test_a_result_that_cannot_be_written_stops_the_flush_before_more_mail_goes_out(tmp_path):
+    path = tmp_path / "o.sqlite3"
+    handler = LockingHandler(path)
+    with SmtpServer(handler) as server:
+        box = Outbox(path, timeout=0.3)
+        ids = [box.enqueue(message(n), "app@example.com", ["user@example.org"]) for n in range(5)]
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            smtp_flush(box, profile_for(server))
+        assert handler.count == 1  # message 2 got no further than MAIL FROM
+        handler.holder.execute("ROLLBACK")
+        handler.holder.close()
+        # the first message's result never made it: it is the one that may go out twice
+        states = {i: box.get(i).state for i in ids}
+        assert states[ids[0]] == "sending" and set(states.values()) <= {"sending", "queued"}
+        box.clock = lambda: time.time() + 3600  # the dead flush's lease runs out
+        report = smtp_flush(box, profile_for(server))
+        assert report.sent == 5 and report.reclaimed >= 1
+        assert handler.by_message_id["<m0@test.example>"] == 2
+        assert all(handler.by_message_id[f"<m{n}@test.example>"] == 1 for n in range(1, 5))
+        box.close()
 
 
 # --- processes -----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from mailctl.errors import NotFoundError, ValidationError
+from mailctl.errors import ConfigError, NotFoundError, TemporaryFailure, ValidationError
 from mailctl.outbox import Outbox, enqueue_message
 from mailctl.outbox.schema import MIGRATIONS
 
@@ -224,3 +224,48 @@ def test_list_filters_by_state(box):
     assert [m.id for m in box.list(states=["queued"])] == [a]
     with pytest.raises(ValidationError):
         list(box.list(states=["bogus"]))
+
+
+def _synchronous(box: Outbox) -> int:
+    return box.conn.execute("PRAGMA synchronous").fetchone()[0]
+
+
+def test_durability_modes(tmp_path):
+    # NORMAL (1) for the API's long-lived Outbox; FULL (2) on request and for one-shot enqueues
+    with Outbox(tmp_path / "a.sqlite3") as box:
+        assert _synchronous(box) == 1
+        assert box.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with Outbox(tmp_path / "a.sqlite3", synchronous="full") as box:
+        assert _synchronous(box) == 2
+    with pytest.raises(Exception) as err:
+        Outbox(tmp_path / "a.sqlite3", synchronous="sometimes")
+    assert "synchronous" in str(err.value)
+
+
+def test_a_file_that_is_not_an_outbox_is_a_config_error(tmp_path):
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("these are not the rows you are looking for\n" * 200)
+    before = bogus.read_bytes()
+    with pytest.raises(ConfigError) as err:
+        Outbox(bogus)
+    assert str(bogus) in err.value.message and int(err.value.exit_code) == 78
+    assert "MAILCTL_OUTBOX" in err.value.hint
+    assert bogus.read_bytes() == before  # untouched
+
+
+def test_a_locked_outbox_is_a_temporary_failure(tmp_path):
+    path = tmp_path / "o.sqlite3"
+    Outbox(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process sits on the write lock
+    try:
+        with pytest.raises(TemporaryFailure) as err:
+            with Outbox(path, timeout=0.2) as box:
+                box.enqueue(RAW, "a@example.com", ["b@example.org"])
+        assert str(path) in err.value.message and "locked" in err.value.message
+        assert int(err.value.exit_code) == 75
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with Outbox(path) as box:
+        assert sum(box.count_by_state().values()) == 0  # nothing half-written

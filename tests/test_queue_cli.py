@@ -191,3 +191,14 @@ def test_progress_bar_on_a_terminal(monkeypatch):
     quiet = AppContext(output=Output(stderr=err, quiet=True))
     assert _ProgressBar(quiet, enabled=True).enabled is False
     assert _ProgressBar(app, enabled=False).enabled is False
+
+
+def test_an_outbox_path_that_is_not_an_outbox(cli, isolated_env, tmp_path):
+    bogus = tmp_path / "profiles.toml"
+    bogus.write_text("[profiles.x]\nhost = 'example.com'\n" * 100)
+    for args in (("queue", "list"), ("queue", "flush"), ("queue", "add")):
+        r = cli(*args, "--outbox", str(bogus), input=RAW)
+        assert r.exit_code == 78, (args, r.output)
+        assert str(bogus) in r.stderr and "Traceback" not in r.stderr
+        assert r.stderr.startswith("Error: ") and r.stderr.count("Error:") == 1
+    assert bogus.read_text().startswith("[profiles.x]")

@@ -68,7 +68,7 @@ def send(
     msg = build_message(resolved, doc.settings(), to=to or [], subject=subject, body=body, cc=cc or [], bcc=bcc or [],
                         attachments=attach or [], from_address=from_address, reply_to=reply_to)
     sender, recipients = envelope(msg)
-    with Outbox(outbox, clock=app.clock) as box:
+    with Outbox(outbox, clock=app.clock, synchronous="FULL") as box:
         outcome = submit(box, doc, app.secrets, message_bytes(msg), sender, recipients, name, queue_only=queue)
     _finish(app, outcome, json_, str(msg["Message-ID"]))
 
@@ -128,7 +128,7 @@ def sendmail(ctx: typer.Context) -> None:
     doc = app.store.load()
     data = sys.stdin.buffer.read()
     raw, sender, recipients, profile_name = prepare_sendmail_message(data, opts, doc, app.profile_name)
-    with Outbox(None, clock=app.clock) as box:
+    with Outbox(None, clock=app.clock, synchronous="FULL") as box:
         outcome = submit(box, doc, app.secrets, raw, sender, recipients, app.profile_name, queue_only=opts.queue_only)
     if outcome.outcome in ("failed", "expired"):
         app.output.error(f"the server rejected the message: {outcome.reply}",

@@ -31,15 +31,17 @@ from mailctl.outbox.store import FINISHED_STATES, PENDING_STATES, STATES, Claime
 
 
 def enqueue(raw: bytes, sender: str, recipients: Sequence[str], profile: str | None = None, *, path=None) -> int:
-    """Queue raw bytes in the default outbox (or `path`); returns the queue id."""
-    with Outbox(path) as box:
+    """Queue raw bytes in the default outbox (or `path`); returns the queue id. Opens the file
+    for this one message and syncs it to disk (synchronous=FULL); keep an Outbox open for many."""
+    with Outbox(path, synchronous="FULL") as box:
         return box.enqueue(raw, sender, recipients, profile)
 
 
 def enqueue_message(msg: Message, profile: str | None = None, *, path=None, sender: str | None = None,
                     recipients: Sequence[str] | None = None) -> int:
-    """Queue an email.message.EmailMessage in the default outbox (or `path`); returns the queue id."""
-    with Outbox(path) as box:
+    """Queue an email.message.EmailMessage in the default outbox (or `path`); returns the queue
+    id. One message, synced to disk (synchronous=FULL), like enqueue()."""
+    with Outbox(path, synchronous="FULL") as box:
         return box.enqueue_message(msg, profile, sender=sender, recipients=recipients)
 
 

@@ -1,5 +1,6 @@
 """The flush engine: claim due messages, deliver them over one transport per profile, commit
-each result as soon as the server has answered, back off on temporary failures.
+each result before the next message goes out (over SMTP, while the server works on the next
+MAIL FROM), back off on temporary failures.
 
 Everything from outside comes in as arguments (the clock, sleep, how to resolve a profile and
 open its transport, a progress callback), so tests drive it with a fake clock and the command
@@ -21,7 +22,7 @@ from mailctl.outbox.store import ClaimedMessage, Outbox
 DEFAULT_MIN_BACKOFF = 300.0
 DEFAULT_MAX_BACKOFF = 4000.0
 DEFAULT_LEASE = 600.0  # a claimed row is ours this long after our last commit
-CLAIM_SIZE = 20  # rows claimed per write transaction
+CLAIM_SIZE = 100  # rows claimed per write transaction
 MAX_FAILURES_IN_A_ROW = 3  # connection-level failures before a flush stops using a profile
 
 
@@ -257,6 +258,21 @@ def flush(
             sessions[key] = s
         return s
 
+    pending: list[Callable[[], Any]] = []  # at most one result waiting to be written
+
+    def settle() -> None:
+        """Write the pending result now."""
+        while pending:
+            pending.pop()()
+
+    def settle_while_waiting() -> None:
+        # runs inside the transport; a failure must stop the flush, not count as this
+        # message's delivery trouble
+        try:
+            settle()
+        except BaseException as exc:
+            raise _SettleFailed(exc) from exc
+
     def commit(c: ClaimedMessage, outcome: str, reply: str, server: str | None, profile: str | None,
                duration: float | None, *, recipients: Sequence[str] | None = None,
                error: MailctlError | None = None) -> None:
@@ -274,8 +290,13 @@ def flush(
         if clock() - lease_renewed[0] >= min(60.0, options.lease_seconds / 4):
             renew = options.lease_seconds
             lease_renewed[0] = clock()
-        outbox.record_attempt(c, owner, outcome, reply=reply, server=server, profile=profile, duration=duration,
-                              next_attempt_at=next_at, recipients=recipients, renew_lease=renew)
+        # The write is deferred until the next message's MAIL FROM is on the wire (or sooner,
+        # see settle()): only ever one result is uncommitted, and it is always committed before
+        # another message's data is sent, so a kill at any instant repeats at most that one.
+        settle()
+        pending.append(lambda: outbox.record_attempt(
+            c, owner, outcome, reply=reply, server=server, profile=profile, duration=duration,
+            next_attempt_at=next_at, recipients=recipients, renew_lease=renew))
         setattr(report, outcome, getattr(report, outcome) + 1)
         result = MessageOutcome(c.id, outcome, reply, server, profile, next_at, error)
         if outcome != "sent" and len(report.problems) < 100:
@@ -286,6 +307,9 @@ def flush(
 
     def deliver(c: ClaimedMessage) -> None:
         s = session_for(c.profile)
+        overlap = s.error is None and s.transport is not None and getattr(s.transport, "overlaps_work", False)
+        if not overlap:
+            settle()
         if s.error is not None:
             commit(c, "deferred", f"profile {s.name or '(default)'}: {s.error.message}", None, s.name, None, error=s.error)
             return
@@ -294,6 +318,7 @@ def flush(
             wait = max(lim.wait_time(clock()) for lim in limiters)
             if wait <= 0:
                 break
+            settle()
             notify("wait", seconds=wait, reason="rate limit")
             sleep(wait)
         t0 = time.monotonic()
@@ -313,7 +338,10 @@ def flush(
         try:
             for lim in limiters:
                 lim.record(clock())
-            result = s.transport.send(c.raw, c.sender, list(c.recipients))
+            if overlap and pending:
+                result = s.transport.send(c.raw, c.sender, list(c.recipients), while_waiting=settle_while_waiting)
+            else:
+                result = s.transport.send(c.raw, c.sender, list(c.recipients))
         except DeliveryError as exc:
             s.failures = 0
             reply = exc.reply or exc.message
@@ -362,6 +390,7 @@ def flush(
                 want = min(want, options.limit - processed)
             if policy.batch_size:
                 want = min(want, policy.batch_size - in_batch)
+            settle()
             claims = outbox.claim_batch(owner, want, options.lease_seconds, profiles=profiles, ids=options.ids)
             lease_renewed[0] = clock()
             if not claims:
@@ -374,14 +403,22 @@ def flush(
             if policy.batch_size and in_batch >= policy.batch_size:
                 in_batch = 0
                 more = options.limit is None or processed < options.limit
+                settle()
                 if policy.batch_interval > 0 and more and outbox.count_due(profiles=profiles):
                     notify("wait", seconds=policy.batch_interval, reason="batch interval")
                     sleep(policy.batch_interval)
+        settle()
+    except _SettleFailed as exc:
+        raise exc.error from None
     finally:
-        # stopped early (Ctrl-C, an error): rows we claimed but never tried go back at once
-        outbox.release_claims(owner)
-        for s in sessions.values():
-            _close(s)
+        # stopped early (Ctrl-C, an error): the last result is written if it can be, and rows
+        # we claimed but never tried go back at once
+        try:
+            settle()  # a failed write was taken off the list before it ran: no retry here
+        finally:
+            outbox.release_claims(owner)
+            for s in sessions.values():
+                _close(s)
 
     if options.purge and policy.retention_days > 0:
         report.purged = outbox.purge(policy.retention_days * 86400.0)
@@ -389,6 +426,15 @@ def flush(
     report.duration = time.monotonic() - started
     notify("done", report=report)
     return report
+
+
+class _SettleFailed(BaseException):
+    """Writing a result failed inside the transport: stop the flush (BaseException, so no
+    transport or delivery handler mistakes it for trouble with the message being sent)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 def _close(s: _Session) -> None:

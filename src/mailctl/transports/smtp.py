@@ -147,6 +147,17 @@ class SmtpSession(smtplib.SMTP):
         self.file = None
         self._host = host
 
+    # Work to do while the server prepares its next reply (see SmtpTransport.send): run once,
+    # after the command went out and before the reply is read.
+    before_next_reply: Callable[[], None] | None = None
+
+    def getreply(self):
+        hook = self.before_next_reply
+        if hook is not None:
+            self.before_next_reply = None
+            hook()
+        return super().getreply()
+
     def reset_ehlo(self) -> None:
         self.file = None
         self.helo_resp = None
@@ -688,7 +699,8 @@ class SmtpTransport:
             self._drop()
             raise
 
-    def mail_from(self, sender: str, raw: bytes, recipients: list[str]) -> tuple[int, str]:
+    def mail_from(self, sender: str, raw: bytes, recipients: list[str],
+                  while_waiting: Callable[[], None] | None = None) -> tuple[int, str]:
         session = self.session
         opts: list[str] = []
         if session.does_esmtp:
@@ -698,12 +710,15 @@ class SmtpTransport:
                 opts.append("BODY=8BITMIME")
             if not (sender.isascii() and all(r.isascii() for r in recipients)) and session.has_extn("smtputf8"):
                 opts.append("SMTPUTF8")
+        session.before_next_reply = while_waiting
         try:
             code, resp = session.mail(sender, opts)
         except smtplib.SMTPNotSupportedError as exc:
             raise self._error(ProtocolError(f"{self.server.address}: {exc}"), "mail", exc) from exc
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise self._lost("mail", exc) from exc
+        finally:
+            session.before_next_reply = None
         if code != 250:
             raise self._fail_message("mail", code, resp, f"MAIL FROM:<{sender}>")
         return code, _decode(resp)
@@ -739,12 +754,21 @@ class SmtpTransport:
             raise self._fail_message("data", code, resp, "DATA")
         return code, _decode(resp)
 
-    def send(self, raw: bytes, sender: str, recipients: list[str]) -> SendResult:
+    # send() takes while_waiting (see below)
+    overlaps_work = True
+
+    def send(self, raw: bytes, sender: str, recipients: list[str], *,
+             while_waiting: Callable[[], None] | None = None) -> SendResult:
+        """Deliver one message. `while_waiting` runs once, after MAIL FROM went out and before
+        its reply is read, so the caller's bookkeeping (the outbox commits the previous
+        message's result) overlaps the server's work instead of adding to it. It runs before
+        any of this message's data is sent; if it raises, nothing of this message is
+        delivered and the exception propagates."""
         if self.session is None:
             self.open()
         start = time.perf_counter()
         raw = strip_bcc(raw)
-        self.mail_from(sender, raw, recipients)
+        self.mail_from(sender, raw, recipients, while_waiting)
         refused = self.rcpt_to(recipients)
         code, text = self.send_data(raw)
         return SendResult(
