@@ -34,14 +34,14 @@ def command_paths() -> list[list[str]]:
     root = typer.main.get_command(app)
     paths: list[list[str]] = []
 
-    def walk(cmd, prefix: list[str]) -> None:
+    def walk(cmd, prefix: list[str], ctx) -> None:
         paths.append(prefix)
-        sub = getattr(cmd, "commands", None)
-        if sub:
-            for name in sub:  # registration order
-                walk(sub[name], prefix + [name])
+        if hasattr(cmd, "list_commands"):  # the root loads its groups lazily: Click's API
+            for name in cmd.list_commands(ctx):  # registration order
+                walk(cmd.get_command(ctx, name), prefix + [name], ctx)
 
-    walk(root, [])
+    with root.make_context("mailctl", ["--help"], resilient_parsing=True) as ctx:
+        walk(root, [], ctx)
     return paths
 
 
