@@ -93,3 +93,18 @@ def test_profile_list_loads_only_what_it_needs(isolated_env):
     if sys.version_info < (3, 11):  # no tomllib: reading needs tomlkit
         mods = [m for m in mods if not m.startswith("tomlkit")]
     assert mods == expected and "a.example" in proc.stdout
+
+
+def test_groups_build_only_the_command_that_runs():
+    import typer.main
+
+    from mailctl.cli import app
+
+    root = typer.main.get_command(app)
+    ctx = root.make_context("mailctl", ["profile", "list"], resilient_parsing=True)
+    group = root.get_command(ctx, "profile")
+    assert group.list_commands(ctx)[:4] == ["add", "edit", "show", "list"]
+    assert group.get_command(ctx, "list").name == "list"
+    assert "list" in group.commands and "add" not in group.commands
+    assert len([p for p in group.get_command(ctx, "add").params if p.name == "host"]) == 1
+    assert group.get_command(ctx, "nosuch") is None

@@ -141,7 +141,63 @@ def _load_command(name: str):
     module = __import__(f"mailctl.commands.{module_name}", fromlist=["register"])
     holder = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
     module.register(holder, name)
-    return typer.main.get_group(holder).commands.get(name)
+    try:
+        group = _lazy_group(holder, name)
+    except (AttributeError, TypeError, ImportError):  # Typer internals moved: build it all, as Typer does
+        group = None
+    return group if group is not None else typer.main.get_group(holder).commands.get(name)
+
+
+class _LazyGroup(TyperGroup):
+    """A command group whose commands are built from their Typer CommandInfo on first use
+    (`profile list` does not build the 40 field options of `profile add` and `edit`)."""
+
+    _pending: dict
+    _order: list
+    _build: object
+
+    def list_commands(self, ctx):
+        return list(self._order)
+
+    def get_command(self, ctx, cmd_name):
+        cmd = self.commands.get(cmd_name)
+        if cmd is None and cmd_name in self._pending:
+            cmd = self._build(self._pending.pop(cmd_name))
+            self.commands[cmd_name] = cmd
+        return cmd
+
+
+def _lazy_group(holder: typer.Typer, name: str):
+    """The group `name` that a command module registered on `holder` (add_typer), built the
+    way typer.main.get_group would, but with its commands left for _LazyGroup.get_command."""
+    import copy
+
+    groups = [g for g in holder.registered_groups if g.name == name]
+    if len(groups) != 1 or holder.registered_commands:
+        return None  # a plain command (send, sendmail): nothing to defer
+    info = groups[0]
+    sub = info.typer_instance
+    if sub is None:
+        return None
+    custom_cls = getattr(sub.info, "cls", None)
+    if custom_cls is not None and not _is_default(custom_cls):
+        return None  # the module asked for its own group class: leave it alone
+    shadow = copy.copy(sub)
+    shadow.registered_commands = []
+    shadow_info = copy.copy(info)
+    shadow_info.typer_instance = shadow
+    shadow_info.cls = _LazyGroup
+    settings = {"pretty_exceptions_short": holder.pretty_exceptions_short, "rich_markup_mode": holder.rich_markup_mode}
+    group = typer.main.get_group_from_info(shadow_info, suggest_commands=holder.suggest_commands, **settings)
+    pending = {(ci.name or typer.main.get_command_name(ci.callback.__name__)): ci for ci in sub.registered_commands}
+    group._pending = pending
+    group._order = list(pending) + [n for n in group.commands if n not in pending]
+    group._build = lambda ci: typer.main.get_command_from_info(ci, **settings)
+    return group
+
+
+def _is_default(value) -> bool:
+    return type(value).__name__ == "DefaultPlaceholder"
 
 
 def main(argv: list[str] | None = None) -> None:
