@@ -51,6 +51,25 @@ def test_connect_shows_token_tls_request_response(cli, profile, graph):
     assert TOKEN not in res.output
 
 
+@pytest.mark.parametrize("stage, expected", [
+    ("token", [("token", "ok")]),
+    ("connect", [("token", "ok"), ("connect", "ok")]),
+    ("tls", [("token", "ok"), ("connect", "ok"), ("tls", "ok")]),
+    ("auth", [("token", "ok"), ("connect", "ok"), ("tls", "ok")]),  # an SMTP name: before the request
+])
+def test_quit_after_http_stages(cli, profile, graph, stage, expected):
+    res = cli("test", "send", "g", "--to", "x@example.net", "--quit-after", stage, "--json")
+    assert res.exit_code == 0, res.output
+    assert stages(json.loads(res.stdout)) == expected
+    assert graph.requests == []  # nothing reached the API, nothing was sent
+
+
+def test_quit_after_token_is_refused_for_smtp(cli, isolated_env):
+    write_profiles(isolated_env, {"s": {"type": "smtp", "host": "127.0.0.1", "port": 2525, "security": "none", "auth": "none"}})
+    res = cli("test", "connect", "s", "--quit-after", "token")
+    assert res.exit_code == 2 and "graph and ews" in res.stderr and "--quit-after auth" in res.stderr
+
+
 def test_connect_human_output(cli, profile):
     res = cli("test", "connect", "g")
     assert res.exit_code == 0, res.output

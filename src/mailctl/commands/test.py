@@ -52,7 +52,7 @@ def connect(
     profile: ProfileArg = None,
     quit_after: Annotated[
         Optional[str],
-        typer.Option("--quit-after", metavar="STAGE", callback=_quit_after_callback, help="Stop after this stage: resolve, connect, tls, banner, ehlo, starttls, auth."),
+        typer.Option("--quit-after", metavar="STAGE", callback=_quit_after_callback, help="Stop after this stage. SMTP: resolve, connect, tls, banner, ehlo, starttls, auth. Graph/EWS: token, connect, tls (stops before the API request)."),
     ] = None,
     transcript: TranscriptOpt = False,
     json_: JsonOpt = False,
@@ -76,7 +76,7 @@ def send(
     attach: Annotated[List[str], typer.Option("--attach", metavar="FILE", help="Attach a file (repeat for more).")] = [],  # noqa: B006
     quit_after: Annotated[
         Optional[str],
-        typer.Option("--quit-after", metavar="STAGE", callback=_quit_after_callback, help="Stop after this stage: resolve, connect, tls, banner, ehlo, starttls, auth, mail, rcpt."),
+        typer.Option("--quit-after", metavar="STAGE", callback=_quit_after_callback, help="Stop after this stage. SMTP: resolve, connect, tls, banner, ehlo, starttls, auth, mail, rcpt. Graph/EWS: token, connect, tls (nothing is sent)."),
     ] = None,
     transcript: TranscriptOpt = False,
     json_: JsonOpt = False,

@@ -1,6 +1,7 @@
 """Staged probes for the HTTP transports (graph, ews): `test connect` / `test send` as data.
 
 Stages, each timed: token (or credentials) -> connect -> tls -> request -> response.
+`--quit-after token|connect|tls` stops after that stage (any SMTP stage name: before the request).
 - token: the OAuth access token (delegated cache, client credentials or a stored static
   token) or, for EWS basic auth, where the password comes from. Never the value.
 - connect / tls: a TCP connection and a TLS handshake to the API host with the profile's
@@ -27,7 +28,9 @@ from mailctl.diagnostics.probe import ProbeMessage, ProbeReport, StageResult, de
 from mailctl.errors import ExitCode, MailctlError, UnavailableError
 
 HTTP_TYPES = ("graph", "ews")
-_BEFORE_REQUEST = ("resolve", "connect", "tls", "banner", "ehlo", "starttls", "auth")
+# --quit-after: token stops after the credentials, connect before TLS; these (and the SMTP
+# stage names, for a profile switched from SMTP) stop before the API request
+_BEFORE_REQUEST = ("token", "resolve", "connect", "tls", "banner", "ehlo", "starttls", "auth")
 
 
 class _Stop(Exception):
@@ -72,8 +75,8 @@ def probe_http(profile, secrets, *, message: ProbeMessage | None = None, quit_af
         try:
             _credentials_stage(run, profile, secrets, transport)
             url = transport.endpoint if profile.type == "graph" else transport.url
-            if url:
-                _tls_stages(run, report, profile, secrets, url)
+            if url and quit_after != "token":
+                _tls_stages(run, report, profile, secrets, url, stop_after_connect=quit_after == "connect")
             if quit_after in _BEFORE_REQUEST:
                 report.server = target
             elif profile.type == "graph":
@@ -119,7 +122,7 @@ def _credentials_stage(run, profile, secrets, transport) -> None:
     run("token", token, describe)
 
 
-def _tls_stages(run, report: ProbeReport, profile, secrets, url: str) -> None:
+def _tls_stages(run, report: ProbeReport, profile, secrets, url: str, *, stop_after_connect: bool = False) -> None:
     from mailctl.transports.http import proxies_for, redact_url, tls_settings
 
     parts = urlsplit(url)
@@ -141,6 +144,9 @@ def _tls_stages(run, report: ProbeReport, profile, secrets, url: str) -> None:
                                    hint="check the URL, the network, a firewall, or set a proxy in the profile") from exc
 
     sock = run("connect", connect, lambda s: (f"{s.getpeername()[0]}:{s.getpeername()[1]}", {"peer": f"{s.getpeername()[0]}:{s.getpeername()[1]}"}))
+    if stop_after_connect:
+        sock.close()
+        return
     if parts.scheme != "https":
         sock.close()
         report.stages.append(StageResult("tls", "skipped", 0.0, f"{host}:{port}", "http:// URL: the connection is NOT encrypted"))

@@ -16,10 +16,12 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from mailctl.diagnostics.knowledge import Explanation, explain
-from mailctl.errors import ExitCode, MailctlError, UnavailableError
+from mailctl.errors import ExitCode, MailctlError, UnavailableError, UsageError
 
 SMTP_STAGES = ("resolve", "connect", "tls", "banner", "ehlo", "starttls", "ehlo_tls", "auth", "mail", "rcpt", "data", "quit")
-QUIT_AFTER_CHOICES = ("resolve", "connect", "tls", "banner", "ehlo", "starttls", "auth", "mail", "rcpt", "data")
+QUIT_AFTER_CHOICES = ("resolve", "connect", "tls", "banner", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "token")
+# Graph/EWS stages one can stop after; the SMTP names stop an HTTP probe before its request.
+HTTP_QUIT_AFTER = ("token", "connect", "tls")
 
 
 @dataclass
@@ -242,6 +244,9 @@ def probe(profile, secrets, *, message: ProbeMessage | None = None, quit_after: 
         from mailctl.diagnostics.http_probe import probe_http
 
         return probe_http(profile, secrets, message=message, quit_after=quit_after)
+    if quit_after == "token":
+        raise UsageError("--quit-after token: only graph and ews profiles have a token stage",
+                         hint="for an SMTP profile stop after the login with --quit-after auth")
     if profile.type != "smtp":
         report = ProbeReport(profile.name, profile.type, profile.server)
         report.exit_code = int(ExitCode.CONFIG)
