@@ -192,8 +192,8 @@ class TestAdd:
         ok(cli("profile", "add", "p", "--host", "smtp.example.com"))
         before = cfg.read_bytes()
         r = cli("profile", "add", "child", "--inherits", "nobody")
-        assert r.exit_code == 78
-        assert "nobody" in r.stderr
+        assert r.exit_code == 66
+        assert "inherits" in r.stderr and "nobody" in r.stderr and "existing profiles: p" in r.stderr
         assert cfg.read_bytes() == before
 
     def test_smtp_without_host_is_missing_required_field(self, cli, cfg):
@@ -258,8 +258,8 @@ class TestEdit:
     def test_cycle_rejected_file_untouched(self, cli, cfg, company):
         before = cfg.read_bytes()
         r = cli("profile", "edit", "company", "--inherits", "alice")
-        assert r.exit_code == 78
-        assert "cycle" in r.stderr
+        assert r.exit_code == 65
+        assert "inherits" in r.stderr and "cycle" in r.stderr
         assert cfg.read_bytes() == before
         assert "Traceback" not in r.output
 

@@ -95,6 +95,7 @@ def _needed_kind(ctx: typer.Context, name: str, fields: dict[str, Any], *, new: 
         doc.add_profile(name, fields)
     elif fields:
         doc.set_fields(name, fields)
+    ops.check_inherits(doc, name, fields)
     return primary_secret_kind(resolve_profile(doc, name).values)
 
 

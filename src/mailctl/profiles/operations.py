@@ -9,6 +9,7 @@ from mailctl.errors import ConfigError, NotFoundError, SecretStoreUnavailable, V
 from mailctl.profiles.model import FIELDS_BY_NAME, validate_name
 from mailctl.profiles.resolve import (
     BUILTIN_LOCAL,
+    InheritanceCycle,
     check_complete,
     primary_secret_kind,
     relevant_secret_kinds,
@@ -33,7 +34,8 @@ def add_profile(
     validate_name(name)
     with store.edit() as doc:
         doc.add_profile(name, fields)
-        resolved = resolve_profile(doc, name)  # inheritance cycles / missing parents surface here
+        check_inherits(doc, name, fields)
+        resolved = resolve_profile(doc, name)
         check_complete(resolved)
         if make_default or (doc.default is None and len(doc.profile_names()) == 1):
             doc.set_default(name)
@@ -67,6 +69,7 @@ def edit_profile(
             raise ValidationError(f"{sorted(overlap)[0]}: given both a value and --unset", field=sorted(overlap)[0])
         doc.unset_fields(name, unset)
         doc.set_fields(name, fields)
+        check_inherits(doc, name, fields)
         resolved = resolve_profile(doc, name)
         for child in doc.children_of(name):
             resolve_profile(doc, child)  # an edit must not break a child (cycles)
@@ -215,3 +218,21 @@ def show_profile(store: ProfileStore, secrets, name: str | None) -> dict[str, An
         "origin": {k: p.origin.get(k, "profile") for k in ordered},
         "secrets": secret_state,
     }
+
+
+def check_inherits(doc, name: str, fields: dict[str, Any]) -> None:
+    """A bad --inherits given on the command line is bad input, not a broken file: a parent
+    that does not exist is exit 66, a cycle exit 65, both naming the field."""
+    parent = fields.get("inherits")
+    if not parent:
+        return
+    if not doc.has(parent):
+        others = [n for n in doc.profile_names() if n != name]
+        raise NotFoundError(f"inherits: no profile named {parent!r} in {doc.path}",
+                            hint=("existing profiles: " + ", ".join(others)) if others else "add the parent profile first")
+    for member in [name, *doc.children_of(name)]:
+        try:
+            resolve_profile(doc, member)
+        except InheritanceCycle as exc:
+            raise ValidationError(f"inherits: {exc.message}", field="inherits",
+                                  hint=f"a profile cannot inherit from itself or its descendants; {parent!r} inherits from {name!r}") from None

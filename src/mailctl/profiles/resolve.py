@@ -12,6 +12,11 @@ from mailctl import paths
 BUILTIN_LOCAL = "local"
 
 
+class InheritanceCycle(ConfigError):
+    """The profiles file has an inheritance cycle (exit 78 when read from the file; the
+    commands that create one from flags report it as a bad --inherits value, exit 65)."""
+
+
 def builtin_local() -> ResolvedProfile:
     """The embedded default: deliver into a Maildir, no server needed."""
     values = {"type": "file", "maildir": str(paths.default_maildir()), "from_address": "mailctl@localhost"}
@@ -48,7 +53,7 @@ def resolve_profile(doc, name: str | None = None) -> ResolvedProfile:
     current: str | None = name
     while current:
         if current in chain:
-            raise ConfigError(
+            raise InheritanceCycle(
                 f"profile {name!r}: inheritance cycle {' -> '.join(chain + [current])} in {doc.path}",
                 hint=f"remove 'inherits' from one of them: mailctl profile edit {current} --unset inherits",
             )
