@@ -15,7 +15,7 @@ from typing import Any, Callable
 from mailctl.errors import AuthError, DeliveryError, ExitCode, MailctlError
 from mailctl.transports.base import SendResult
 from mailctl.transports.graph import with_envelope_recipients
-from mailctl.transports.http import RetryPolicy, bearer_token, build_session, close_session, request
+from mailctl.transports.http import RetryPolicy, SessionTransport, bearer_token, request
 
 GMAIL_ENDPOINT = "https://gmail.googleapis.com"
 MAX_MESSAGE = 35 * 1024 * 1024
@@ -37,7 +37,7 @@ _GOOGLE_ERRORS: dict[str, tuple[ExitCode, bool, str]] = {
 }
 
 
-class GmailApiTransport:
+class GmailApiTransport(SessionTransport):
     name = "gmail-api"
 
     def __init__(self, profile, secrets, *, endpoint: str | None = None, retry: RetryPolicy | None = None,
@@ -51,26 +51,8 @@ class GmailApiTransport:
         self._token: str | None = None
         self._static = False
 
-    def __enter__(self) -> "GmailApiTransport":
-        try:
-            self.open()
-        except BaseException:
-            self.close()  # __exit__ will not run: drop the session and its temporary CA bundle
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def open(self) -> None:
-        if self.session is None:
-            self.session = build_session(self.profile, self.secrets, base_url=self.endpoint)
-        if self._token is None:
-            self._token, self._static = bearer_token(self.profile, self.secrets)
-
-    def close(self) -> None:
-        close_session(self.session)
-        self.session = None
+    def _fetch_token(self, force_refresh: bool = False) -> None:
+        self._token, self._static = bearer_token(self.profile, self.secrets, force_refresh=force_refresh)
 
     def send(self, raw: bytes, sender: str, recipients: list[str]) -> SendResult:
         self.open()
@@ -87,7 +69,7 @@ class GmailApiTransport:
                                headers={"Authorization": f"Bearer {self._token}", "Content-Type": "message/rfc822"})
             if response.status_code == 401 and not refreshed and not self._static:
                 refreshed = True
-                self._token, self._static = bearer_token(self.profile, self.secrets, force_refresh=True)
+                self._fetch_token(force_refresh=True)
                 continue
             break
         if response.status_code >= 400:

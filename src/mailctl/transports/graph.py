@@ -35,7 +35,7 @@ from mailctl.errors import (
 )
 from mailctl.profiles.presets import graph_endpoint
 from mailctl.transports.base import SendResult
-from mailctl.transports.http import RetryPolicy, bearer_token, build_session, close_session, request
+from mailctl.transports.http import RetryPolicy, SessionTransport, bearer_token, request
 
 # sendMail and message-create requests are limited to 4 MB; base64 grows by 4/3, so stay a
 # little under 3 MiB of MIME (3,000,000 bytes -> 4,000,000 bytes of base64).
@@ -47,7 +47,7 @@ UPLOAD_CHUNK = 320 * 1024 * 10  # chunks must be multiples of 320 KiB (and under
 Trace = Callable[[str, str, float], None]  # (stage, detail, seconds)
 
 
-class GraphTransport:
+class GraphTransport(SessionTransport):
     name = "graph"
 
     def __init__(self, profile, secrets, *, retry: RetryPolicy | None = None, trace: Trace | None = None, **options: Any):
@@ -64,28 +64,8 @@ class GraphTransport:
         self._static_token = False
         self.last_route: str | None = None  # mime | upload-session | json
 
-    # --- lifecycle ------------------------------------------------------------
-    def __enter__(self) -> "GraphTransport":
-        try:
-            self.open()
-        except BaseException:
-            self.close()  # __exit__ will not run: drop the session and its temporary CA bundle
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def open(self) -> None:
-        if self.session is None:
-            self.session = build_session(self.profile, self.secrets, base_url=self.endpoint)
-        if self._token is None:
-            self._fetch_token()
-
-    def close(self) -> None:
-        close_session(self.session)
-        self.session = None
-
+    def _fetch_token(self, force_refresh: bool = False) -> None:
+        self._token, self._static = bearer_token(self.profile, self.secrets, force_refresh=force_refresh)
     @property
     def mailbox_path(self) -> str:
         if self.app_only:

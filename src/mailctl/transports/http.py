@@ -160,6 +160,37 @@ def close_session(session) -> None:
             tls.cleanup()
 
 
+class SessionTransport:
+    """Lifecycle shared by the HTTP API transports (graph, gmail-api): one requests session
+    for the profile's endpoint (proxy, CA bundle) and one bearer token, both made on open()
+    and reused for every message until close(). Subclasses set self.profile, self.secrets,
+    self.endpoint, self.session = None, self._token = None, and define _fetch_token()."""
+
+    def __enter__(self):
+        try:
+            self.open()
+        except BaseException:
+            self.close()  # __exit__ will not run: drop the session and its temporary CA bundle
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        if self.session is None:
+            self.session = build_session(self.profile, self.secrets, base_url=self.endpoint)
+        if self._token is None:
+            self._fetch_token()
+
+    def close(self) -> None:
+        close_session(self.session)
+        self.session = None
+
+    def _fetch_token(self, force_refresh: bool = False) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
 def user_agent() -> str:
     from mailctl import __version__
 
