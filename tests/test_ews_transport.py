@@ -217,10 +217,26 @@ def test_missing_password_is_reported_before_connecting(isolated_env, srv, ca_pe
     assert "no password" in exc.value.message and srv.requests == []
 
 
-def test_username_must_be_an_address(isolated_env, srv):
+def test_a_mailbox_address_is_needed(isolated_env, srv):
     profile = make_profile(isolated_env, srv.base_url + EWS_PATH, username="CORP\\ops", from_address="")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as err:
         EwsTransport(profile, default_resolver()).open()
+    assert "--mailbox" in err.value.hint
+
+
+def test_domain_login_sends_as_the_mailbox(isolated_env, srv, ca_pem):
+    # on-premises: log in as CORP\svc-mail, send as (and save into) a shared mailbox
+    shared = "billing@corp.example"
+    ews_fake(srv, basic=("CORP\\svc-mail", PASSWORD))
+    keyring.set_password("mailctl", "e/password", PASSWORD)
+    profile = make_profile(isolated_env, srv.base_url + EWS_PATH, username="CORP\\svc-mail", mailbox=shared,
+                           from_address=shared, ca_file=ca_pem)
+    raw, sender, rcpts = message(profile)
+    assert send(profile, raw, sender, rcpts).reply.startswith("NoError")
+    [req] = create_items(srv)
+    assert req.headers["authorization"] == "Basic " + base64.b64encode(f"CORP\\svc-mail:{PASSWORD}".encode()).decode()
+    assert re.search(r'<t:DistinguishedFolderId Id="sentitems"><t:Mailbox><t:EmailAddress>' + re.escape(shared), req.body.decode())
+    assert PASSWORD not in req.body.decode()
 
 
 # --- TLS -----------------------------------------------------------------------------

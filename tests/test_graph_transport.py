@@ -112,6 +112,23 @@ def test_app_only_sends_as_users_upn_with_client_credentials(isolated_env, graph
     assert decoded_mime(req) == raw
 
 
+def test_delegated_send_as_a_shared_mailbox(isolated_env, graph, ca_pem):
+    from mailctl.oauth import scopes_for
+
+    keyring.set_password("mailctl", "g/access_token", TOKEN)
+    profile = make_profile(isolated_env, graph_endpoint=graph.base_url, ca_file=ca_pem,
+                           mailbox="billing@example.com", from_address="billing@example.com")
+    raw, sender, rcpts = message(profile)
+    send(profile, raw, sender, rcpts)
+    [req] = graph.requests
+    assert req.path == "/v1.0/users/billing@example.com/sendMail"
+    assert decoded_mime(req) == raw
+    # the signed-in user sends on behalf of another mailbox: consent must cover Mail.Send.Shared
+    assert scopes_for(profile) == [f"{graph.base_url}/Mail.Send", f"{graph.base_url}/Mail.Send.Shared"]
+    own = make_profile(isolated_env, name="own", mailbox=MAILBOX.upper())
+    assert scopes_for(own) == ["https://graph.microsoft.com/Mail.Send"]
+
+
 def test_national_cloud_picks_graph_endpoint(isolated_env):
     for cloud, host in (("usgov", "https://graph.microsoft.us"), ("usgov-dod", "https://dod-graph.microsoft.us"),
                         ("china", "https://microsoftgraph.chinacloudapi.cn"), ("global", "https://graph.microsoft.com")):

@@ -104,7 +104,7 @@ def _credentials_stage(run, profile, secrets, transport) -> None:
             secrets.require(profile, "password")
             return secrets.lookup(profile, "password")[1] or "secret store"
 
-        run("credentials", password, lambda where: (f"password for {transport.mailbox} from {where}", {"auth": "password", "source": where}))
+        run("credentials", password, lambda where: (f"password for {profile.values.get('username') or transport.mailbox} from {where}", {"auth": "password", "source": where}))
         return
 
     def token() -> tuple[bool, float]:

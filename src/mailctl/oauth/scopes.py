@@ -45,6 +45,11 @@ def app_only(profile) -> bool:
     return profile.values.get("auth") in ("client-credentials", "service-account")
 
 
+def _other_mailbox(profile) -> bool:
+    mailbox = (profile.values.get("mailbox") or "").lower()
+    return bool(mailbox) and mailbox != (profile.values.get("username") or "").lower()
+
+
 def scopes_for(profile) -> list[str]:
     """The profile's own scopes, else the provider's scopes for its transport."""
     own = profile.values.get("scopes") or []
@@ -60,6 +65,8 @@ def scopes_for(profile) -> list[str]:
             return [f"{graph}/.default"]
         return [f"{ews_host}/.default"]
     if profile.type == "graph":
+        if _other_mailbox(profile):  # /users/{mailbox}/sendMail on behalf of the signed-in user
+            return [f"{graph}/Mail.Send", f"{graph}/Mail.Send.Shared"]
         return [f"{graph}/Mail.Send"]
     if profile.type == "ews":
         return [f"{ews_host}/EWS.AccessAsUser.All"]

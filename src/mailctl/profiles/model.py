@@ -229,6 +229,7 @@ PROFILE_FIELDS: tuple[Field, ...] = (
     Field("security", "str", _choice(SECURITIES), "Encryption: none | starttls | tls (implicit TLS, SMTPS).", "", "MODE"),
     Field("auth", "str", _choice(AUTHS), "Authentication: " + " | ".join(AUTHS) + ".", "", "METHOD"),
     Field("username", "str", _line(320), "Login name (for OAuth: the mailbox UPN).", "", "USER"),
+    Field("mailbox", "str", _address, "Graph/EWS: the mailbox to send as when it is not the login (a shared mailbox; an EWS DOMAIN\\user login). Default: username.", "", "ADDR"),
     Field("from_address", "str", _address, "Sender address (From).", "", "ADDR"),
     Field("sender_name", "str", _line(200), "Display name in From.", "", "NAME"),
     Field("reply_to", "str", _address, "Reply-To address.", "", "ADDR"),

@@ -106,7 +106,10 @@ class EwsTransport:
         self.options = options
         self.auth = profile.values.get("auth") or "password"
         self.url = profile.values.get("ews_url") or ""
-        self.mailbox = profile.values.get("username") or profile.values.get("from_address") or ""
+        # the mailbox sent as: `mailbox`, else the login when it is an address, else From
+        username = profile.values.get("username") or ""
+        self.mailbox = (profile.values.get("mailbox") or (username if "@" in username else "")
+                        or profile.values.get("from_address") or "")
         self.account = None
         self._tls = None
         self._protocol = None
@@ -138,8 +141,9 @@ class EwsTransport:
             return
         if not self.mailbox or "@" not in self.mailbox:
             raise ConfigError(
-                f"profile {self.profile.name!r} (ews): username must be the mailbox's SMTP address",
-                hint=f"mailctl profile edit {self.profile.name} --username MAILBOX@DOMAIN",
+                f"profile {self.profile.name!r} (ews): no mailbox address to send as (mailbox, or a username "
+                f"or from_address that is an SMTP address)",
+                hint=f"mailctl profile edit {self.profile.name} --mailbox MAILBOX@DOMAIN",
             )
         from exchangelib import Account, Configuration, FailFast
         from exchangelib.account import DELEGATE, IMPERSONATION
@@ -214,8 +218,8 @@ class EwsTransport:
 
         if self.auth == "password":
             password = self.secrets.require(self.profile, "password")
-            return Credentials(self.mailbox if not self.profile.values.get("username") else self.profile.values["username"],
-                               password), "delegate"
+            # the login may be DOMAIN\\user or a UPN; the mailbox is self.mailbox
+            return Credentials(self.profile.values.get("username") or self.mailbox, password), "delegate"
         if self.auth in ("oauth", "client-credentials"):
             t0 = time.monotonic()
             token, self._static_token = bearer_token(self.profile, self.secrets, force_refresh=self._force_refresh)

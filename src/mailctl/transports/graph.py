@@ -68,12 +68,15 @@ class GraphTransport(SessionTransport):
         self._token, self._static = bearer_token(self.profile, self.secrets, force_refresh=force_refresh)
     @property
     def mailbox_path(self) -> str:
+        mailbox = self.profile.values.get("mailbox") or ""
+        if mailbox:  # a shared mailbox (delegated: Mail.Send.Shared) or the one app-only acts on
+            return f"/v1.0/users/{quote(mailbox, safe='@')}"
         if self.app_only:
             upn = self.profile.values.get("username") or ""
             if not upn:
                 raise MailctlError(
-                    f"profile {self.profile.name!r}: app-only Graph sends need username (the mailbox UPN)",
-                    hint=f"mailctl profile edit {self.profile.name} --username MAILBOX@DOMAIN",
+                    f"profile {self.profile.name!r}: app-only Graph sends need the mailbox (mailbox or username)",
+                    hint=f"mailctl profile edit {self.profile.name} --mailbox MAILBOX@DOMAIN (or --username)",
                     exit_code=ExitCode.CONFIG,
                 )
             return f"/v1.0/users/{quote(upn, safe='@')}"
