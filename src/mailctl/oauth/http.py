@@ -9,28 +9,15 @@ from __future__ import annotations
 
 import atexit
 import os
-import ssl
 import tempfile
 
 from typing import Any, Callable
 
 from mailctl.errors import ConfigError, UnavailableError
+from mailctl.transports.http import _system_bundle  # one definition of the system CA bundle
 
 TIMEOUT = 30.0
 _bundles: dict[str, str] = {}
-
-
-def _system_bundle() -> str | None:
-    paths = ssl.get_default_verify_paths()
-    for candidate in (paths.cafile, paths.openssl_cafile):
-        if candidate and os.path.isfile(candidate):
-            return candidate
-    try:
-        import certifi
-
-        return certifi.where()
-    except ImportError:  # pragma: no cover
-        return None
 
 
 def _remove_bundles() -> None:
