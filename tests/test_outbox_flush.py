@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from mailctl.errors import AuthError, DeliveryError, ExitCode, NotFoundError, UnavailableError
-from mailctl.outbox import FlushOptions, FlushPolicy, Outbox, backoff_delay, flush
+from mailctl.outbox import FlushOptions, FlushPolicy, FlushRun, FlushStore, Outbox, backoff_delay, flush
+from mailctl.outbox.flush import partial_refusal
 from mailctl.profiles.model import ResolvedProfile
 from mailctl.transports.base import SendResult
 
@@ -312,3 +313,74 @@ def test_every_attempt_is_logged(box, clock):
     log = box.get(i).attempt_log
     assert [a["outcome"] for a in log] == ["deferred", "sent"]
     assert log[0]["server"] == "main:25" and log[0]["reply"].startswith("451")
+
+
+def test_partial_refusal_rule():
+    rcpts = ["ok@x.org", "later@x.org", "gone@x.org"]
+    mixed = {"later@x.org": "451 4.3.0 later", "gone@x.org": "550 5.1.1 gone"}
+    # accepted for some: retry the 4xx ones only
+    assert partial_refusal(mixed, rcpts, accepted=True) == ["later@x.org"]
+    assert partial_refusal({"gone@x.org": "550 gone"}, rcpts, accepted=True) is None
+    assert partial_refusal({}, rcpts, accepted=True) is None and partial_refusal(None, rcpts, accepted=True) is None
+    # every recipient refused: the 4xx ones when some were refused for good, else the message as a whole
+    assert partial_refusal(mixed, ["later@x.org", "gone@x.org"], accepted=False) == ["later@x.org"]
+    assert partial_refusal({"later@x.org": "451 later"}, ["later@x.org"], accepted=False) is None
+    assert partial_refusal({"gone@x.org": "550 gone"}, ["gone@x.org"], accepted=False) is None
+
+
+class OnlyTheProtocol:
+    """A store that lets the flush reach nothing of the Outbox but FlushStore's members."""
+
+    MEMBERS = set(FlushStore.__annotations__) | {
+        name for name, value in vars(FlushStore).items() if callable(value) and not name.startswith("_")}
+
+    def __init__(self, box):
+        self._box = box
+        self.calls = []
+
+    def __getattr__(self, name):
+        assert name in self.MEMBERS, f"the flush used {name}, which FlushStore does not declare"
+        self.calls.append(name)
+        return getattr(self._box, name)
+
+
+def test_the_flush_uses_only_the_flush_store_interface(box, clock):
+    assert OnlyTheProtocol.MEMBERS == {"clock", "count_due", "due_messages", "expire_overdue", "sent_since",
+                                       "claim_batch", "record_attempt", "release_claims", "purge", "count_by_state"}
+    box.enqueue(RAW, "a@example.com", ["b@example.org"])
+    box.enqueue(RAW, "a@example.com", ["later@x.org"])
+    store = OnlyTheProtocol(box)
+    r = run(store, clock, script={"later@x.org": temp()}, policy=FlushPolicy(rate_limit_per_minute=10))
+    assert (r.sent, r.deferred) == (1, 1)
+    assert {"claim_batch", "record_attempt", "release_claims", "sent_since", "expire_overdue"} <= set(store.calls)
+    r = run(store, clock, options=FlushOptions(dry_run=True))
+    assert "due_messages" in store.calls
+
+
+def test_flush_run_is_what_flush_runs(box, clock):
+    box.enqueue(RAW, "a@example.com", ["b@example.org"])
+    events = []
+    resolve = lambda name: ResolvedProfile(name or "main", {"type": "smtp", "host": "main"})  # noqa: E731
+    run_ = FlushRun(box, policy=FlushPolicy(), resolve=resolve,
+                    open_transport=lambda p: FakeTransport(p.name, [], {}, clock), sleep=clock.sleep,
+                    progress=lambda ev, **d: events.append(ev))
+    report = run_.run()
+    assert report is run_.report and report.sent == 1 and not run_.pending
+    assert events == ["start", "message", "done"]
+    assert box.count_by_state()["sent"] == 1 and box.count_by_state()["sending"] == 0
+
+
+def test_a_bug_in_the_transport_defers_instead_of_stopping_the_flush(box, clock):
+    a = box.enqueue(RAW, "a@example.com", ["bug@example.org"])
+    b = box.enqueue(RAW, "a@example.com", ["b@example.org"])
+    r = run(box, clock, script={"bug@example.org": RuntimeError("boom")})
+    assert (r.sent, r.deferred) == (1, 1)
+    assert box.get(a).state == "deferred" and box.get(a).last_reply == "unexpected RuntimeError: boom"
+    assert box.get(b).state == "sent"
+
+
+def test_a_bug_opening_the_transport_defers_the_profile(box, clock):
+    i = box.enqueue(RAW, "a@example.com", ["b@example.org"])
+    r = run(box, clock, open_errors={"main": RuntimeError("boom")})
+    assert r.deferred == 1 and r.profile_errors == {"main": "unexpected RuntimeError: boom"}
+    assert box.get(i).state == "deferred" and box.get(i).attempt_log[-1]["server"] is None

@@ -10,7 +10,7 @@ from email.message import EmailMessage
 import pytest
 
 from mailctl.errors import ConfigError, NotFoundError, TemporaryFailure, ValidationError
-from mailctl.outbox import Outbox, enqueue_message
+from mailctl.outbox import ClaimedMessage, Outbox, enqueue_message
 from mailctl.outbox.schema import MIGRATIONS
 
 
@@ -269,3 +269,33 @@ def test_a_locked_outbox_is_a_temporary_failure(tmp_path):
         holder.close()
     with Outbox(path) as box:
         assert sum(box.count_by_state().values()) == 0  # nothing half-written
+
+
+def test_claims_are_named_records(box, clock):
+    i = box.enqueue(RAW, "a@example.com", ["b@example.org", "c@example.net"], "company")
+    created = clock.t
+    clock.t += 5
+    [c] = box.claim_batch("A", 10, 60)
+    assert isinstance(c, ClaimedMessage)
+    assert (c.id, c.profile, c.sender, c.recipients, c.raw) == (i, "company", "a@example.com",
+                                                             ["b@example.org", "c@example.net"], RAW)
+    assert (c.attempts, c.created_at, c.age_base, c.message_id, c.reclaimed) == (0, created, created,
+                                                                                "<m1@example.com>", False)
+    # named reads leave the connection's own rows plain tuples
+    assert box.conn.execute("SELECT id, state FROM messages").fetchall() == [(i, "sending")]
+
+
+def test_claims_take_the_oldest_due_first_across_states(box, clock):
+    a = box.enqueue(RAW, "a@x.org", ["b@y.org"])
+    [c] = box.claim_batch("A", 1, 60)
+    box.record_attempt(c, "A", "deferred", reply="451", next_attempt_at=clock.t + 10)
+    clock.t += 5
+    b = box.enqueue(RAW, "a@x.org", ["b@y.org"])  # queued after a's retry time was set, due sooner
+    clock.t += 10
+    assert [m.id for m in box.claim_batch("A", 10, 60)] == [b, a]
+
+
+def test_outbox_is_a_flush_store(box):
+    from mailctl.outbox.backend import FlushStore
+
+    assert isinstance(box, FlushStore)

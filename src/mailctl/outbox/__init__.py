@@ -20,10 +20,12 @@ from __future__ import annotations
 from email.message import Message
 from typing import Sequence
 
+from mailctl.outbox.backend import FlushStore
 from mailctl.outbox.flush import (
     FlushOptions,
     FlushPolicy,
     FlushReport,
+    FlushRun,
     backoff_delay,
     flush,
 )
@@ -48,4 +50,5 @@ def enqueue_message(msg: Message, profile: str | None = None, *, path=None, send
 __all__ = [
     "Outbox", "MessageInfo", "ClaimedMessage", "STATES", "PENDING_STATES", "FINISHED_STATES",
     "enqueue", "enqueue_message", "flush", "FlushPolicy", "FlushOptions", "FlushReport", "backoff_delay",
+    "FlushRun", "FlushStore",
 ]

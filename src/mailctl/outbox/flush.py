@@ -5,6 +5,9 @@ MAIL FROM), back off on temporary failures.
 Everything from outside comes in as arguments (the clock, sleep, how to resolve a profile and
 open its transport, a progress callback), so tests drive it with a fake clock and the command
 layer renders progress however it likes.
+
+`FlushRun` is one run, one method per step; `flush()` builds one and runs it. It reaches the
+storage only through the calls listed in backend.FlushStore (Outbox, SQLite, is one).
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from mailctl.errors import AuthError, ConfigError, DeliveryError, ExitCode, MailctlError
-from mailctl.outbox.store import ClaimedMessage, Outbox
+from mailctl.outbox.backend import ClaimedMessage, FlushStore
 
 # Postfix: minimal_backoff_time = 300s, maximal_backoff_time = 4000s, doubling in between.
 DEFAULT_MIN_BACKOFF = 300.0
@@ -184,7 +187,7 @@ class _Session:
 
 
 def flush(
-    outbox: Outbox,
+    outbox: FlushStore,
     *,
     policy: FlushPolicy,
     resolve: Callable[[str | None], Any],
@@ -195,237 +198,358 @@ def flush(
 ) -> FlushReport:
     """Deliver due messages. `resolve(name or None)` -> ResolvedProfile (None: the default);
     `open_transport(profile)` -> an unopened Transport. The clock is the outbox's."""
-    options = options or FlushOptions()
-    clock = outbox.clock
-    started = time.monotonic()
-    report = FlushReport(sending_enabled=policy.sending_enabled, dry_run=options.dry_run)
-    notify = progress or (lambda *a, **k: None)
+    return FlushRun(outbox, policy=policy, resolve=resolve, open_transport=open_transport, options=options,
+                    sleep=sleep, progress=progress).run()
 
-    default_name: str | None = None
-    default_error: MailctlError | None = None
-    try:
-        default_name = resolve(None).name
-    except MailctlError as exc:  # rows queued without a profile cannot go anywhere until fixed
-        default_error = exc
 
-    profiles: list[str | None] | None = None
-    if options.profile is not None:
-        resolve(options.profile)  # unknown profile: a usage problem, raise now
-        profiles = [options.profile] + ([None] if default_name == options.profile else [])
+def partial_refusal(refused: Mapping[str, str] | None, recipients: Sequence[str], *,
+                    accepted: bool) -> list[str] | None:
+    """The partial-refusal rule, for a reply that accepted the message (`accepted`) and for a
+    refusal of every recipient alike: when some recipients got a 4xx and the others were
+    accepted or refused for good (5xx), the message is deferred for the 4xx recipients only.
+    Returns them; None when the rule does not apply (no 4xx, or nothing accepted and every
+    recipient a 4xx: then the message is deferred, or failed, as a whole)."""
+    temporary = [r for r, why in (refused or {}).items() if str(why).startswith("4")]
+    if not temporary or (not accepted and len(temporary) >= len(recipients)):
+        return None
+    return temporary
 
-    report.due = outbox.count_due(profiles=profiles)
-    if options.limit is not None:
-        report.due = min(report.due, options.limit)
 
-    if not policy.sending_enabled or options.dry_run:
-        if options.dry_run:
-            for info in outbox.due_messages(profiles=profiles, limit=options.limit):
-                report.would_send.append({
-                    "id": info.id, "profile": info.profile or default_name, "sender": info.sender,
-                    "recipients": info.recipients, "subject": info.subject, "attempts": info.attempts,
-                    "state": info.state,
-                })
-        report.remaining = outbox.count_by_state(profiles=profiles)
-        report.duration = time.monotonic() - started
-        return report
+def _refusals(refused: Mapping[str, str]) -> str:
+    return "; ".join(f"{r}: {why}" for r, why in refused.items())
 
-    # a flush of chosen ids (mailctl send) leaves the rest of the queue alone
-    expired = [] if options.ids is not None else outbox.expire_overdue(policy.max_retry_age, profiles=profiles)
-    report.expired += len(expired)
-    for i in expired[:100]:
-        report.problems.append(MessageOutcome(i, "expired", "still undelivered after max_retry_age"))
 
-    owner = uuid.uuid4().hex
-    lease_renewed = [clock()]  # when our claimed rows' leases were last pushed forward
-    sessions: dict[str | None, _Session] = {}
-    global_limiter = RateLimiter(policy.rate_limit_per_minute,
-                                 outbox.sent_since(clock() - 60, limit=policy.rate_limit_per_minute) if policy.rate_limit_per_minute else ())
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    pass
 
-    def session_for(name: str | None) -> _Session:
-        key = name if name is not None else default_name
-        s = sessions.get(key)
+
+class FlushRun:
+    """One flush, step by step: resolve its scope, expire overdue mail, then claim due
+    messages and deliver each over its profile's session, committing every result; finally
+    give back what was not tried, purge and count. Build it, call run() once.
+
+    The run's state lives here: the report being filled, one _Session per profile, the claim
+    owner and when its leases were last renewed, and `pending`, the one result not written
+    yet. Storage goes through `store` (a FlushStore: backend.py) only."""
+
+    def __init__(
+        self,
+        store: FlushStore,
+        *,
+        policy: FlushPolicy,
+        resolve: Callable[[str | None], Any],
+        open_transport: Callable[[Any], Any],
+        options: FlushOptions | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.resolve = resolve
+        self.open_transport = open_transport
+        self.options = options or FlushOptions()
+        self.sleep = sleep
+        self.notify: ProgressFn = progress or _quiet
+        self.clock = store.clock
+        self.started = time.monotonic()
+        self.report = FlushReport(sending_enabled=policy.sending_enabled, dry_run=self.options.dry_run)
+        self.default_name: str | None = None
+        self.default_error: MailctlError | None = None
+        self.profiles: list[str | None] | None = None  # None: every profile's mail
+        self.owner = uuid.uuid4().hex  # the lease owner of our claims
+        self.lease_renewed = 0.0  # when our claimed rows' leases were last pushed forward
+        self.sessions: dict[str | None, _Session] = {}
+        self.global_limiter = RateLimiter(0)
+        self.pending: list[Callable[[], Any]] = []  # at most one result waiting to be written
+        self.processed = 0  # messages tried (the --limit count)
+        self.in_batch = 0  # messages tried in the current batch (batch_size)
+
+    # the run -----------------------------------------------------------------
+    def run(self) -> FlushReport:
+        """Deliver due messages; returns the report."""
+        self.started = time.monotonic()
+        self.resolve_scope()
+        if not self.policy.sending_enabled or self.options.dry_run:
+            if self.options.dry_run:
+                self.list_due()
+            return self.tally()
+        self.expire_overdue()
+        self.lease_renewed = self.clock()
+        self.global_limiter = self.rate_limiter(self.policy.rate_limit_per_minute)
+        self.notify("start", total=self.report.due)
+        self.deliver_all()
+        return self.finish()
+
+    def resolve_scope(self) -> None:
+        """The default profile, the profiles whose mail this run takes, how much is due."""
+        try:
+            self.default_name = self.resolve(None).name
+        except MailctlError as exc:  # rows queued without a profile cannot go anywhere until fixed
+            self.default_error = exc
+        if self.options.profile is not None:
+            self.resolve(self.options.profile)  # unknown profile: a usage problem, raise now
+            self.profiles = [self.options.profile] + ([None] if self.default_name == self.options.profile else [])
+        self.report.due = self.store.count_due(profiles=self.profiles)
+        if self.options.limit is not None:
+            self.report.due = min(self.report.due, self.options.limit)
+
+    def list_due(self) -> None:
+        """--dry-run: what would be sent, in order; nothing changes."""
+        for info in self.store.due_messages(profiles=self.profiles, limit=self.options.limit):
+            self.report.would_send.append({
+                "id": info.id, "profile": info.profile or self.default_name, "sender": info.sender,
+                "recipients": info.recipients, "subject": info.subject, "attempts": info.attempts,
+                "state": info.state,
+            })
+
+    def expire_overdue(self) -> None:
+        # a flush of chosen ids (mailctl send) leaves the rest of the queue alone
+        if self.options.ids is not None:
+            return
+        expired = self.store.expire_overdue(self.policy.max_retry_age, profiles=self.profiles)
+        self.report.expired += len(expired)
+        for i in expired[:100]:
+            self.report.problems.append(MessageOutcome(i, "expired", "still undelivered after max_retry_age"))
+
+    def deliver_all(self) -> None:
+        """Claim and deliver until nothing is due or --limit is reached; always give back the
+        claims not tried and close the sessions."""
+        limit = self.options.limit
+        try:
+            while limit is None or self.processed < limit:
+                claims = self.claim()
+                if not claims:
+                    break
+                for c in claims:
+                    self.deliver(c)
+                    self.processed += 1
+                self.in_batch += len(claims)
+                if self.policy.batch_size and self.in_batch >= self.policy.batch_size:
+                    self.end_batch()
+            self.settle()
+        except _SettleFailed as exc:
+            raise exc.error from None
+        finally:
+            # stopped early (Ctrl-C, an error): the last result is written if it can be, and rows
+            # we claimed but never tried go back at once
+            try:
+                self.settle()  # a failed write was taken off the list before it ran: no retry here
+            finally:
+                self.store.release_claims(self.owner)
+                for s in self.sessions.values():
+                    _close(s)
+
+    def claim(self) -> list[ClaimedMessage]:
+        """The next claim: at most claim_size rows, and no more than --limit or the batch leave."""
+        want = self.options.claim_size
+        if self.options.limit is not None:
+            want = min(want, self.options.limit - self.processed)
+        if self.policy.batch_size:
+            want = min(want, self.policy.batch_size - self.in_batch)
+        self.settle()
+        claims = self.store.claim_batch(self.owner, want, self.options.lease_seconds, profiles=self.profiles,
+                                        ids=self.options.ids)
+        self.lease_renewed = self.clock()
+        self.report.reclaimed += sum(1 for c in claims if c.reclaimed)
+        return claims
+
+    def end_batch(self) -> None:
+        """batch_size reached: wait batch_interval before the next batch, if more is due."""
+        self.in_batch = 0
+        more = self.options.limit is None or self.processed < self.options.limit
+        self.settle()
+        if self.policy.batch_interval > 0 and more and self.store.count_due(profiles=self.profiles):
+            self.notify("wait", seconds=self.policy.batch_interval, reason="batch interval")
+            self.sleep(self.policy.batch_interval)
+
+    def finish(self) -> FlushReport:
+        if self.options.purge and self.policy.retention_days > 0:
+            self.report.purged = self.store.purge(self.policy.retention_days * 86400.0)
+        self.tally()
+        self.notify("done", report=self.report)
+        return self.report
+
+    def tally(self) -> FlushReport:
+        """What is left in the queue (in this run's profile scope), and how long the run took."""
+        self.report.remaining = self.store.count_by_state(profiles=self.profiles)
+        self.report.duration = time.monotonic() - self.started
+        return self.report
+
+    # sessions and rate limits ------------------------------------------------
+    def session_for(self, name: str | None) -> _Session:
+        key = name if name is not None else self.default_name
+        s = self.sessions.get(key)
         if s is None:
-            if name is None and default_error is not None:
-                s = _Session(None, error=default_error)
-            else:
-                try:
-                    prof = resolve(key)
-                    s = _Session(prof.name, prof)
-                    limit = int(prof.values.get("rate_limit_per_minute") or 0)
-                    s.limiter = RateLimiter(limit, outbox.sent_since(clock() - 60, prof.name, limit=limit) if limit else ())
-                except MailctlError as exc:
-                    s = _Session(key, error=exc)
-            sessions[key] = s
+            s = self.sessions[key] = self.new_session(name, key)
         return s
 
-    pending: list[Callable[[], Any]] = []  # at most one result waiting to be written
+    def new_session(self, name: str | None, key: str | None) -> _Session:
+        if name is None and self.default_error is not None:
+            return _Session(None, error=self.default_error)
+        try:
+            prof = self.resolve(key)
+            s = _Session(prof.name, prof)
+            s.limiter = self.rate_limiter(int(prof.values.get("rate_limit_per_minute") or 0), prof.name)
+        except MailctlError as exc:
+            s = _Session(key, error=exc)
+        return s
 
-    def settle() -> None:
+    def rate_limiter(self, per_minute: int, profile: str | None = None) -> RateLimiter:
+        """A limiter that already counts the last minute's attempts (all profiles', or one's)."""
+        history = self.store.sent_since(self.clock() - 60, profile, limit=per_minute) if per_minute else ()
+        return RateLimiter(per_minute, history)
+
+    def wait_for_rate_limits(self, limiters: Sequence[RateLimiter]) -> None:
+        while limiters:
+            wait = max(lim.wait_time(self.clock()) for lim in limiters)
+            if wait <= 0:
+                break
+            self.settle()
+            self.notify("wait", seconds=wait, reason="rate limit")
+            self.sleep(wait)
+
+    # results -----------------------------------------------------------------
+    def settle(self) -> None:
         """Write the pending result now."""
+        pending = self.pending
         while pending:
             pending.pop()()
 
-    def settle_while_waiting() -> None:
+    def settle_while_waiting(self) -> None:
         # runs inside the transport; a failure must stop the flush, not count as this
         # message's delivery trouble
         try:
-            settle()
+            self.settle()
         except BaseException as exc:
             raise _SettleFailed(exc) from exc
 
-    def commit(c: ClaimedMessage, outcome: str, reply: str, server: str | None, profile: str | None,
+    def commit(self, c: ClaimedMessage, outcome: str, reply: str, server: str | None, profile: str | None,
                duration: float | None, *, recipients: Sequence[str] | None = None,
                error: MailctlError | None = None) -> None:
         next_at = None
         if outcome == "deferred":
-            now = clock()
-            if now - c.age_base >= policy.max_retry_age:
-                outcome = "expired"
-                reply = f"{reply} (expired: undelivered after max_retry_age)".strip()
-            else:
-                next_at = now + backoff_delay(c.attempts + 1, policy.min_backoff, policy.max_backoff)
-        # renew the lease on the rest of our claim now and then (not on every commit: that
-        # would rewrite those rows' pages each time); a quarter of the lease leaves ample margin
-        renew = None
-        if clock() - lease_renewed[0] >= min(60.0, options.lease_seconds / 4):
-            renew = options.lease_seconds
-            lease_renewed[0] = clock()
+            outcome, reply, next_at = self.retry_or_expire(c, reply)
+        renew = self.lease_renewal()
         # The write is deferred until the next message's MAIL FROM is on the wire (or sooner,
         # see settle()): only ever one result is uncommitted, and it is always committed before
         # another message's data is sent, so a kill at any instant repeats at most that one.
-        settle()
-        pending.append(lambda: outbox.record_attempt(
+        self.settle()
+        store, owner = self.store, self.owner
+        self.pending.append(lambda: store.record_attempt(
             c, owner, outcome, reply=reply, server=server, profile=profile, duration=duration,
             next_attempt_at=next_at, recipients=recipients, renew_lease=renew))
-        setattr(report, outcome, getattr(report, outcome) + 1)
-        result = MessageOutcome(c.id, outcome, reply, server, profile, next_at, error)
-        if outcome != "sent" and len(report.problems) < 100:
-            report.problems.append(result)
-        if options.keep_results:
-            report.results.append(result)
-        notify("message", id=c.id, outcome=outcome, reply=reply)
+        self.count(MessageOutcome(c.id, outcome, reply, server, profile, next_at, error))
 
-    def deliver(c: ClaimedMessage) -> None:
-        s = session_for(c.profile)
+    def retry_or_expire(self, c: ClaimedMessage, reply: str) -> tuple[str, str, float | None]:
+        """A deferral: (outcome, reply, next attempt time), expired once past max_retry_age."""
+        now = self.clock()
+        if now - c.age_base >= self.policy.max_retry_age:
+            return "expired", f"{reply} (expired: undelivered after max_retry_age)".strip(), None
+        return "deferred", reply, now + backoff_delay(c.attempts + 1, self.policy.min_backoff, self.policy.max_backoff)
+
+    def lease_renewal(self) -> float | None:
+        # renew the lease on the rest of our claim now and then (not on every commit: that
+        # would rewrite those rows' pages each time); a quarter of the lease leaves ample margin
+        if self.clock() - self.lease_renewed >= min(60.0, self.options.lease_seconds / 4):
+            self.lease_renewed = self.clock()
+            return self.options.lease_seconds
+        return None
+
+    def count(self, result: MessageOutcome) -> None:
+        report = self.report
+        setattr(report, result.outcome, getattr(report, result.outcome) + 1)
+        if result.outcome != "sent" and len(report.problems) < 100:
+            report.problems.append(result)
+        if self.options.keep_results:
+            report.results.append(result)
+        self.notify("message", id=result.id, outcome=result.outcome, reply=result.reply)
+
+    # delivering one message ----------------------------------------------------
+    def deliver(self, c: ClaimedMessage) -> None:
+        s = self.session_for(c.profile)
         overlap = s.error is None and s.transport is not None and getattr(s.transport, "overlaps_work", False)
         if not overlap:
-            settle()
+            self.settle()
         if s.error is not None:
-            commit(c, "deferred", f"profile {s.name or '(default)'}: {s.error.message}", None, s.name, None, error=s.error)
+            self.commit(c, "deferred", f"profile {s.name or '(default)'}: {s.error.message}", None, s.name, None,
+                        error=s.error)
             return
-        limiters = [lim for lim in (global_limiter, s.limiter) if lim and lim.per_minute]
-        while limiters:
-            wait = max(lim.wait_time(clock()) for lim in limiters)
-            if wait <= 0:
-                break
-            settle()
-            notify("wait", seconds=wait, reason="rate limit")
-            sleep(wait)
+        limiters = [lim for lim in (self.global_limiter, s.limiter) if lim and lim.per_minute]
+        self.wait_for_rate_limits(limiters)
         t0 = time.monotonic()
-        if s.transport is None:
-            try:
-                s.transport = open_transport(s.profile)
-                s.transport.open()
-            except Exception as exc:
-                # whatever goes wrong before a message is on the wire (even a 5xx greeting) is
-                # about the server, not this message: defer, and leave this profile alone for now
-                _close(s)
-                s.error = exc if isinstance(exc, MailctlError) else MailctlError(f"unexpected {type(exc).__name__}: {exc}")
-                report.profile_errors[s.name or "(default)"] = s.error.message
-                reply = exc.reply if isinstance(exc, DeliveryError) and exc.reply else s.error.message
-                commit(c, "deferred", reply, getattr(exc, "server", None), s.name, time.monotonic() - t0, error=s.error)
-                return
+        if s.transport is None and not self.connect(s, c, t0):
+            return
         try:
             for lim in limiters:
-                lim.record(clock())
-            if overlap and pending:
-                result = s.transport.send(c.raw, c.sender, list(c.recipients), while_waiting=settle_while_waiting)
+                lim.record(self.clock())
+            if overlap and self.pending:
+                result = s.transport.send(c.raw, c.sender, list(c.recipients), while_waiting=self.settle_while_waiting)
             else:
                 result = s.transport.send(c.raw, c.sender, list(c.recipients))
         except DeliveryError as exc:
             s.failures = 0
-            reply = exc.reply or exc.message
-            refused = dict(getattr(exc, "refused", None) or {})
-            temporary = [r for r, why in refused.items() if str(why).startswith("4")]
-            if not exc.permanent and refused and 0 < len(temporary) < len(c.recipients):
-                # every recipient refused, some for good (5xx): retry only the 4xx ones
-                reply = "refused: " + "; ".join(f"{r}: {why}" for r, why in refused.items())
-                commit(c, "deferred", reply, exc.server, s.name, time.monotonic() - t0, recipients=temporary)
-            else:
-                commit(c, "failed" if exc.permanent else "deferred", reply, exc.server, s.name, time.monotonic() - t0)
+            self.refused(c, s, exc, t0)
             return
         except Exception as exc:
-            # connection lost, protocol trouble, or a bug: nothing is known to be delivered, so
-            # retry later. Reconnect for the next message, but give up on this profile for this
-            # run after a few failures in a row.
-            _close(s)
-            s.failures += 1
-            message = exc.message if isinstance(exc, MailctlError) else f"unexpected {type(exc).__name__}: {exc}"
-            if s.failures >= MAX_FAILURES_IN_A_ROW or isinstance(exc, (AuthError, ConfigError)):
-                s.error = exc if isinstance(exc, MailctlError) else MailctlError(message)
-                report.profile_errors[s.name or "(default)"] = message
-            commit(c, "deferred", message, getattr(exc, "server", None), s.name, time.monotonic() - t0,
-                   error=exc if isinstance(exc, MailctlError) else None)
+            self.connection_trouble(c, s, exc, t0)
             return
         s.failures = 0
-        duration = time.monotonic() - t0
+        self.accepted(c, s, result, time.monotonic() - t0)
+
+    def connect(self, s: _Session, c: ClaimedMessage, t0: float) -> bool:
+        """Open the session's transport; on failure defer `c` (and the profile) and say False."""
+        try:
+            s.transport = self.open_transport(s.profile)
+            s.transport.open()
+            return True
+        except Exception as exc:
+            # whatever goes wrong before a message is on the wire (even a 5xx greeting) is
+            # about the server, not this message: defer, and leave this profile alone for now
+            _close(s)
+            s.error = exc if isinstance(exc, MailctlError) else MailctlError(f"unexpected {type(exc).__name__}: {exc}")
+            self.report.profile_errors[s.name or "(default)"] = s.error.message
+            reply = exc.reply if isinstance(exc, DeliveryError) and exc.reply else s.error.message
+            self.commit(c, "deferred", reply, s.error.server, s.name, time.monotonic() - t0, error=s.error)
+            return False
+
+    def refused(self, c: ClaimedMessage, s: _Session, exc: DeliveryError, t0: float) -> None:
+        """The server refused the message: failed (5xx) or deferred, or, when every recipient
+        was refused with mixed codes, deferred for the 4xx ones (the partial-refusal rule)."""
+        retry = None if exc.permanent else partial_refusal(exc.refused, c.recipients, accepted=False)
+        if retry is not None:
+            # every recipient refused, some for good (5xx): retry only the 4xx ones
+            reply = "refused: " + _refusals(exc.refused or {})
+            self.commit(c, "deferred", reply, exc.server, s.name, time.monotonic() - t0, recipients=retry)
+        else:
+            self.commit(c, "failed" if exc.permanent else "deferred", exc.reply or exc.message, exc.server, s.name,
+                        time.monotonic() - t0)
+
+    def connection_trouble(self, c: ClaimedMessage, s: _Session, exc: Exception, t0: float) -> None:
+        # connection lost, protocol trouble, or a bug: nothing is known to be delivered, so
+        # retry later. Reconnect for the next message, but give up on this profile for this
+        # run after a few failures in a row.
+        _close(s)
+        s.failures += 1
+        err = exc if isinstance(exc, MailctlError) else None
+        message = err.message if err is not None else f"unexpected {type(exc).__name__}: {exc}"
+        if s.failures >= MAX_FAILURES_IN_A_ROW or isinstance(exc, (AuthError, ConfigError)):
+            s.error = err if err is not None else MailctlError(message)
+            self.report.profile_errors[s.name or "(default)"] = message
+        self.commit(c, "deferred", message, err.server if err is not None else None, s.name, time.monotonic() - t0,
+                    error=err)
+
+    def accepted(self, c: ClaimedMessage, s: _Session, result: Any, duration: float) -> None:
+        """The server accepted the message, for every recipient or (partial refusal) some."""
         refused = dict(getattr(result, "refused", None) or {})
-        temporary = [r for r, reply in refused.items() if str(reply).startswith("4")]
         reply = result.reply or ""
         if refused:
-            reply += "; refused: " + "; ".join(f"{r}: {why}" for r, why in refused.items())
-        if temporary:
+            reply += "; refused: " + _refusals(refused)
+        retry = partial_refusal(refused, c.recipients, accepted=True)
+        if retry is not None:
             # delivered to some; retry only the recipients that got a 4xx
-            commit(c, "deferred", reply, result.server, s.name, duration, recipients=temporary)
+            self.commit(c, "deferred", reply, result.server, s.name, duration, recipients=retry)
         else:
-            commit(c, "sent", reply, result.server, s.name, duration)
-
-    notify("start", total=report.due)
-    processed = 0
-    in_batch = 0
-    try:
-        while options.limit is None or processed < options.limit:
-            want = options.claim_size
-            if options.limit is not None:
-                want = min(want, options.limit - processed)
-            if policy.batch_size:
-                want = min(want, policy.batch_size - in_batch)
-            settle()
-            claims = outbox.claim_batch(owner, want, options.lease_seconds, profiles=profiles, ids=options.ids)
-            lease_renewed[0] = clock()
-            if not claims:
-                break
-            report.reclaimed += sum(1 for c in claims if c.reclaimed)
-            for c in claims:
-                deliver(c)
-                processed += 1
-            in_batch += len(claims)
-            if policy.batch_size and in_batch >= policy.batch_size:
-                in_batch = 0
-                more = options.limit is None or processed < options.limit
-                settle()
-                if policy.batch_interval > 0 and more and outbox.count_due(profiles=profiles):
-                    notify("wait", seconds=policy.batch_interval, reason="batch interval")
-                    sleep(policy.batch_interval)
-        settle()
-    except _SettleFailed as exc:
-        raise exc.error from None
-    finally:
-        # stopped early (Ctrl-C, an error): the last result is written if it can be, and rows
-        # we claimed but never tried go back at once
-        try:
-            settle()  # a failed write was taken off the list before it ran: no retry here
-        finally:
-            outbox.release_claims(owner)
-            for s in sessions.values():
-                _close(s)
-
-    if options.purge and policy.retention_days > 0:
-        report.purged = outbox.purge(policy.retention_days * 86400.0)
-    report.remaining = outbox.count_by_state(profiles=profiles)
-    report.duration = time.monotonic() - started
-    notify("done", report=report)
-    return report
+            self.commit(c, "sent", reply, result.server, s.name, duration)
 
 
 class _SettleFailed(BaseException):

@@ -7,6 +7,14 @@ from __future__ import annotations
 import sqlite3
 import time
 
+# attempts.outcome, one row per event in a message's life:
+#   sent, deferred, failed  a delivery attempt; the message's state after it
+#   expired                 given up after max_retry_age: a last attempt that was deferred,
+#                           or no attempt at all (still deferred when a flush started)
+#   interrupted             no result: the flush that was sending it died, and another flush
+#                           claimed it again once its lease ran out (store.claim_batch). It may
+#                           have been delivered; it is tried again (at-least-once).
+# A comment here rather than in a migration's SQL: a shipped migration's text stays as it was.
 MIGRATIONS: list[tuple[str, str]] = [
     (
         "001_messages_and_attempts",
@@ -47,7 +55,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             at          REAL NOT NULL,
             profile     TEXT,
             server      TEXT,
-            outcome     TEXT NOT NULL,              -- sent | deferred | failed | expired
+            outcome     TEXT NOT NULL,              -- sent | deferred | failed | expired | interrupted (see above)
             reply       TEXT,
             duration    REAL
         );

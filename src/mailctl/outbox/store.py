@@ -7,6 +7,10 @@ transaction, so two flushes never hold the same row, and rows of a flush that di
 claimed again once their lease has run out. The result of each delivery is committed before
 the next message's data is sent (flush.py), so a crash can repeat at most one message: the
 one whose reply was in flight or whose result was being written.
+
+`Outbox` is the SQLite implementation of backend.FlushStore, the calls the flush engine makes;
+its records (ClaimedMessage, MessageInfo) are defined there and come out of here built by
+column name (sqlite3.Row), never by position.
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ import os
 import re
 import sqlite3
 import time
-from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from mailctl.errors import ConfigError, MailctlError, NotFoundError, TemporaryFailure, UsageError, ValidationError
+from mailctl.outbox.backend import ClaimedMessage, MessageInfo, _iso
 from mailctl.outbox.envelope import to_crlf
 from mailctl.outbox.schema import migrate
 from mailctl.profiles.model import validate_name
@@ -32,75 +36,6 @@ FINISHED_STATES = ("sent", "failed", "expired")
 
 # qshape-like age buckets (minutes): 0-5, 5-10, 10-20 ... 640-1280, 1280+
 AGE_BUCKETS_MIN = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
-
-
-@dataclass
-class ClaimedMessage:
-    """A message this flush holds the lease on. `raw` is loaded with the claim."""
-
-    id: int
-    profile: str | None
-    sender: str
-    recipients: list[str]
-    raw: bytes
-    attempts: int
-    created_at: float
-    age_base: float
-    message_id: str | None = None
-    reclaimed: bool = False  # a previous flush died while holding it
-
-
-@dataclass
-class MessageInfo:
-    id: int
-    state: str
-    created_at: float
-    updated_at: float
-    profile: str | None
-    sender: str
-    recipients: list[str]
-    message_id: str | None
-    subject: str | None
-    size: int
-    attempts: int
-    next_attempt_at: float | None
-    last_attempt_at: float | None
-    last_reply: str | None
-    last_server: str | None
-    done_at: float | None
-    attempt_log: list[dict[str, Any]] = field(default_factory=list)
-    raw: bytes | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {
-            "id": self.id,
-            "state": self.state,
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-            "profile": self.profile,
-            "sender": self.sender,
-            "recipients": list(self.recipients),
-            "message_id": self.message_id,
-            "subject": self.subject,
-            "size": self.size,
-            "attempts": self.attempts,
-            "next_attempt_at": _iso(self.next_attempt_at) if self.state in ("queued", "deferred") else None,
-            "last_attempt_at": _iso(self.last_attempt_at),
-            "last_reply": self.last_reply,
-            "last_server": self.last_server,
-            "done_at": _iso(self.done_at),
-        }
-        if self.attempt_log:
-            d["attempt_log"] = self.attempt_log
-        return d
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
 
 
 _HEADER_RE = re.compile(rb"^(message-id|subject)[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
@@ -301,47 +236,49 @@ class Outbox:
         now = self.clock()
         if ids is not None and not ids:
             return []
-        extra: list[str] = []
-        extra_params: list[Any] = []
-        extra += self._profile_filter(profiles, extra_params)
+        params: list[Any] = []
+        where = self._profile_filter(profiles, params)
         if ids is not None:
-            extra.append(f"id IN ({','.join('?' * len(ids))})")
-            extra_params += list(ids)
-        tail = "".join(f" AND {w}" for w in extra)
-        # One indexed range scan per state (an OR across states would scan and sort the whole
-        # table on every claim), then merge: oldest due first.
+            where.append(f"id IN ({','.join('?' * len(ids))})")
+            params += list(ids)
         with self._write():
-            rows: list[tuple] = []
-            for cond in ("state='sending' AND lease_until < ?", "state='queued' AND next_attempt_at <= ?",
-                         "state='deferred' AND next_attempt_at <= ?"):
-                rows += self.conn.execute(
-                    "SELECT id, profile, sender, recipients, attempts, created_at, age_base, message_id, state,"
-                    f" next_attempt_at FROM messages WHERE {cond}{tail} ORDER BY next_attempt_at, id LIMIT ?",
-                    [now, *extra_params, int(limit)],
-                ).fetchall()
+            rows = self._due_rows(now, "".join(f" AND {w}" for w in where), params, limit)
             if not rows:
                 return []
-            rows.sort(key=lambda r: (r[9], r[0]))
-            rows = rows[:limit]
-            claimed = [r[0] for r in rows]
-            marks = ",".join("?" * len(claimed))
-            self.conn.execute(
-                f"UPDATE messages SET state='sending', lease_owner=?, lease_until=?, updated_at=? WHERE id IN ({marks})",
-                [owner, now + lease_seconds, now, *claimed],
+            bodies = self._take(rows, owner, now, lease_seconds)
+        return [_claimed(row, bodies.get(row["id"], b"")) for row in rows]
+
+    def _due_rows(self, now: float, tail: str, params: list[Any], limit: int) -> list[sqlite3.Row]:
+        """Up to `limit` due rows (named: sqlite3.Row), oldest due first."""
+        # One indexed range scan per state (an OR across states would scan and sort the whole
+        # table on every claim), then merge: oldest due first.
+        rows: list[sqlite3.Row] = []
+        for cond in _DUE_CONDITIONS:
+            rows += _named(self.conn.execute(
+                f"SELECT {_CLAIM_COLS} FROM messages WHERE {cond}{tail} ORDER BY next_attempt_at, id LIMIT ?",
+                [now, *params, int(limit)],
+            )).fetchall()
+        rows.sort(key=lambda r: (r["next_attempt_at"], r["id"]))
+        return rows[:limit]
+
+    def _take(self, rows: Sequence[sqlite3.Row], owner: str, now: float, lease_seconds: float) -> dict[int, bytes]:
+        """Lease `rows` to `owner` (inside the claim's transaction); returns their raw bytes by id.
+        A row that was still 'sending' (its flush died) gets an 'interrupted' attempt logged."""
+        claimed = [r["id"] for r in rows]
+        marks = ",".join("?" * len(claimed))
+        self.conn.execute(
+            f"UPDATE messages SET state='sending', lease_owner=?, lease_until=?, updated_at=? WHERE id IN ({marks})",
+            [owner, now + lease_seconds, now, *claimed],
+        )
+        bodies = dict(self.conn.execute(f"SELECT message, raw FROM bodies WHERE message IN ({marks})", claimed))
+        reclaimed = [r["id"] for r in rows if r["state"] == "sending"]
+        if reclaimed:
+            self.conn.executemany(
+                "INSERT INTO attempts (message, at, outcome, reply) VALUES (?, ?, 'interrupted',"
+                " 'a flush stopped while sending this message; it may have been delivered')",
+                [(i, now) for i in reclaimed],
             )
-            bodies = dict(self.conn.execute(f"SELECT message, raw FROM bodies WHERE message IN ({marks})", claimed))
-            reclaimed = [r[0] for r in rows if r[8] == "sending"]
-            if reclaimed:
-                self.conn.executemany(
-                    "INSERT INTO attempts (message, at, outcome, reply) VALUES (?, ?, 'interrupted',"
-                    " 'a flush stopped while sending this message; it may have been delivered')",
-                    [(i, now) for i in reclaimed],
-                )
-        return [
-            ClaimedMessage(r[0], r[1], r[2], json.loads(r[3]), bytes(bodies.get(r[0], b"")), r[4], r[5], r[6], r[7],
-                           r[8] == "sending")
-            for r in rows
-        ]
+        return bodies
 
     @staticmethod
     def _profile_filter(profiles: Sequence[str | None] | None, params: list[Any]) -> list[str]:
@@ -428,7 +365,7 @@ class Outbox:
         params: list[Any] = [now - max_age_seconds]
         where = ["state='deferred'", "age_base < ?"] + self._profile_filter(profiles, params)
         with self._write():
-            ids = [r[0] for r in self.conn.execute(f"SELECT id FROM messages WHERE {' AND '.join(where)}", params)]
+            ids = [i for (i,) in self.conn.execute(f"SELECT id FROM messages WHERE {' AND '.join(where)}", params)]
             if ids:
                 self.conn.executemany(
                     "UPDATE messages SET state='expired', done_at=?, updated_at=? WHERE id=?",
@@ -462,9 +399,9 @@ class Outbox:
         extra: list[Any] = []
         tail = "".join(f" AND {w}" for w in self._profile_filter(profiles, extra))
         total = 0
-        for cond in ("state='sending' AND lease_until < ?", "state='queued' AND next_attempt_at <= ?",
-                     "state='deferred' AND next_attempt_at <= ?"):
-            total += self.conn.execute(f"SELECT count(*) FROM messages WHERE {cond}{tail}", [now, *extra]).fetchone()[0]
+        for cond in _DUE_CONDITIONS:
+            (count,) = self.conn.execute(f"SELECT count(*) FROM messages WHERE {cond}{tail}", [now, *extra]).fetchone()
+            total += count
         return total
 
     def count_by_state(self, *, profiles: Sequence[str | None] | None = None) -> dict[str, int]:
@@ -485,7 +422,7 @@ class Outbox:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        for row in self.conn.execute(sql, params):
+        for row in _named(self.conn.execute(sql, params)):
             yield _info(row)
 
     def list(self, *, states: Sequence[str] | None = None, profile: str | None = None, limit: int | None = None) -> Iterator[MessageInfo]:
@@ -503,11 +440,11 @@ class Outbox:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        for row in self.conn.execute(sql, params):
+        for row in _named(self.conn.execute(sql, params)):
             yield _info(row)
 
     def get(self, message_id: int, *, with_raw: bool = False) -> MessageInfo:
-        row = self.conn.execute(f"SELECT {_INFO_COLS} FROM messages WHERE id=?", (message_id,)).fetchone()
+        row = _named(self.conn.execute(f"SELECT {_INFO_COLS} FROM messages WHERE id=?", (message_id,))).fetchone()
         if row is None:
             raise NotFoundError(f"no message {message_id} in the outbox", hint="list them with: mailctl queue list")
         info = _info(row)
@@ -519,8 +456,8 @@ class Outbox:
             )
         ]
         if with_raw:
-            row = self.conn.execute("SELECT raw FROM bodies WHERE message=?", (message_id,)).fetchone()
-            info.raw = bytes(row[0]) if row else b""
+            body = _named(self.conn.execute("SELECT raw FROM bodies WHERE message=?", (message_id,))).fetchone()
+            info.raw = bytes(body["raw"]) if body else b""
         return info
 
     # managing ------------------------------------------------------------
@@ -530,16 +467,16 @@ class Outbox:
         marks = ",".join("?" * len(from_states))
         with self._write():
             if ids is None:
-                target = [r[0] for r in self.conn.execute(f"SELECT id FROM messages WHERE state IN ({marks})", list(from_states))]
+                target = [i for (i,) in self.conn.execute(f"SELECT id FROM messages WHERE state IN ({marks})", list(from_states))]
             else:
                 target = []
                 for i in ids:
-                    row = self.conn.execute("SELECT state FROM messages WHERE id=?", (i,)).fetchone()
+                    row = _named(self.conn.execute("SELECT state FROM messages WHERE id=?", (i,))).fetchone()
                     if row is None:
                         raise NotFoundError(f"no message {i} in the outbox", hint="list them with: mailctl queue list")
-                    if row[0] not in from_states:
+                    if row["state"] not in from_states:
                         raise ValidationError(
-                            f"message {i} is {row[0]}: only {', '.join(from_states)} messages can be {what}"
+                            f"message {i} is {row['state']}: only {', '.join(from_states)} messages can be {what}"
                         )
                     target.append(i)
             for start in range(0, len(target), 500):
@@ -570,15 +507,15 @@ class Outbox:
         now = self.clock()
         with self._write():
             if ids is None:
-                target = [r[0] for r in self.conn.execute(
+                target = [i for (i,) in self.conn.execute(
                     "SELECT id FROM messages WHERE state != 'sending' OR lease_until < ?", (now,))]
             else:
                 target = []
                 for i in ids:
-                    row = self.conn.execute("SELECT state, lease_until FROM messages WHERE id=?", (i,)).fetchone()
+                    row = _named(self.conn.execute("SELECT state, lease_until FROM messages WHERE id=?", (i,))).fetchone()
                     if row is None:
                         raise NotFoundError(f"no message {i} in the outbox", hint="list them with: mailctl queue list")
-                    if row[0] == "sending" and (row[1] or 0) >= now:
+                    if row["state"] == "sending" and (row["lease_until"] or 0) >= now:
                         raise ValidationError(f"message {i} is being sent by a running flush", hint="try again when the flush is done")
                     target.append(i)
             for start in range(0, len(target), 500):
@@ -623,7 +560,7 @@ class Outbox:
                     row = domains[domain] = [0] * len(buckets)
                 row[b] += 1
         ranked = sorted(domains.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
-        oldest = self.conn.execute(f"SELECT min(created_at) FROM messages WHERE state IN ({marks})", PENDING_STATES).fetchone()[0]
+        (oldest,) = self.conn.execute(f"SELECT min(created_at) FROM messages WHERE state IN ({marks})", PENDING_STATES).fetchone()
         return {
             "by_state": by_state,
             "total": sum(by_state.values()),
@@ -645,8 +582,33 @@ _INFO_COLS = ("id, state, created_at, updated_at, profile, sender, recipients, m
               " next_attempt_at, last_attempt_at, last_reply, last_server, done_at")
 
 
-def _info(row: tuple) -> MessageInfo:
-    return MessageInfo(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), *row[7:])
+# due: the three ways a row can be due, each an indexed range scan (params: now)
+_DUE_CONDITIONS = ("state='sending' AND lease_until < ?", "state='queued' AND next_attempt_at <= ?",
+                   "state='deferred' AND next_attempt_at <= ?")
+
+_CLAIM_COLS = "id, profile, sender, recipients, attempts, created_at, age_base, message_id, state, next_attempt_at"
+
+
+def _named(cursor: sqlite3.Cursor) -> sqlite3.Cursor:
+    """Rows of this cursor as sqlite3.Row (by column name); the connection keeps plain tuples."""
+    cursor.row_factory = sqlite3.Row
+    return cursor
+
+
+def _claimed(row: sqlite3.Row, raw: bytes) -> ClaimedMessage:
+    """A claimed row (_CLAIM_COLS) and its body as the record the flush works with."""
+    return ClaimedMessage(
+        id=row["id"], profile=row["profile"], sender=row["sender"], recipients=json.loads(row["recipients"]),
+        raw=bytes(raw), attempts=row["attempts"], created_at=row["created_at"], age_base=row["age_base"],
+        message_id=row["message_id"], reclaimed=row["state"] == "sending",
+    )
+
+
+def _info(row: sqlite3.Row) -> MessageInfo:
+    """A row of _INFO_COLS (whose names are MessageInfo's fields) as a MessageInfo."""
+    fields = dict(zip(row.keys(), row))
+    fields["recipients"] = json.loads(fields["recipients"])
+    return MessageInfo(**fields)
 
 
 class _WriteTxn:
