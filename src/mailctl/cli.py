@@ -33,7 +33,15 @@ def _passthrough_exceptions() -> tuple[type[BaseException], ...]:
 
 
 _PASSTHROUGH = _passthrough_exceptions()
-_typer_fast.install()  # plain options without pydantic: ~90 ms off every command
+_typer_fast.install()  # plain options without pydantic: ~90 ms off every command (never raises)
+
+
+def _internals_changed(step: str, exc: BaseException) -> None:
+    """A use of Typer internals failed and Typer's own path takes over: silent, but say so
+    under MAILCTL_DEBUG=1."""
+    if _debug():
+        typer.echo(f"mailctl: debug: Typer internals changed ({step}: {type(exc).__name__}: {exc}); "
+                   "building commands the way Typer does", err=True)
 
 
 class MailctlGroup(TyperGroup):
@@ -68,7 +76,7 @@ class MailctlGroup(TyperGroup):
             raise typer.Exit(int(exc.exit_code))
         except KeyboardInterrupt:
             typer.echo("Interrupted.", err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(int(ExitCode.INTERRUPTED))
         except BrokenPipeError:
             raise typer.Exit(int(ExitCode.OK))
         except Exception as exc:  # the boundary: never a traceback unless asked for
@@ -143,18 +151,22 @@ def _load_command(name: str):
     module.register(holder, name)
     try:
         group = _lazy_group(holder, name)
-    except (AttributeError, TypeError, ImportError):  # Typer internals moved: build it all, as Typer does
+    except Exception as exc:  # Typer internals moved: build it all, as Typer does
+        _internals_changed(f"deferring the commands of {name!r}", exc)
         group = None
     return group if group is not None else typer.main.get_group(holder).commands.get(name)
 
 
 class _LazyGroup(TyperGroup):
     """A command group whose commands are built from their Typer CommandInfo on first use
-    (`profile list` does not build the 40 field options of `profile add` and `edit`)."""
+    (`profile list` does not build the 40 field options of `profile add` and `edit`). If that
+    build fails (Typer internals changed), every command of the group is built by Typer's own
+    typer.main.get_group instead (_build_all)."""
 
     _pending: dict
     _order: list
     _build: object
+    _build_all: object
 
     def list_commands(self, ctx):
         return list(self._order)
@@ -162,7 +174,15 @@ class _LazyGroup(TyperGroup):
     def get_command(self, ctx, cmd_name):
         cmd = self.commands.get(cmd_name)
         if cmd is None and cmd_name in self._pending:
-            cmd = self._build(self._pending.pop(cmd_name))
+            try:
+                cmd = self._build(self._pending[cmd_name])
+            except Exception as exc:
+                _internals_changed(f"building {self.name} {cmd_name}", exc)
+                built = self._build_all()
+                self.commands.update((n, c) for n, c in built.items() if n not in self.commands)
+                self._pending.clear()
+                return self.commands.get(cmd_name)
+            del self._pending[cmd_name]
             self.commands[cmd_name] = cmd
         return cmd
 
@@ -193,6 +213,7 @@ def _lazy_group(holder: typer.Typer, name: str):
     group._pending = pending
     group._order = list(pending) + [n for n in group.commands if n not in pending]
     group._build = lambda ci: typer.main.get_command_from_info(ci, **settings)
+    group._build_all = lambda: typer.main.get_group(holder).commands[name].commands
     return group
 
 

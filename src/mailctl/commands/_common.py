@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from mailctl.context import AppContext
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+OutboxOpt = Annotated[
+    Optional[str],
+    typer.Option("--outbox", metavar="PATH", help="Outbox file (default: $MAILCTL_OUTBOX, else the data dir)."),
+]
 
 
 def app_context(ctx: typer.Context) -> AppContext:
@@ -29,3 +33,19 @@ def complete_profile_name(incomplete: str) -> list[str]:
     except Exception:  # completion must never fail loudly
         return []
     return [n for n in names if n.startswith(incomplete)]
+
+
+# The profile argument in its variants (the help text differs with what the command does with
+# the default; README's reference is generated from it).
+ProfileArg = Annotated[
+    Optional[str],
+    typer.Argument(help="Profile (default: --profile or the default profile).", autocompletion=complete_profile_name, show_default=False),
+]
+"""An optional profile, defaulting to --profile or the default one (auth)."""
+TestProfileArg = Annotated[
+    Optional[str],
+    typer.Argument(help="Profile to test (default: --profile, the default profile, or the built-in local profile).", autocompletion=complete_profile_name, show_default=False),
+]
+"""An optional profile that may also be the built-in local profile (test connect/send)."""
+ProfileNameArg = Annotated[str, typer.Argument(metavar="NAME", help="Profile name.", autocompletion=complete_profile_name)]
+"""A required name of an existing profile (profile show/edit/delete...)."""

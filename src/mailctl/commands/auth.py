@@ -10,17 +10,13 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mailctl.commands._common import JsonOpt, app_context, complete_profile_name
+from mailctl.commands._common import JsonOpt, ProfileArg, app_context
+from mailctl.errors import ExitCode
 
 auth_app = typer.Typer(
     help="OAuth sign-in for Microsoft 365 and Google (device code, paste/loopback, client credentials, service accounts).",
     no_args_is_help=True,
 )
-
-ProfileArg = Annotated[
-    Optional[str],
-    typer.Argument(help="Profile (default: --profile or the default profile).", autocompletion=complete_profile_name, show_default=False),
-]
 
 
 def register(app: typer.Typer, name: str) -> None:
@@ -155,7 +151,7 @@ def login(
     except KeyboardInterrupt:
         ui.done()
         app.output.stderr.write("\nSign-in cancelled; nothing was stored.\n")
-        raise typer.Exit(130)
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
     ui.done()
     if use_json:
         return app.output.json_lines([{"event": "pending" if result.get("pending") else "signed_in", **result}])
@@ -194,7 +190,7 @@ def status(
     for row in rows if not app.use_json(json_) else []:
         _render_status(app.output, row)
     if needs:
-        raise typer.Exit(77)
+        raise typer.Exit(int(ExitCode.NOPERM))
     codes = [r["error_exit_code"] for r in rows if r.get("error_exit_code")]
     if codes:
         raise typer.Exit(codes[0])

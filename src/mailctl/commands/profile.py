@@ -8,14 +8,13 @@ from typing import Annotated, Any, Callable, List, Optional
 
 import typer
 
-from mailctl.commands._common import JsonOpt, app_context, complete_profile_name
-from mailctl.errors import UsageError, ValidationError
+from mailctl.commands._common import JsonOpt, ProfileNameArg, app_context, complete_profile_name
+from mailctl.errors import ExitCode, UsageError, ValidationError
 from mailctl.profiles import operations as ops
 from mailctl.profiles.model import PROFILE_FIELDS, coerce_cli_value
 
 profile_app = typer.Typer(help="Manage named profiles (TOML file) and their secrets (OS keyring).", no_args_is_help=True)
 
-ProfileArg = Annotated[str, typer.Argument(metavar="NAME", help="Profile name.", autocompletion=complete_profile_name)]
 PasswordStdinOpt = Annotated[
     bool, typer.Option("--password-stdin", help="Read the password / client secret from stdin (first line).")
 ]
@@ -126,7 +125,7 @@ def add(
 @with_field_options
 def edit(
     ctx: typer.Context,
-    name: ProfileArg,
+    name: ProfileNameArg,
     fields: dict,
     unset: Annotated[List[str], typer.Option("--unset", metavar="FIELD", help="Remove a field (repeatable).")] = [],
     password_stdin: PasswordStdinOpt = False,
@@ -188,7 +187,7 @@ def list_(ctx: typer.Context, json_: JsonOpt = False) -> None:
 @profile_app.command("duplicate")
 def duplicate(
     ctx: typer.Context,
-    source: ProfileArg,
+    source: ProfileNameArg,
     new_name: Annotated[Optional[str], typer.Argument(metavar="[NEW]", help="Name of the copy (default: SOURCE_copied).")] = None,
     password_stdin: PasswordStdinOpt = False,
     no_secret: NoSecretOpt = False,
@@ -208,7 +207,7 @@ def duplicate(
 @profile_app.command("delete")
 def delete(
     ctx: typer.Context,
-    name: ProfileArg,
+    name: ProfileNameArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     new_default: Annotated[Optional[str], typer.Option("--new-default", metavar="NAME", help="New default when deleting the default.", autocompletion=complete_profile_name)] = None,
     json_: JsonOpt = False,
@@ -219,7 +218,7 @@ def delete(
         if not sys.stdin.isatty():
             raise UsageError(f"refusing to delete {name!r} without confirmation: pass --yes")
         if not typer.confirm(f"Delete profile {name!r} and its secrets?", default=False):
-            raise typer.Exit(1)
+            raise typer.Exit(int(ExitCode.PROBLEMS))
     result = ops.delete_profile(actx.store, actx.secrets, name, new_default=new_default)
     for warning in result["warnings"]:
         actx.output.warn(warning)
@@ -230,7 +229,7 @@ def delete(
 
 
 @profile_app.command("set-default")
-def set_default(ctx: typer.Context, name: ProfileArg, json_: JsonOpt = False) -> None:
+def set_default(ctx: typer.Context, name: ProfileNameArg, json_: JsonOpt = False) -> None:
     """Make NAME the default profile."""
     actx = app_context(ctx)
     result = ops.set_default(actx.store, name)
@@ -243,7 +242,7 @@ def set_default(ctx: typer.Context, name: ProfileArg, json_: JsonOpt = False) ->
 @profile_app.command("rename")
 def rename(
     ctx: typer.Context,
-    old: ProfileArg,
+    old: ProfileNameArg,
     new: Annotated[str, typer.Argument(metavar="NEW", help="New name.")],
     json_: JsonOpt = False,
 ) -> None:
@@ -284,4 +283,4 @@ def lint(
         actx.output.info("No problems found.")
     failing = {"error", "warning"} if strict else {"error"}
     if any(f.severity in failing for f in findings):
-        raise typer.Exit(1)
+        raise typer.Exit(int(ExitCode.PROBLEMS))

@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from mailctl.commands._common import JsonOpt, app_context, complete_profile_name
+from mailctl.commands._common import JsonOpt, OutboxOpt, app_context, complete_profile_name
 from mailctl.errors import ExitCode, UsageError
 
 queue_app = typer.Typer(
@@ -16,10 +16,6 @@ queue_app = typer.Typer(
     no_args_is_help=True,
 )
 
-OutboxOpt = Annotated[
-    Optional[str],
-    typer.Option("--outbox", metavar="PATH", help="Outbox file (default: $MAILCTL_OUTBOX, else the data dir)."),
-]
 IdsArg = Annotated[Optional[List[int]], typer.Argument(metavar="[ID]...", help="Queue ids.", show_default=False)]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every message this applies to.")]
 

@@ -11,13 +11,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from mailctl.commands._common import JsonOpt, app_context, complete_profile_name
-from mailctl.errors import DeliveryError, ExitCode, UsageError
-
-OutboxOpt = Annotated[
-    Optional[str],
-    typer.Option("--outbox", metavar="PATH", help="Outbox file (default: $MAILCTL_OUTBOX, else the data dir)."),
-]
+from mailctl.commands._common import JsonOpt, OutboxOpt, app_context, complete_profile_name
+from mailctl.errors import UsageError
 
 
 def register(app: typer.Typer, name: str) -> None:
@@ -74,35 +69,32 @@ def send(
 
 
 def _finish(app, outcome, json_: bool, message_id: str | None = None) -> None:
-    data = outcome.to_dict()
-    data["message_id"] = message_id
+    """Render the outcome; its exit_code (decided in mailctl.outbox.service) is the exit status."""
     if app.use_json(json_):
+        data = outcome.to_dict()
+        data["message_id"] = message_id
         app.output.json(data)
-    out = app.output
+    else:
+        _render(app.output, outcome)
+    if outcome.exit_code:
+        raise typer.Exit(int(outcome.exit_code))
+
+
+def _render(out, outcome) -> None:
     if outcome.outcome == "sent":
-        if not app.use_json(json_):
-            out.info(f"Sent via {outcome.server or outcome.profile}: {outcome.reply}".rstrip(": "))
-        return
-    if outcome.outcome == "queued":
-        if not app.use_json(json_):
-            out.line(str(outcome.id))
-            if not outcome.sending_enabled:
-                out.info(f"Sending is disabled (settings: sending_enabled = false): queued as {outcome.id}; "
-                         "it goes out with the first flush after sending is enabled again.")
-            else:
-                out.info(f"Queued as {outcome.id}; the next `mailctl queue flush` sends it.")
+        out.info(f"Sent via {outcome.server or outcome.profile}: {outcome.reply}".rstrip(": "))
+    elif outcome.outcome == "queued":
+        out.line(str(outcome.id))
         if not outcome.sending_enabled:
-            raise typer.Exit(int(ExitCode.TEMPFAIL))
-        return
-    if outcome.outcome == "deferred":
-        if not app.use_json(json_):
-            out.error(f"temporary failure: {outcome.reply}", hint=f"queued as {outcome.id}; `mailctl queue flush` retries it")
-        raise typer.Exit(int(ExitCode.TEMPFAIL))
-    # failed (5xx) or expired
-    if not app.use_json(json_):
+            out.info(f"Sending is disabled (settings: sending_enabled = false): queued as {outcome.id}; "
+                     "it goes out with the first flush after sending is enabled again.")
+        else:
+            out.info(f"Queued as {outcome.id}; the next `mailctl queue flush` sends it.")
+    elif outcome.outcome == "deferred":
+        out.error(f"temporary failure: {outcome.reply}", hint=f"queued as {outcome.id}; `mailctl queue flush` retries it")
+    else:  # failed (5xx) or expired
         out.error(f"the server rejected the message: {outcome.reply}",
                   hint=f"kept in the outbox as {outcome.id} (failed); see: mailctl queue show {outcome.id}")
-    raise typer.Exit(int(ExitCode.PROBLEMS))
 
 
 # --- sendmail -----------------------------------------------------------------------------
@@ -120,7 +112,7 @@ Exit 0 once the message is queued or sent; 1 if the server rejected it; 2 usage;
 
 def sendmail(ctx: typer.Context) -> None:
     from mailctl.outbox import Outbox
-    from mailctl.outbox.sendmail import parse_sendmail_args, prepare_sendmail_message
+    from mailctl.outbox.sendmail import parse_sendmail_args, prepare_sendmail_message, sendmail_exit_code
     from mailctl.outbox.service import submit
 
     app = app_context(ctx)
@@ -133,10 +125,11 @@ def sendmail(ctx: typer.Context) -> None:
     if outcome.outcome in ("failed", "expired"):
         app.output.error(f"the server rejected the message: {outcome.reply}",
                          hint=f"kept in the outbox as {outcome.id}; see: mailctl queue show {outcome.id}")
-        raise typer.Exit(int(ExitCode.PROBLEMS))
-    if outcome.outcome == "deferred":
+    elif outcome.outcome == "deferred":
         app.output.info(f"mailctl sendmail: temporary failure ({outcome.reply}); queued as {outcome.id} for retry.")
-    # sendmail semantics: accepted for delivery is success
+    code = sendmail_exit_code(outcome)  # sendmail semantics: accepted for delivery is success
+    if code:
+        raise typer.Exit(int(code))
 
 
 sendmail.__doc__ = SENDMAIL_HELP

@@ -8,17 +8,13 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from mailctl.commands._common import JsonOpt, app_context, complete_profile_name
+from mailctl.commands._common import JsonOpt, TestProfileArg, app_context
 
 test_app = typer.Typer(
     help="Diagnose a profile: connect step by step, or send a test message (exit codes per stage: see docs/smtp.md).",
     no_args_is_help=True,
 )
 
-ProfileArg = Annotated[
-    Optional[str],
-    typer.Argument(help="Profile to test (default: --profile, the default profile, or the built-in local profile).", autocompletion=complete_profile_name, show_default=False),
-]
 TranscriptOpt = Annotated[bool, typer.Option("--transcript", help="Print the SMTP conversation (credentials and tokens redacted).")]
 
 
@@ -49,7 +45,7 @@ def _load(ctx: typer.Context, name: Optional[str]):
 @test_app.command("connect")
 def connect(
     ctx: typer.Context,
-    profile: ProfileArg = None,
+    profile: TestProfileArg = None,
     quit_after: Annotated[
         Optional[str],
         typer.Option("--quit-after", metavar="STAGE", callback=_quit_after_callback, help="Stop after this stage. SMTP: resolve, connect, tls, banner, ehlo, starttls, auth. Graph/EWS: token, connect, tls (stops before the API request)."),
@@ -68,7 +64,7 @@ def connect(
 @test_app.command("send")
 def send(
     ctx: typer.Context,
-    profile: ProfileArg = None,
+    profile: TestProfileArg = None,
     to: Annotated[List[str], typer.Option("--to", metavar="ADDR", help="Recipient (repeat for more).")] = [],  # noqa: B006 - Typer idiom
     from_: Annotated[Optional[str], typer.Option("--from", metavar="ADDR", help="Sender (default: the profile's from_address).")] = None,
     subject: Annotated[Optional[str], typer.Option("--subject", help="Subject (default: a test subject naming the profile).")] = None,

@@ -5,9 +5,12 @@ From, Date and Message-ID when they are missing)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mailctl.errors import UsageError, ValidationError
+from mailctl.errors import ExitCode, UsageError, ValidationError
+
+if TYPE_CHECKING:
+    from mailctl.outbox.service import SendOutcome
 
 # options that take a value, as separate word or glued (-fADDR)
 _WITH_VALUE = {"f", "r", "F", "B", "N", "R", "V", "X", "C", "L", "h", "q"}
@@ -70,6 +73,12 @@ def parse_sendmail_args(args: list[str]) -> SendmailOptions:
         else:
             raise UsageError(f"sendmail: unknown option {arg}", hint="run: mailctl sendmail --help")
     return opts
+
+
+def sendmail_exit_code(outcome: SendOutcome) -> ExitCode:
+    """sendmail(8)'s exit status: a message accepted for delivery is success, also when it is
+    only queued or deferred for a retry; 1 when the server rejected it (failed, expired)."""
+    return ExitCode.PROBLEMS if outcome.outcome in ("failed", "expired") else ExitCode.OK
 
 
 def read_until_dot(data: bytes) -> bytes:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from mailctl.errors import AuthError, ConfigError
+from mailctl.errors import AuthError, ConfigError, ExitCode
 from mailctl.outbox.flush import FlushOptions, FlushPolicy, FlushReport, MessageOutcome, flush
 from mailctl.outbox.store import Outbox
 
@@ -46,6 +46,19 @@ class SendOutcome:
     server: str | None = None
     profile: str | None = None
     sending_enabled: bool = True
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """`mailctl send`'s exit status: 0 sent, or queued while sending is enabled; 75 deferred
+        after a temporary failure, or queued because sending is disabled; 1 otherwise (rejected
+        with 5xx, expired). sendmail(8) has its own rule: outbox.sendmail.sendmail_exit_code."""
+        if self.outcome == "sent":
+            return ExitCode.OK
+        if self.outcome == "queued":
+            return ExitCode.OK if self.sending_enabled else ExitCode.TEMPFAIL
+        if self.outcome == "deferred":
+            return ExitCode.TEMPFAIL
+        return ExitCode.PROBLEMS
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "outcome": self.outcome, "reply": self.reply, "server": self.server,
