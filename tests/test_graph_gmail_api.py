@@ -12,7 +12,7 @@ from mailctl.errors import AuthError, DeliveryError, ExitCode
 from mailctl.message import build_message, envelope, message_bytes
 from mailctl.secrets import default_resolver
 from mailctl.transports.gmail_api import GmailApiTransport
-from mailctl.transports.http import RetryPolicy
+from mailctl.net.http import RetryPolicy
 
 TOKEN = "ya29.gmail-token-SECRET-555"
 SEND = r"/upload/gmail/v1/users/me/messages/send"

@@ -20,7 +20,7 @@ from mailctl.message import build_message, envelope, message_bytes
 from mailctl.secrets import default_resolver
 from mailctl.transports import open_transport
 from mailctl.transports.graph import GraphTransport, split_attachments, with_envelope_recipients
-from mailctl.transports.http import RetryPolicy, parse_retry_after
+from mailctl.net.http import RetryPolicy, parse_retry_after
 
 TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.graph-token-SECRET-123"
 MAILBOX = "ops@example.com"

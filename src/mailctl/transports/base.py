@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
+import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Generator, Protocol, Union
 
-from mailctl.errors import ConfigError
+from mailctl.errors import ConfigError, MailctlError
 
 
 @dataclass
@@ -31,6 +33,141 @@ class SendResult:
         }
 
 
+class TranscriptRecorder:
+    """Collects a conversation: ("C"|"S"|"*", text, seconds since start). AUTH payloads are
+    replaced by a marker; known secret strings (and their base64 forms) are masked too."""
+
+    REDACTED = "[redacted]"
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, float]] = []
+        self._start = time.perf_counter()
+        self._secrets: list[str] = []
+
+    def add_secret(self, value: str | None) -> None:
+        if not value:
+            return
+        forms = {value, base64.b64encode(value.encode()).decode()}
+        self._secrets.extend(f for f in forms if f and len(f) >= 3)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, self.REDACTED)
+        return text
+
+    def add(self, direction: str, text: str) -> None:
+        self.lines.append((direction, self.redact(text), time.perf_counter() - self._start))
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [{"dir": d, "line": t, "t": round(s, 6)} for d, t, s in self.lines]
+
+    def render(self) -> list[str]:
+        return [f"{d}: {t}" for d, t, _ in self.lines]
+
+
+# --- stages ------------------------------------------------------------------------------
+# A transport that can be diagnosed declares its session as a plan of named stages: a
+# generator of Stage objects. Whoever drives the plan runs each stage's `run` (the transport's
+# own handshake() untimed; `mailctl test` timed, stopping at --quit-after) and sends the result
+# back into the generator; a stage's failure is thrown back into it, so the transport alone
+# decides what happens next (fail over to the alternate server, or give up).
+@dataclass
+class StageInfo:
+    """What a finished stage says: a one-line detail, structured data for --json, and facts
+    for the whole report (tls, certificates, capabilities, result)."""
+
+    detail: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    status: str = "ok"
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable[[], Any] | None = None  # None: the stage is skipped, `skipped` says why
+    describe: Callable[[Any], StageInfo] | None = None
+    server: str = ""
+    skipped: str = ""
+    # the --quit-after names that stop after this stage (None: its own name)
+    stop_names: tuple[str, ...] | None = None
+    on_failure: Callable[[MailctlError], dict[str, Any]] | None = None  # report facts after a failure
+    alternate: bool = False  # the server is the profile's alternate
+    explain: Callable[[MailctlError], Any] | None = None  # the transport's own explanation of a failure
+    detail: str = ""  # what the stage was doing, shown when it fails
+    hidden: bool = False  # shown only when it fails (set-up work that is part of the next stage)
+
+    def stops_at(self, name: str | None) -> bool:
+        return name is not None and name in (self.stop_names if self.stop_names is not None else (self.name,))
+
+
+@dataclass
+class Failover:
+    """Yielded by a plan after a failed stage when it moves on to another server."""
+
+    detail: str
+
+
+@dataclass
+class Checkpoint:
+    """Yielded by a plan where --quit-after names that have no stage of their own stop (an
+    HTTP transport stops before its request for the SMTP stage names)."""
+
+    server: str
+    stop_names: tuple[str, ...]
+    alternate: bool = False
+
+    def stops_at(self, name: str | None) -> bool:
+        return name is not None and name in self.stop_names
+
+
+@dataclass
+class Reached:
+    """Yielded by a plan once the connection stages of a server are done."""
+
+    server: str
+    alternate: bool = False
+
+
+Plan = Generator[Union[Stage, Failover, Checkpoint, Reached], Any, None]
+
+
+def drive(plan: Plan, call: Callable[[Stage], Any], *, on_event: Callable[[Any], None] | None = None,
+          stop_after: str | None = None) -> Stage | Checkpoint | None:
+    """Run a plan: call(stage) runs one stage and returns its value (sent back into the plan);
+    a MailctlError it raises is thrown back into the plan. Events (Failover, Reached) go to
+    on_event. Stops at a Checkpoint for `stop_after`, or after the first stage that
+    stops_at(`stop_after`), and returns it; returns None when the plan ran to its end. An error the plan does not handle propagates."""
+    try:
+        step = next(plan)
+        while True:
+            if isinstance(step, Checkpoint) and step.stops_at(stop_after):
+                plan.close()
+                return step
+            if not isinstance(step, Stage):
+                if on_event is not None:
+                    on_event(step)
+                step = next(plan)
+                continue
+            try:
+                value = call(step)
+            except MailctlError as err:
+                step = plan.throw(err)
+                continue
+            if step.stops_at(stop_after):
+                plan.close()
+                return step
+            step = plan.send(value)
+    except StopIteration:
+        return None
+
+
+def run_untimed(stage: Stage) -> Any:
+    """call() for drive() when nothing is measured: run the stage (skipped ones do nothing)."""
+    return stage.run() if stage.run is not None else None
+
+
 class Transport(Protocol):
     """Opened once, reused for many messages (the outbox sends a batch over one connection).
 
@@ -48,6 +185,26 @@ class Transport(Protocol):
     def __enter__(self) -> "Transport": ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+class StagedTransport(Transport, Protocol):
+    """A transport `mailctl test connect/send` can diagnose. Optional: flush and send need only
+    Transport; a registered transport with these methods gets `test` for free.
+
+    target: what the profile points at (host:port, URL, directory), for the report's header.
+    probe_settings(): the settings that shape the session, for the report.
+    stages(message): the plan (see drive()); with a message, it is sent too.
+    closing_stage(): the stage that ends the session (QUIT), or None when nothing is open.
+    Optional class flags: records_transcript (the constructor takes recorder=, a
+    TranscriptRecorder), has_token_stage (--quit-after token is meaningful)."""
+
+    target: str
+
+    def probe_settings(self) -> dict[str, Any]: ...
+
+    def stages(self, message: Any = None) -> Plan: ...
+
+    def closing_stage(self) -> Stage | None: ...
 
 
 # name -> "module:Class"; modules load only when a profile of that type is used.

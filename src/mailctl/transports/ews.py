@@ -10,10 +10,13 @@ client-credentials (app-only token, full_access_as_app, acting on the mailbox th
 ExchangeImpersonation). The service URL comes from ews_url; autodiscover only when the
 profile asks for it.
 
-TLS and proxy: exchangelib builds its own requests sessions (trust_env on). mailctl gives its
-protocol an HTTPAdapter that forces the profile's verify/CA bundle and proxies on every
-request, so REQUESTS_CA_BUNDLE cannot override ca_file. Exchange Online blocks EWS from
-October 2026 (lint_warnings)."""
+Lifecycle: the same as Graph and the Gmail API (transports.http.SessionTransport): open()
+makes the credentials (the stored password, or the bearer token, fetched once) and the
+profile's session (mailctl.net.http: verify/CA bundle, proxies, timeout), then the exchangelib
+account; close() drops all of them. TLS and proxy: exchangelib sends through its own requests
+sessions (trust_env on); mailctl gives its protocol an HTTPAdapter that forces the session's
+verify and proxies on every request, so REQUESTS_CA_BUNDLE cannot override ca_file. Exchange Online blocks EWS from
+October 2026 (profiles.presets.ews_warnings)."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from mailctl.diagnostics.http_knowledge import explain_ews
+from mailctl.knowledge.http import explain_ews
 from mailctl.errors import (
     AuthError,
     ConfigError,
@@ -33,45 +36,14 @@ from mailctl.errors import (
     TemporaryFailure,
     UnavailableError,
 )
+from mailctl.profiles.presets import ews_warnings
+from mailctl.transports.http_stages import HttpStaged
 from mailctl.transports.base import SendResult
 from mailctl.transports.graph import with_envelope_recipients
-from mailctl.transports.http import bearer_token, proxies_for, tls_settings, user_agent
-
-EXCHANGE_ONLINE_HOSTS = ("outlook.office365.com", "outlook.office.com", "outlook.office365.us",
-                         "outlook-dod.office365.us", "partner.outlook.cn")
-EWS_RETIREMENT_WARNING = (
-    "Exchange Online blocks EWS from October 2026: {host} is Exchange Online. Use a graph profile "
-    "(Graph sendMail) or smtp (smtp.office365.com) for Microsoft 365 mailboxes; EWS stays for "
-    "on-premises Exchange."
-)
+from mailctl.transports.http import SessionTransport, bearer_token, user_agent
 
 Trace = Callable[[str, str, float], None]
 _autodiscover_lock = threading.Lock()
-
-
-def is_exchange_online(url: str | None) -> bool:
-    host = (urlsplit(url).hostname or "").lower() if url else ""
-    return host in EXCHANGE_ONLINE_HOSTS
-
-
-def lint_warnings(profile) -> list[str]:
-    """Warnings `profile lint` and `test connect` show for an ews profile."""
-    values = profile.values if hasattr(profile, "values") else dict(profile)
-    if (values.get("type") or "smtp") != "ews":
-        return []
-    warnings: list[str] = []
-    url = values.get("ews_url") or ""
-    if is_exchange_online(url):
-        warnings.append(EWS_RETIREMENT_WARNING.format(host=urlsplit(url).hostname))
-    elif values.get("autodiscover") and values.get("provider") == "microsoft365":
-        warnings.append(EWS_RETIREMENT_WARNING.format(host="a microsoft365 mailbox"))
-    if url.startswith("http://"):
-        warnings.append("ews_url uses http://: credentials and mail would cross the network unencrypted; use https://")
-    if values.get("autodiscover") and url:
-        warnings.append("autodiscover = true is ignored while ews_url is set (autodiscover only runs without a URL)")
-    if values.get("auth") == "password" and is_exchange_online(url):
-        warnings.append("Exchange Online retired basic authentication for EWS: use auth = oauth or client-credentials")
-    return warnings
 
 
 def _adapter_class(verify, proxies: dict[str, str]):
@@ -96,8 +68,13 @@ def _adapter_class(verify, proxies: dict[str, str]):
     return MailctlEwsAdapter
 
 
-class EwsTransport:
+class EwsTransport(HttpStaged, SessionTransport):
     name = "ews"
+
+    @property
+    def target(self) -> str:
+        """What `mailctl test` names in its header (stages: transports/http_stages.py)."""
+        return self.url or "autodiscover"
 
     def __init__(self, profile, secrets, *, trace: Trace | None = None, **options: Any):
         self.profile = profile
@@ -110,30 +87,20 @@ class EwsTransport:
         username = profile.values.get("username") or ""
         self.mailbox = (profile.values.get("mailbox") or (username if "@" in username else "")
                         or profile.values.get("from_address") or "")
+        self.session = None  # mailctl.net.http session: verify, proxies, timeout for exchangelib
+        self._token: str | None = None  # the bearer token; "" for auth = password
+        self._credentials_made = None  # (exchangelib credentials, "delegate" | "impersonation")
         self.account = None
-        self._tls = None
         self._protocol = None
         self._static_token = False
-        self._force_refresh = False
         self._refreshed = False  # one forced token refresh per transport
-
-    def __enter__(self) -> "EwsTransport":
-        try:
-            self.open()
-        except BaseException:
-            self.close()  # __exit__ will not run: drop the session and its temporary CA bundle
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def server(self) -> str:
         return self.url or "autodiscover"
 
     def warnings(self) -> list[str]:
-        return lint_warnings(self.profile)
+        return ews_warnings(self.profile)
 
     # --- lifecycle ------------------------------------------------------------
     def open(self) -> None:
@@ -150,9 +117,10 @@ class EwsTransport:
         from exchangelib.protocol import CachingProtocol, Protocol
         from exchangelib.version import EXCHANGE_2013, Version
 
-        credentials, access_type = self._credentials()
-        self._tls = tls_settings(self.profile)
-        timeout = float(self.profile.values.get("timeout") or 30)
+        if self._token is None:
+            self._fetch_token()  # the credentials first: a missing password stops before any network
+        super().open()  # the session (verify, proxies, timeout); no network yet
+        credentials, access_type = self._credentials_made
         if not self.url:
             if not self.profile.values.get("autodiscover"):
                 raise ConfigError(
@@ -160,10 +128,10 @@ class EwsTransport:
                     hint=f"mailctl profile edit {self.profile.name} --ews-url https://HOST/EWS/Exchange.asmx (or --autodiscover true)",
                 )
             self.url = self._autodiscover(credentials)
-        proxies = proxies_for(self.profile, self.secrets, self.url)
-        adapter = _adapter_class(self._tls.verify, proxies)
+        adapter = _adapter_class(self.session.verify, self.session.proxies_for(self.url))
         protocol_cls = type(Protocol)("MailctlEwsProtocol", (Protocol,), {
-            "HTTP_ADAPTER_CLS": adapter, "TIMEOUT": timeout, "USERAGENT": user_agent(), "RETRY_WAIT": 1,
+            "HTTP_ADAPTER_CLS": adapter, "TIMEOUT": self.session.default_timeout, "USERAGENT": user_agent(),
+            "RETRY_WAIT": 1,
         })
         from exchangelib.credentials import BaseOAuth2Credentials
 
@@ -202,6 +170,11 @@ class EwsTransport:
         self._emit("account", f"{self.mailbox} via {self.url} ({self.auth}, {access_type})", time.monotonic() - t0)
 
     def close(self) -> None:
+        self._drop_account()
+        self._credentials_made = None
+        super().close()  # the session, its temporary CA bundle and the token
+
+    def _drop_account(self) -> None:
         if self._protocol is not None:
             try:
                 self._protocol.close()
@@ -209,20 +182,22 @@ class EwsTransport:
                 pass
         self._protocol = None
         self.account = None
-        if self._tls is not None:
-            self._tls.cleanup()
-            self._tls = None
 
-    def _credentials(self):
+    def _fetch_token(self, force_refresh: bool = False) -> None:
+        self._credentials_made = self._credentials(force_refresh=force_refresh)
+
+    def _credentials(self, *, force_refresh: bool = False):
         from exchangelib import Credentials, Identity, OAuth2AuthorizationCodeCredentials
 
         if self.auth == "password":
             password = self.secrets.require(self.profile, "password")
             # the login may be DOMAIN\\user or a UPN; the mailbox is self.mailbox
+            self._token = ""  # nothing to fetch: the password is the credential
             return Credentials(self.profile.values.get("username") or self.mailbox, password), "delegate"
         if self.auth in ("oauth", "client-credentials"):
             t0 = time.monotonic()
-            token, self._static_token = bearer_token(self.profile, self.secrets, force_refresh=self._force_refresh)
+            token, self._static_token = bearer_token(self.profile, self.secrets, force_refresh=force_refresh)
+            self._token = token
             self._emit("token", "static access_token secret" if self._static_token else f"{self.auth} token",
                        time.monotonic() - t0)
             token_dict = {"access_token": token, "token_type": "Bearer"}
@@ -243,10 +218,10 @@ class EwsTransport:
         from exchangelib.protocol import BaseProtocol
 
         t0 = time.monotonic()
-        proxies = proxies_for(self.profile, self.secrets, None)
+        proxies = self.session.proxies_for(None)  # the profile's proxy only, as before
         with _autodiscover_lock:
             previous = BaseProtocol.HTTP_ADAPTER_CLS
-            BaseProtocol.HTTP_ADAPTER_CLS = _adapter_class(self._tls.verify, proxies)
+            BaseProtocol.HTTP_ADAPTER_CLS = _adapter_class(self.session.verify, proxies)
             try:
                 account = Account(primary_smtp_address=self.mailbox, credentials=credentials, autodiscover=True)
                 url = account.protocol.service_endpoint
@@ -298,13 +273,11 @@ class EwsTransport:
         return isinstance(exc, UnauthorizedError) or (isinstance(exc, TransportError) and "401" in str(exc))
 
     def _refresh_token(self) -> None:
+        """A fresh token (not the cached one) and an account built with it; the session stays."""
         self._refreshed = True
-        self._force_refresh = True
-        self.close()
-        try:
-            self.open()
-        finally:
-            self._force_refresh = False
+        self._drop_account()
+        self._fetch_token(force_refresh=True)
+        self.open()
 
     def _emit(self, stage: str, detail: str, seconds: float) -> None:
         if self.trace is not None:
@@ -372,10 +345,10 @@ def ews_error(exc: BaseException, *, server: str, stage: str, profile_name: str 
         return exc
     err = _ews_error(exc, server=server, stage=stage, profile_name=profile_name, static_token=static_token, auth=auth)
     name = type(exc).__name__
-    err.error_code = name if name.startswith("Error") else None  # type: ignore[attr-defined]
-    err.stage = stage  # type: ignore[attr-defined]
+    err.error_code = name if name.startswith("Error") else None
+    err.stage = stage
     if isinstance(err, AuthError) and err.error_code is None and "rejected the credentials" in err.message:
-        err.http_status = 401  # type: ignore[attr-defined]
+        err.http_status = 401
     err.__cause__ = exc  # diagnostics look at the exception chain; never shown to users
     return err
 
@@ -401,7 +374,7 @@ def _ews_error(exc: BaseException, *, server: str, stage: str, profile_name: str
             )
         if isinstance(exc, requests.exceptions.ReadTimeout) or "Read timed out" in text:
             return TemporaryFailure(f"EWS at {server} did not answer in time", hint="raise the profile's timeout")
-        from mailctl.transports.http import tidy_reason
+        from mailctl.net.http import tidy_reason
 
         return UnavailableError(f"cannot reach EWS at {server}: {tidy_reason(text)}",
                                 hint="check ews_url, DNS, the network and the profile's proxy")

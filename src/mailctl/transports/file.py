@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mailctl.errors import ConfigError, UnavailableError
 from mailctl.message import strip_bcc
-from mailctl.transports.base import SendResult
+from mailctl.transports.base import Reached, SendResult, Stage, StageInfo
 
 _counter = itertools.count(1)
 
@@ -82,6 +82,26 @@ class FileTransport:
             duration=time.perf_counter() - start,
             location=str(final),
         )
+
+    # --- stages (mailctl test) ---------------------------------------------------------------
+    @property
+    def target(self) -> str:
+        return self.profile.get("maildir") or ""
+
+    def probe_settings(self) -> dict:
+        return {}
+
+    def stages(self, message=None):
+        where = str(self.maildir)
+        yield Stage("maildir", self.open, lambda _v: StageInfo("Maildir ready (tmp, new, cur)"), where)
+        if message is not None:
+            yield Stage("deliver", lambda: self.send(message.raw, message.sender, message.recipients),
+                        lambda result: StageInfo(result.location or "", facts={"result": result.to_dict()}), where)
+        yield Reached(where)
+
+    def closing_stage(self) -> None:
+        self.close()
+        return None
 
     def close(self) -> None:
         self._opened = False

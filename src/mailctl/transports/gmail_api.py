@@ -13,9 +13,10 @@ import time
 from typing import Any, Callable
 
 from mailctl.errors import AuthError, DeliveryError, ExitCode, MailctlError
+from mailctl.net.http import RetryPolicy, request
 from mailctl.transports.base import SendResult
 from mailctl.transports.graph import with_envelope_recipients
-from mailctl.transports.http import RetryPolicy, SessionTransport, bearer_token, request
+from mailctl.transports.http import SessionTransport, bearer_token
 
 GMAIL_ENDPOINT = "https://gmail.googleapis.com"
 MAX_MESSAGE = 35 * 1024 * 1024
@@ -107,6 +108,6 @@ def gmail_error(response, *, server: str, profile_name: str = "PROFILE") -> Mail
     else:
         out = DeliveryError(message, permanent=permanent, code=response.status_code, enhanced=code, text=text,
                             server=server, stage="messages.send", hint=hint, exit_code=exit_code)
-    out.http_status = response.status_code  # type: ignore[attr-defined]
-    out.error_code = code  # type: ignore[attr-defined]
+    out.http_status = response.status_code
+    out.error_code = code
     return out

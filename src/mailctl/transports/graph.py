@@ -11,7 +11,7 @@ Routes, chosen per message:
   saveToSentItems false. Exchange re-renders it: only X- headers survive.
 
 Delegated tokens (auth = oauth) send as /me; app-only tokens (auth = client-credentials) as
-/users/{username}. 429/503 Retry-After is honoured within bounds (transports/http.py)."""
+/users/{username}. 429/503 Retry-After is honoured within bounds (mailctl.net.http.request)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable
 from urllib.parse import quote
 
-from mailctl.diagnostics.http_knowledge import KnownFailure, explain_graph
+from mailctl.knowledge.http import KnownFailure, explain_graph
 from mailctl.errors import (
     AuthError,
     DeliveryError,
@@ -33,9 +33,11 @@ from mailctl.errors import (
     ProtocolError,
     ValidationError,
 )
+from mailctl.net.http import RetryPolicy, request
 from mailctl.profiles.presets import graph_endpoint
+from mailctl.transports.http_stages import HttpStaged
 from mailctl.transports.base import SendResult
-from mailctl.transports.http import RetryPolicy, SessionTransport, bearer_token, request
+from mailctl.transports.http import SessionTransport, bearer_token
 
 # sendMail and message-create requests are limited to 4 MB; base64 grows by 4/3, so stay a
 # little under 3 MiB of MIME (3,000,000 bytes -> 4,000,000 bytes of base64).
@@ -47,8 +49,13 @@ UPLOAD_CHUNK = 320 * 1024 * 10  # chunks must be multiples of 320 KiB (and under
 Trace = Callable[[str, str, float], None]  # (stage, detail, seconds)
 
 
-class GraphTransport(SessionTransport):
+class GraphTransport(HttpStaged, SessionTransport):
     name = "graph"
+
+    @property
+    def target(self) -> str:
+        """What `mailctl test` names in its header (stages: transports/http_stages.py)."""
+        return self.endpoint
 
     def __init__(self, profile, secrets, *, retry: RetryPolicy | None = None, trace: Trace | None = None, **options: Any):
         self.profile = profile
@@ -64,8 +71,6 @@ class GraphTransport(SessionTransport):
         self._static_token = False
         self.last_route: str | None = None  # mime | upload-session | json
 
-    def _fetch_token(self, force_refresh: bool = False) -> None:
-        self._token, self._static = bearer_token(self.profile, self.secrets, force_refresh=force_refresh)
     @property
     def mailbox_path(self) -> str:
         mailbox = self.profile.values.get("mailbox") or ""
@@ -234,9 +239,9 @@ def graph_error(response, *, server: str, stage: str, static_token: bool = False
     """A mailctl error for a Graph error reply, with the knowledge base's hint and exit code."""
     err = _graph_error(response, server=server, stage=stage, static_token=static_token, profile_name=profile_name)
     # What diagnostics' knowledge base matches on (Facts.http_status / error_code).
-    err.http_status = response.status_code  # type: ignore[attr-defined]
-    err.error_code = _error_body(response)[0]  # type: ignore[attr-defined]
-    err.stage = stage  # type: ignore[attr-defined]
+    err.http_status = response.status_code
+    err.error_code = _error_body(response)[0]
+    err.stage = stage
     return err
 
 

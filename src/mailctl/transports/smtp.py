@@ -8,12 +8,11 @@ sent unencrypted unless allow_insecure_auth. When the primary server cannot be r
 connect, TLS handshake, no greeting) the alternate server is tried.
 
 Every failure is a MailctlError carrying `stage`, `server` and a hint from the knowledge base
-(mailctl.diagnostics.knowledge), with the low-level exception as __cause__."""
+(mailctl.knowledge.smtp), with the low-level exception as __cause__."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import dataclasses
 import re
 import smtplib
 import socket
@@ -32,7 +31,9 @@ from mailctl.errors import (
     UnavailableError,
 )
 from mailctl.message import strip_bcc
-from mailctl.transports.base import SendResult
+from mailctl.oauth import xoauth2_string
+from mailctl.net.tls import fingerprint_of, format_fingerprint, normalise_fingerprint, socket_context
+from mailctl.transports.base import Failover, Reached, SendResult, Stage, StageInfo, TranscriptRecorder, drive, run_untimed
 
 # Exit codes per stage when the knowledge base has nothing more specific (docs/smtp.md).
 _STAGE_5XX_EXIT = {
@@ -71,7 +72,7 @@ def _decode(resp: bytes | str) -> str:
 
 def split_reply(resp: bytes | str) -> tuple[str | None, str]:
     """Reply text -> (enhanced status code or None, text without it; lines joined by a space)."""
-    from mailctl.diagnostics.knowledge import split_enhanced
+    from mailctl.knowledge.smtp import split_enhanced
 
     lines = _decode(resp).splitlines() or [""]
     enhanced, first = split_enhanced(lines[0])
@@ -83,7 +84,7 @@ def split_reply(resp: bytes | str) -> tuple[str | None, str]:
 
 
 def _hint_for(err: BaseException, context: dict[str, Any]):
-    from mailctl.diagnostics.knowledge import explain
+    from mailctl.knowledge.smtp import explain
 
     return explain(err, context=context)
 
@@ -97,39 +98,6 @@ class Server:
     @property
     def address(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-class TranscriptRecorder:
-    """Collects the SMTP conversation: ("C"|"S"|"*", text, seconds since start). AUTH payloads
-    are replaced by a marker; known secret strings (and their base64 forms) are masked too."""
-
-    REDACTED = "[redacted]"
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, float]] = []
-        self._start = time.perf_counter()
-        self._secrets: list[str] = []
-
-    def add_secret(self, value: str | None) -> None:
-        if not value:
-            return
-        forms = {value, base64.b64encode(value.encode()).decode()}
-        self._secrets.extend(f for f in forms if f and len(f) >= 3)
-
-    def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, self.REDACTED)
-        return text
-
-    def add(self, direction: str, text: str) -> None:
-        self.lines.append((direction, self.redact(text), time.perf_counter() - self._start))
-
-    def to_list(self) -> list[dict[str, Any]]:
-        return [{"dir": d, "line": t, "t": round(s, 6)} for d, t, s in self.lines]
-
-    def render(self) -> list[str]:
-        return [f"{d}: {t}" for d, t, _ in self.lines]
 
 
 class SmtpSession(smtplib.SMTP):
@@ -208,42 +176,9 @@ class RecordingSmtpSession(SmtpSession):
 
 
 def make_tls_context(profile) -> tuple[ssl.SSLContext, str]:
-    """(context, how the peer is verified: 'system', 'ca_file', 'fingerprint', 'none')."""
-    pin = (profile.get("tls_fingerprint") or "").strip()
-    verify = profile.get("tls_verify", True)
-    if isinstance(verify, str):
-        verify = verify.lower() not in ("false", "0", "no", "off")
-    ca_file = profile.get("ca_file") or ""
-    ctx = ssl.create_default_context()
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    mode = "system"
-    if ca_file:
-        try:
-            ctx.load_verify_locations(cafile=str(ca_file))
-        except (FileNotFoundError, IsADirectoryError):
-            raise ConfigError(f"ca_file {ca_file}: no such file") from None
-        except ssl.SSLError as exc:
-            raise ConfigError(f"ca_file {ca_file}: not a PEM CA bundle ({exc.reason or exc})") from None
-        mode = "ca_file"
-    if pin:
-        # A pin replaces CA verification (like msmtp's tls_fingerprint): the certificate's
-        # SHA-256 must match exactly, checked right after the handshake.
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        mode = "fingerprint"
-    elif not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        mode = "none"
-    return ctx, mode
-
-
-def normalise_fingerprint(value: str) -> str:
-    return re.sub(r"[^0-9a-f]", "", value.lower())
-
-
-def format_fingerprint(digest: bytes) -> str:
-    return ":".join(f"{b:02X}" for b in digest)
+    """(context, how the peer is verified: 'system', 'ca_file', 'fingerprint', 'none'), from
+    the one TLS builder (mailctl.net.tls). A pin is checked right after the handshake."""
+    return socket_context(getattr(profile, "values", profile), getattr(profile, "name", ""))
 
 
 def default_ehlo_name() -> str:
@@ -255,28 +190,19 @@ def default_ehlo_name() -> str:
 
 
 def _oauth_token(profile, secrets, *, force_refresh: bool = False) -> str:
-    """An XOAUTH2 bearer token: the oauth package when it is there; a stored static
-    access_token otherwise (and always when one is stored and no refresh is asked for)."""
+    """An XOAUTH2 bearer token: a stored static access_token when there is one and no refresh
+    is asked for; otherwise from mailctl.oauth (delegated cache or client credentials)."""
+    from mailctl.oauth import get_access_token
+
     static = secrets.get(profile, "access_token") if secrets is not None else None
     if static and not force_refresh:
         return static
-    try:
-        from mailctl.oauth import get_access_token  # type: ignore[attr-defined]
-    except ImportError:
-        get_access_token = None
-    if get_access_token is None:
-        if static:
-            return static
-        return secrets.require(profile, "access_token")
     return get_access_token(profile, secrets, force_refresh=force_refresh)
-
-
-def xoauth2_string(user: str, token: str) -> str:
-    return f"user={user}\x01auth=Bearer {token}\x01\x01"
 
 
 class SmtpTransport:
     name = "smtp"
+    records_transcript = True  # the constructor takes recorder= (test connect/send --transcript)
 
     def __init__(self, profile, secrets, *, recorder: TranscriptRecorder | None = None, **options: Any) -> None:
         self.profile = profile
@@ -316,18 +242,18 @@ class SmtpTransport:
     def _error(self, err: MailctlError, stage: str, cause: BaseException | None = None, failure_id: str | None = None, server: Server | None = None) -> MailctlError:
         """Annotate an error with stage/server, a knowledge-base hint and exit code."""
         server = server or self.server or self.servers[0]
-        err.stage = stage  # type: ignore[attr-defined]
-        err.server = server.address  # type: ignore[attr-defined]
+        err.stage = stage
+        err.server = server.address
         if failure_id:
-            err.failure_id = failure_id  # type: ignore[attr-defined]
+            err.failure_id = failure_id
         if cause is not None and err.__cause__ is None:
             err.__cause__ = cause
         explanation = _hint_for(err, self._context(server))
         if explanation is not None:
-            err.explanation = explanation  # type: ignore[attr-defined]
+            err.explanation = explanation
             if not err.hint:
                 err.hint = explanation.fix
-            if explanation.exit_code is not None and not getattr(err, "_exit_fixed", False):
+            if explanation.exit_code is not None:
                 err.exit_code = explanation.exit_code
         return err
 
@@ -339,10 +265,10 @@ class SmtpTransport:
         permanent = code >= 500
         if stage == "auth" and permanent:
             err: MailctlError = AuthError(message)
-            err.code, err.enhanced, err.text, err.permanent = code, enhanced, text, True  # type: ignore[attr-defined]
+            err.code, err.enhanced, err.text, err.permanent = code, enhanced, text, True
         elif stage in ("ehlo", "starttls") and permanent and code != 421:
             err = ProtocolError(message)
-            err.code, err.enhanced, err.text, err.permanent = code, enhanced, text, True  # type: ignore[attr-defined]
+            err.code, err.enhanced, err.text, err.permanent = code, enhanced, text, True
         else:
             err = DeliveryError(
                 message,
@@ -368,7 +294,7 @@ class SmtpTransport:
 
     def proxy_spec(self):
         if self._proxy is None and self.profile.get("proxy"):
-            from mailctl.transports.proxy import parse_proxy
+            from mailctl.net.proxy import parse_proxy
 
             url = self.profile.get("proxy")
             password = self.secrets.get(self.profile, "proxy_password") if self.secrets is not None else None
@@ -399,7 +325,7 @@ class SmtpTransport:
         proxy = self.proxy_spec()
         try:
             if proxy is not None:
-                from mailctl.transports.proxy import connect_via_proxy
+                from mailctl.net.proxy import connect_via_proxy
 
                 sock = connect_via_proxy(proxy, server.host, server.port, self.timeout)
             else:
@@ -468,7 +394,7 @@ class SmtpTransport:
         session.file = None
         if self.tls_mode == "fingerprint":
             der = session.sock.getpeercert(binary_form=True) or b""
-            got = hashlib.sha256(der).hexdigest()
+            got = fingerprint_of(der)
             want = normalise_fingerprint(self.profile.get("tls_fingerprint"))
             if got != want:
                 self._drop()
@@ -577,7 +503,7 @@ class SmtpTransport:
             try:
                 self._auth_once(session, mech, username, secret)
             except smtplib.SMTPAuthenticationError as exc:
-                if mech == "XOAUTH2" and exc.smtp_code == 535 and self._can_refresh():
+                if mech == "XOAUTH2" and exc.smtp_code == 535:
                     if self.recorder is not None:
                         self.recorder.add("*", "token refused; refreshing it once and retrying AUTH")
                     try:
@@ -599,13 +525,6 @@ class SmtpTransport:
         self.authenticated_as = username
         self.auth_mechanism = mech
         return mech
-
-    def _can_refresh(self) -> bool:
-        try:
-            from mailctl.oauth import get_access_token  # type: ignore[attr-defined] # noqa: F401
-        except ImportError:
-            return False
-        return True
 
     def _credential(self, method: str, *, force_refresh: bool = False) -> str:
         if method == "password":
@@ -660,44 +579,210 @@ class SmtpTransport:
             except OSError:
                 pass
 
-    # --- the session as a whole -----------------------------------------------------------
-    def handshake(self, server: Server) -> None:
-        """Everything up to (not including) AUTH on one server."""
-        addrs = None if self.proxy_spec() is not None else self.resolve(server)
-        self.connect(server, addrs)
-        if self.security == "tls":
-            self.tls_handshake()
-        self.banner()
-        self.ehlo()
+    # --- the session as a plan of stages (transports.base.drive) --------------------------
+    @property
+    def target(self) -> str:
+        return self.servers[0].address
+
+    def probe_settings(self) -> dict[str, Any]:
+        return {
+            "security": self.security,
+            "auth": self.auth_method,
+            "username": self.profile.get("username") or None,
+            "ehlo_name": self.ehlo_name,
+            "timeout": self.timeout,
+            "proxy": self._proxy_display(),
+            "alternate": self.servers[1].address if len(self.servers) > 1 else None,
+        }
+
+    def _proxy_display(self) -> str | None:
+        try:
+            proxy = self.proxy_spec()
+        except MailctlError:  # reported by the plan's first step, as a configuration error
+            return None
+        return proxy.display if proxy is not None else None
+
+    def stages(self, message=None, *, combine_failures: bool = False):
+        """The session as named stages: resolve, connect, tls, banner, ehlo, starttls,
+        ehlo_tls (per server, failing over to the alternate when one cannot be reached), then
+        auth, and with a message (sender, recipients, raw) mail, rcpt and data.
+
+        combine_failures: when every server fails, raise the primary's error with all the
+        failures in its message (open()); otherwise the last server's error (test)."""
+        self.proxy_spec()  # a bad proxy URL is a configuration error before any stage
+        self.attempts = []
+        failures: list[MailctlError] = []
+        for index, server in enumerate(self.servers):
+            try:
+                yield from self._connection_stages(server)
+                break
+            except UnavailableError as err:  # cannot reach this one: DNS, connect, TLS, greeting
+                failures.append(err)
+                self.attempts.append({"server": server.address, "stage": err.stage, "error": err.message})
+                self._drop()
+                if index + 1 == len(self.servers):
+                    if not combine_failures:
+                        raise
+                    first = failures[0]
+                    if len(failures) > 1:  # say what happened on every server; the hint is the primary's
+                        first.message = "; ".join(f.message for f in failures)
+                        first.args = (first.message,)
+                    raise first from None
+                yield Failover(f"failing over to the alternate server {self.servers[index + 1].address}")
+        yield Reached(server.address, server.alternate)
+        address = server.address
+        if self.auth_method == "none":
+            yield Stage("auth", server=address, skipped="auth = none", alternate=server.alternate)
+        else:
+            yield Stage("auth", self.authenticate, self._describe_auth, address, alternate=server.alternate)
+        if message is not None:
+            yield from self._message_stages(server, message)
+
+    def _connection_stages(self, server: Server):
+        address, alt = server.address, server.alternate
+        proxy = self.proxy_spec()
+        if proxy is not None:
+            why = f"resolved by the proxy {proxy.display}" if proxy.scheme != "socks5" else "resolved when connecting through the proxy"
+            addrs = yield Stage("resolve", server=address, skipped=why, alternate=alt)
+        else:
+            addrs = yield Stage("resolve", lambda: self.resolve(server), _describe_addrs, address, alternate=alt)
+        implicit = self.security == "tls"
+        yield Stage("connect", lambda: self.connect(server, addrs), lambda _v: self._describe_peer(), address,
+                    stop_names=() if implicit else ("connect",) if self.security == "starttls" else ("connect", "tls"),
+                    alternate=alt)
+        if implicit:
+            yield Stage("tls", self.tls_handshake, lambda _v: self._describe_tls(), address, stop_names=("tls", "connect"),
+                        on_failure=lambda err: self._failed_certificate_facts(server, err), alternate=alt)
+        yield Stage("banner", self.banner, _describe_banner, address, alternate=alt)
+        caps: dict[str, Any] = {}
+        yield Stage("ehlo", self.ehlo, lambda _v: self._describe_caps(caps), address, alternate=alt)
         if self.security == "starttls":
-            self.starttls()
-            self.ehlo()
+            yield Stage("starttls", self.starttls, lambda _v: self._describe_tls(), address, stop_names=(),
+                        on_failure=lambda err: self._failed_certificate_facts(server, err), alternate=alt)
+            yield Stage("ehlo_tls", self.ehlo, lambda _v: self._describe_caps(caps), address, stop_names=("starttls", "tls"),
+                        alternate=alt)
+        else:
+            why = "security = tls (implicit TLS)" if implicit else "security = none: the connection is NOT encrypted"
+            yield Stage("starttls", server=address, skipped=why, alternate=alt)
+
+    def _message_stages(self, server: Server, message):
+        address, alt = server.address, server.alternate
+        raw = strip_bcc(message.raw)
+        sender, recipients = message.sender, message.recipients
+        yield Stage("mail", lambda: self.mail_from(sender, raw, recipients),
+                    lambda v: StageInfo(f"{v[0]} {v[1]}", {"sender": sender}), address, alternate=alt)
+        refused = yield Stage("rcpt", lambda: self.rcpt_to(recipients), lambda r: _describe_rcpt(recipients, r), address,
+                              alternate=alt)
+        yield Stage("data", lambda: self.send_data(raw), lambda v: _describe_data(server, v, refused or {}), address,
+                    alternate=alt)
+
+    def closing_stage(self) -> Stage | None:
+        if self.session is None:
+            return None
+        server = self.server
+        return Stage("quit", self.quit, _describe_quit, server.address if server else "")
+
+    def handshake(self, server: Server) -> None:
+        """Everything up to (not including) AUTH on one server, untimed."""
+        drive(self._connection_stages(server), run_untimed)
 
     def open(self) -> None:
         if self.session is not None:
             return
-        self.attempts = []
-        failures: list[MailctlError] = []
-        for server in self.servers:
-            try:
-                self.handshake(server)
-                break
-            except UnavailableError as err:  # cannot reach this one: DNS, connect, TLS, greeting
-                failures.append(err)
-                self.attempts.append({"server": server.address, "stage": getattr(err, "stage", None), "error": err.message})
-                self._drop()
-                continue
-        else:
-            first = failures[0]
-            if len(failures) > 1:  # say what happened on every server; the hint is the primary's
-                first.message = "; ".join(f.message for f in failures)
-                first.args = (first.message,)
-            raise first
         try:
-            self.authenticate()
+            drive(self.stages(combine_failures=True), run_untimed)
         except BaseException:
             self._drop()
             raise
+
+    # --- what each stage says (test connect/send) ------------------------------------------
+    def _describe_peer(self) -> StageInfo:
+        try:
+            peer = self.session.sock.getpeername()
+            text = f"{peer[0]}:{peer[1]}"
+        except (OSError, AttributeError):
+            text = ""
+        proxy = self.proxy_spec()
+        if proxy is not None:
+            return StageInfo(f"through {proxy.display}", {"proxy": proxy.display, "peer": text})
+        return StageInfo(text, {"peer": text})
+
+    def _verification_text(self) -> str:
+        mode = self.tls_mode
+        if mode == "fingerprint":
+            return "ok: certificate matches the pinned SHA-256 fingerprint"
+        if mode == "none":
+            return "NOT verified (tls_verify = false)"
+        if mode == "ca_file":
+            return f"ok: chain verified (system store + ca_file {self.profile.get('ca_file')}), host name matches"
+        return "ok: chain verified (system store), host name matches"
+
+    def _describe_tls(self) -> StageInfo:
+        from mailctl.net.certs import describe_certificate, peer_chain
+
+        sock = self.session.sock
+        cipher = sock.cipher() or ("", "", 0)
+        info = {"version": sock.version(), "cipher": cipher[0], "bits": cipher[2], "verification": self._verification_text()}
+        certificates = [describe_certificate(der) for der in peer_chain(sock)]
+        return StageInfo(f"{info['version']} {info['cipher']}; {info['verification']}", dict(info),
+                         {"tls": info, "certificates": certificates})
+
+    def _describe_caps(self, before_tls: dict[str, Any]) -> StageInfo:
+        caps = capabilities_of(self.session)
+        if before_tls.get("starttls"):
+            caps["starttls"] = True  # offered before TLS; a server stops advertising it afterwards
+        before_tls.clear()
+        before_tls.update(caps)
+        names = []
+        if caps.get("size") is not None:
+            names.append(f"SIZE {caps['size']}")
+        if caps["auth"]:
+            names.append("AUTH " + " ".join(caps["auth"]))
+        names += [k.upper() for k in ("starttls", "pipelining", "smtputf8", "8bitmime", "chunking") if caps.get(k)]
+        return StageInfo(", ".join(names), {"capabilities": {k: v for k, v in caps.items() if k != "all"}},
+                         {"capabilities": caps})
+
+    def _describe_auth(self, mech) -> StageInfo:
+        return StageInfo(f"authenticated as {self.authenticated_as} with {mech}",
+                         {"mechanism": mech, "username": self.authenticated_as})
+
+    def _failed_certificate_facts(self, server: Server, err: MailctlError) -> dict[str, Any]:
+        """After a verification failure: the certificate the server showed, fetched again
+        without verifying (nothing but EHLO/STARTTLS is sent on that connection)."""
+        if not isinstance(err.__cause__, ssl.SSLCertVerificationError) and err.failure_id != "tls-fingerprint-mismatch":
+            return {}
+        from mailctl.net.certs import describe_certificate
+
+        chain = self._unverified_chain(server)
+        if not chain:
+            return {}
+        return {"certificates": [describe_certificate(der) for der in chain],
+                "tls": {"version": None, "cipher": None, "bits": None, "verification": f"FAILED: {err.message}"}}
+
+    def _unverified_chain(self, server: Server) -> list[bytes]:
+        from mailctl.net.certs import peer_chain
+
+        values = dict(self.profile.values)
+        values.update({"tls_verify": False, "tls_fingerprint": "", "auth": "none"})
+        try:
+            copy = dataclasses.replace(self.profile, values=values)
+        except TypeError:  # pragma: no cover - not a dataclass
+            return []
+        transport = SmtpTransport(copy, self.secrets)
+        transport.timeout = min(transport.timeout, 10.0)
+        try:
+            transport.connect(server, None if transport.proxy_spec() else transport.resolve(server))
+            if transport.security == "tls":
+                transport.tls_handshake()
+            else:
+                transport.banner()
+                transport.ehlo()
+                transport.starttls()
+            return peer_chain(transport.session.sock)
+        except Exception:
+            return []
+        finally:
+            transport._drop()
 
     def mail_from(self, sender: str, raw: bytes, recipients: list[str],
                   while_waiting: Callable[[], None] | None = None) -> tuple[int, str]:
@@ -739,7 +824,7 @@ class SmtpTransport:
             err = self._fail_message("rcpt", code, resp, f"RCPT TO:<{first_rcpt}>")
             if any(c < 500 for c, _ in refused.values()) and isinstance(err, DeliveryError):
                 err.permanent = False
-            err.refused = {r: f"{c} {_decode(m)}".replace("\n", " ") for r, (c, m) in refused.items()}  # type: ignore[attr-defined]
+            err.refused = {r: f"{c} {_decode(m)}".replace("\n", " ") for r, (c, m) in refused.items()}
             raise err
         return {r: f"{c} {_decode(m)}".replace("\n", " ") for r, (c, m) in refused.items()}
 
@@ -800,3 +885,59 @@ class SmtpTransport:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+CAPABILITY_KEYS = ("size", "auth", "pipelining", "smtputf8", "8bitmime", "starttls", "chunking", "dsn", "enhancedstatuscodes")
+
+
+def capabilities_of(session) -> dict[str, Any]:
+    features = dict(session.esmtp_features)
+    caps: dict[str, Any] = {}
+    if "size" in features:
+        size = features["size"].strip()
+        caps["size"] = int(size) if size.isdigit() else size or None
+    caps["auth"] = features.get("auth", "").upper().split() if "auth" in features else []
+    for key in ("pipelining", "smtputf8", "8bitmime", "starttls", "chunking", "dsn", "enhancedstatuscodes"):
+        caps[key] = key in features
+    caps["all"] = {k: v for k, v in features.items()}
+    return caps
+
+
+def _describe_addrs(addrs) -> StageInfo:
+    seen: list[str] = []
+    for *_rest, sockaddr in addrs:
+        if sockaddr[0] not in seen:
+            seen.append(sockaddr[0])
+    return StageInfo(", ".join(seen), {"addresses": seen})
+
+
+def _describe_banner(value) -> StageInfo:
+    code, text = value
+    return StageInfo(f"{code} {text}".replace("\n", " "), {"code": code, "text": text})
+
+
+def _describe_rcpt(recipients: list[str], refused: dict[str, str]) -> StageInfo:
+    if refused:
+        detail = f"{len(recipients) - len(refused)} accepted, {len(refused)} refused"
+    else:
+        detail = f"{len(recipients)} accepted"
+    return StageInfo(detail, {"recipients": recipients, "refused": refused})
+
+
+def _describe_data(server: Server, value, refused: dict[str, str]) -> StageInfo:
+    code, text = value
+    result = {
+        "server": server.address,
+        "reply": f"{code} {text}".replace("\n", " "),
+        "queue_id": queue_id_of(text),
+        "refused": refused,
+        "used_alternate": server.alternate,
+    }
+    return StageInfo(f"{code} {text}".replace("\n", " "), {"code": code, "text": text, "queue_id": queue_id_of(text)},
+                     {"result": result})
+
+
+def _describe_quit(reply) -> StageInfo:
+    if not reply:
+        return StageInfo("connection closed", status="skipped")
+    return StageInfo(f"{reply[0]} {_decode(reply[1])}")

@@ -1,13 +1,17 @@
-"""Reaching a server through a proxy: socks5:// (local DNS), socks5h:// (the proxy resolves)
-via PySocks, and http:// with CONNECT written by hand. The user name comes from the URL, the
-password from the secret store (kind proxy_password), never from the profiles file."""
+"""Proxies. For sockets (SMTP): socks5:// (local DNS), socks5h:// (the proxy resolves) via
+PySocks, and http:// with CONNECT written by hand (parse_proxy, connect_via_proxy). For
+requests (HTTP): the URL it gets (requests_proxy_url). The user name comes from the URL, the
+password from the secret store (kind proxy_password), never from the profiles file: callers
+look it up and pass it in.
+
+PySocks is imported inside functions only."""
 
 from __future__ import annotations
 
 import base64
 import socket
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from mailctl.errors import AuthError, ConfigError, UnavailableError
 
@@ -47,10 +51,35 @@ def parse_proxy(url: str, password: str | None = None) -> ProxySpec:
     )
 
 
+def needs_password(url: str) -> bool:
+    """Whether a proxy URL names a user but carries no password (look up proxy_password)."""
+    parts = urlsplit(url)
+    return bool(parts.username and not parts.password)
+
+
+def requests_proxy_url(url: str, password: str | None = None) -> str:
+    """The proxy URL requests gets: the password filled in (when the URL names a user and has
+    none), and socks5:// as socks5h:// so that the proxy resolves names (the usual reason to
+    use one). "" for no proxy."""
+    proxy = url or ""
+    if not proxy:
+        return ""
+    parts = urlsplit(proxy)
+    if parts.username and not parts.password and password:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{quote(parts.username, safe='')}:{quote(password, safe='')}@{host}"
+        if parts.port:
+            netloc += f":{parts.port}"
+        proxy = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    if proxy.startswith("socks5://"):
+        proxy = "socks5h://" + proxy[len("socks5://"):]
+    return proxy
+
+
 def _fail(message: str, failure_id: str, exc: BaseException | None = None, cls=UnavailableError):
-    err = cls(message)
-    err.failure_id = failure_id  # type: ignore[attr-defined]
-    err.stage = "connect"  # type: ignore[attr-defined]
+    err = cls(message).with_context(failure_id=failure_id, stage="connect")
     if exc is not None:
         err.__cause__ = exc
     return err

@@ -1,0 +1,232 @@
+"""The one TLS builder: a profile's tls_verify, ca_file and tls_fingerprint -> how the peer is
+verified, as an ssl.SSLContext for sockets (SMTP) and as the `verify=` value requests needs
+(Graph, EWS, Gmail API, the identity providers).
+
+Modes (TlsConfig.mode):
+- system:      the system CA store, host name checked.
+- ca_file:     the system CA store plus the profile's ca_file (an *extra* CA, never a
+               replacement), host name checked.
+- fingerprint: a SHA-256 pin of the server certificate replaces CA verification (like msmtp's
+               tls_fingerprint): the context does not verify, the caller compares
+               TlsConfig.matches(peer_der) right after the handshake.
+- none:        tls_verify = false: nothing is verified (the user's explicit choice).
+
+Sockets get TLS >= 1.2. requests cannot pin a certificate, so for HTTP a pin is not applied
+and the chain is verified as the other two values say (as before: tls_fingerprint is an SMTP
+setting). requests needs a file for `verify=`: the system bundle (system_ca_bundle()), or a
+temporary PEM bundle of the system CAs plus ca_file, or False.
+
+The two consumers word a bad ca_file differently, as they always have: the socket context
+says "ca_file X: no such file" / "not a PEM CA bundle"; requests_verify() says
+"profile 'p': cannot read ca_file X: ..." / "holds no PEM certificate" with a hint."""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import hmac
+import os
+import re
+import ssl
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from mailctl.errors import ConfigError
+
+SYSTEM = "system"
+CA_FILE = "ca_file"
+FINGERPRINT = "fingerprint"
+NONE = "none"
+MODES = (SYSTEM, CA_FILE, FINGERPRINT, NONE)
+
+PEM_MARKER = b"-----BEGIN CERTIFICATE-----"
+BUNDLE_PREFIX = "mailctl-ca-"
+
+_shared_bundles: dict[str, str] = {}  # expanded ca_file path -> combined bundle (removed at exit)
+
+
+def system_ca_bundle() -> str | None:
+    """The system CA bundle as a file (what OpenSSL would load), else certifi's; None if neither."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    try:
+        import certifi
+
+        return certifi.where()
+    except ImportError:  # pragma: no cover - requests depends on certifi
+        return None
+
+
+def normalise_fingerprint(value: str | None) -> str:
+    """'AB:CD:...' or 'abcd...' -> lower-case hex without separators."""
+    return re.sub(r"[^0-9a-f]", "", (value or "").lower())
+
+
+def format_fingerprint(digest: bytes) -> str:
+    return ":".join(f"{b:02X}" for b in digest)
+
+
+def fingerprint_of(der: bytes) -> str:
+    """The SHA-256 of a DER certificate, lower-case hex (what a pin is compared with)."""
+    return hashlib.sha256(der).hexdigest()
+
+
+def _flag(value: Any, default: bool = True) -> bool:
+    if value is None or value == "":
+        return default
+    if isinstance(value, str):
+        return value.strip().lower() not in ("false", "0", "no", "off")
+    return bool(value)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """How one profile verifies its peers. Build it with tls_config(values, profile)."""
+
+    profile: str = ""  # the profile's name, for messages
+    verify: bool = True  # tls_verify
+    ca_file: str = ""  # as written in the profile
+    fingerprint: str = ""  # tls_fingerprint as written (any separators; see normalise_fingerprint)
+
+    @property
+    def mode(self) -> str:
+        """system, ca_file, fingerprint or none: how a socket's peer is verified."""
+        if self.fingerprint:
+            return FINGERPRINT
+        if not self.verify:
+            return NONE
+        return CA_FILE if self.ca_file else SYSTEM
+
+    @property
+    def http_mode(self) -> str:
+        """The mode requests_verify() gives: like mode, but without the pin (see module doc)."""
+        if not self.verify:
+            return NONE
+        return CA_FILE if self.ca_file else SYSTEM
+
+    # --- sockets -------------------------------------------------------------------
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context: system CAs (+ ca_file), TLS >= 1.2; CERT_NONE for a pin or none."""
+        ctx = ssl.create_default_context()
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.ca_file:
+            try:
+                ctx.load_verify_locations(cafile=str(self.ca_file))
+            except (FileNotFoundError, IsADirectoryError):
+                raise ConfigError(f"ca_file {self.ca_file}: no such file") from None
+            except ssl.SSLError as exc:
+                raise ConfigError(f"ca_file {self.ca_file}: not a PEM CA bundle ({exc.reason or exc})") from None
+        if self.mode in (FINGERPRINT, NONE):
+            # A pin replaces CA verification: the certificate's SHA-256 must match exactly,
+            # checked by the caller right after the handshake (matches()).
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def matches(self, der: bytes | None) -> bool:
+        """Whether a peer certificate (DER) matches the pin; False without a pin or certificate."""
+        if not self.fingerprint or not der:
+            return False
+        return hmac.compare_digest(fingerprint_of(der), normalise_fingerprint(self.fingerprint))
+
+    # --- requests ------------------------------------------------------------------
+    def requests_verify(self, *, shared: bool = False, check_pem: bool = True) -> "RequestsVerify":
+        """What requests gets as `verify=`.
+
+        With ca_file, a combined PEM bundle (system CAs + ca_file) in a temporary file: owned by
+        the result (RequestsVerify.cleanup() removes it; a session's close() calls it) or, with
+        shared=True, one file per ca_file for the whole process, removed at exit (for sessions
+        nobody closes). check_pem: refuse a ca_file without a PEM certificate."""
+        mode = self.http_mode
+        if mode == NONE:
+            return RequestsVerify(False, NONE)
+        if mode == SYSTEM:
+            return RequestsVerify(system_ca_bundle() or True, SYSTEM)
+        path = os.path.expanduser(self.ca_file)
+        if shared and path in _shared_bundles:
+            return RequestsVerify(_shared_bundles[path], CA_FILE)
+        try:
+            with open(path, "rb") as fh:
+                extra = fh.read()
+        except OSError as exc:
+            raise ConfigError(
+                f"profile {self.profile!r}: cannot read ca_file {self.ca_file}: {exc.strerror or exc}",
+                hint=f"fix the path with: mailctl profile edit {self.profile} --ca-file PATH",
+            ) from None
+        if check_pem and PEM_MARKER not in extra:
+            raise ConfigError(
+                f"profile {self.profile!r}: ca_file {self.ca_file} holds no PEM certificate",
+                hint="ca_file must be a PEM bundle (-----BEGIN CERTIFICATE----- ...)",
+            )
+        bundle = _write_bundle(extra)
+        if not shared:
+            return RequestsVerify(bundle, CA_FILE, temp_bundle=bundle)
+        if not _shared_bundles:
+            atexit.register(_remove_shared_bundles)
+        _shared_bundles[path] = bundle
+        return RequestsVerify(bundle, CA_FILE)
+
+
+@dataclass
+class RequestsVerify:
+    """requests' `verify=` (False, True, or a bundle path), the mode it stands for, and a
+    temporary bundle to delete afterwards (cleanup())."""
+
+    verify: bool | str
+    mode: str = SYSTEM
+    temp_bundle: str | None = None
+
+    def cleanup(self) -> None:
+        if self.temp_bundle:
+            try:
+                os.unlink(self.temp_bundle)
+            except OSError:
+                pass
+            self.temp_bundle = None
+
+
+def tls_config(values: Mapping[str, Any], profile: str = "") -> TlsConfig:
+    """The TlsConfig of a profile's values (tls_verify, ca_file, tls_fingerprint)."""
+    return TlsConfig(
+        profile=profile,
+        verify=_flag(values.get("tls_verify"), True),
+        ca_file=str(values.get("ca_file") or ""),
+        fingerprint=str(values.get("tls_fingerprint") or "").strip(),
+    )
+
+
+def socket_context(values: Mapping[str, Any], profile: str = "") -> tuple[ssl.SSLContext, str]:
+    """(ssl context, mode) for a socket connection of this profile."""
+    config = tls_config(values, profile)
+    return config.ssl_context(), config.mode
+
+
+def requests_verify(values: Mapping[str, Any], profile: str = "", *, shared: bool = False,
+                    check_pem: bool = True) -> RequestsVerify:
+    """requests' `verify=` for this profile (see TlsConfig.requests_verify)."""
+    return tls_config(values, profile).requests_verify(shared=shared, check_pem=check_pem)
+
+
+def _write_bundle(extra: bytes) -> str:
+    parts = []
+    system = system_ca_bundle()
+    if system:
+        with open(system, "rb") as fh:
+            parts.append(fh.read())
+    parts.append(extra)
+    fd, path = tempfile.mkstemp(prefix=BUNDLE_PREFIX, suffix=".pem")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(b"\n".join(parts))
+    return path
+
+
+def _remove_shared_bundles() -> None:
+    for path in _shared_bundles.values():
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    _shared_bundles.clear()
