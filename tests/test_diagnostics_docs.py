@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from mailctl.diagnostics.knowledge import KNOWLEDGE
+from mailctl.knowledge.smtp import KNOWLEDGE
 from mailctl.diagnostics.probe import QUIT_AFTER_CHOICES
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "smtp.md"

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from mailctl.diagnostics import knowledge
-from mailctl.diagnostics.knowledge import KNOWLEDGE, KnownFailure, Reply, explain, register
+from mailctl.knowledge import smtp as knowledge
+from mailctl.knowledge.smtp import KNOWLEDGE, KnownFailure, Reply, explain, register
 from mailctl.errors import ExitCode
 
 from smtpserver import PASSWORD, USER, assert_no_secret, closed_port, make_pki, silent_listener, smtp_server, store_secret, write_profiles

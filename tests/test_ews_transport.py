@@ -18,7 +18,8 @@ from mailctl.errors import AuthError, ConfigError, DeliveryError, ExitCode, Mail
 from mailctl.message import build_message, envelope, message_bytes
 from mailctl.secrets import default_resolver
 from mailctl.transports import open_transport
-from mailctl.transports.ews import EwsTransport, is_exchange_online, lint_warnings
+from mailctl.profiles.presets import ews_warnings as lint_warnings, is_exchange_online
+from mailctl.transports.ews import EwsTransport
 
 MAILBOX = "ops@corp.example"
 PASSWORD = "Winter2026!-secret"

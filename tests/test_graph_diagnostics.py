@@ -158,7 +158,7 @@ def test_app_only_connect_and_send(cli, isolated_env, graph, idp, ca_pem):
 
 
 def test_knowledge_entries_plug_into_the_shared_knowledge_base(monkeypatch):
-    from mailctl.diagnostics import http_knowledge, knowledge
+    from mailctl.knowledge import http as http_knowledge, smtp as knowledge
 
     monkeypatch.setattr(knowledge, "KNOWLEDGE", list(knowledge.KNOWLEDGE))
     monkeypatch.setattr(http_knowledge, "_registered", False)

@@ -162,7 +162,7 @@ def test_certificate_shown_when_verification_fails(cli, isolated_env, pki):
 
 
 def test_unknown_type_profile_is_78(cli, isolated_env):
-    # graph and ews have their own probes now (diagnostics/http_probe.py); gmail-api has none
+    # graph and ews declare their stages (transports/http_stages.py); gmail-api has none
     write_profiles(isolated_env, {"g": {"type": "gmail-api", "client_id": "abc"}})
     res = cli("test", "connect")
     assert res.exit_code == 78

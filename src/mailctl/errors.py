@@ -4,6 +4,7 @@ optional hint; cli.py is the one place that turns them into stderr lines and exi
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -17,6 +18,7 @@ class ExitCode(IntEnum):
     PROTOCOL = 76  # unexpected reply, STARTTLS required but not offered
     NOPERM = 77  # authentication failed, token expired/revoked, consent missing
     CONFIG = 78  # malformed TOML, missing required field, no usable secret store
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
 
 
 EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
@@ -30,13 +32,31 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.PROTOCOL: "protocol error: unexpected reply, STARTTLS required but not offered",
     ExitCode.NOPERM: "permission: authentication failed, token expired or revoked, consent missing",
     ExitCode.CONFIG: "configuration: malformed TOML, missing required field, no usable secret store",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
 
 class MailctlError(Exception):
-    """Base of every error mailctl reports to a user."""
+    """Base of every error mailctl reports to a user.
+
+    Besides the message, the hint and the exit code, an error may carry context that the
+    code raising it knows and the code reporting it shows. Every field is optional (None when
+    unknown) and set by whoever knows it, usually the transport (with_context())."""
 
     exit_code: ExitCode = ExitCode.PROBLEMS
+
+    # --- optional context -------------------------------------------------------------
+    stage: str | None = None  # protocol step: resolve, connect, tls, ehlo, auth, mail, rcpt, data, request...
+    server: str | None = None  # host:port, URL or path that answered (or did not)
+    failure_id: str | None = None  # a knowledge-base id set by mailctl itself (starttls-not-offered...)
+    explanation: Any = None  # mailctl.knowledge.smtp.Explanation, when the knowledge base knows it
+    code: int | None = None  # SMTP reply code
+    enhanced: str | None = None  # RFC 3463 enhanced status code
+    text: str | None = None  # the reply text without the codes
+    permanent: bool | None = None  # retrying cannot help (5xx); None when it does not apply
+    refused: dict[str, str] | None = None  # recipient -> reply, when recipients were refused
+    http_status: int | None = None  # HTTP status of an API reply (Graph, EWS, Gmail API)
+    error_code: str | None = None  # the provider's error code (ErrorAccessDenied, invalid_grant...)
 
     def __init__(self, message: str, *, hint: str | None = None, exit_code: ExitCode | None = None):
         super().__init__(message)
@@ -45,8 +65,29 @@ class MailctlError(Exception):
         if exit_code is not None:
             self.exit_code = exit_code
 
+    def with_context(self, **context: Any) -> "MailctlError":
+        """Set context fields (only the ones declared above) and return self, to raise."""
+        for key, value in context.items():
+            if key not in _CONTEXT_FIELDS:
+                raise TypeError(f"MailctlError has no context field {key!r}")
+            setattr(self, key, value)
+        return self
+
+    def context(self) -> dict[str, Any]:
+        """The context fields that are set (not None or empty), for reports and --json."""
+        out: dict[str, Any] = {}
+        for key in _CONTEXT_FIELDS:
+            value = getattr(self, key)
+            if value not in (None, "", {}):
+                out[key] = value
+        return out
+
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.message
+
+
+_CONTEXT_FIELDS = ("stage", "server", "failure_id", "explanation", "code", "enhanced", "text", "permanent",
+                   "refused", "http_status", "error_code")
 
 
 class UsageError(MailctlError):

@@ -297,16 +297,16 @@ def explain_status(status: int | None) -> KnownFailure | None:
     return None
 
 
-# --- the shared knowledge base (diagnostics/knowledge.py) ------------------------------
+# --- the shared knowledge base (knowledge/smtp.py) ------------------------------
 GRAPH_STAGES = ("sendMail", "draft", "attachment", "upload-session", "upload", "send", "cleanup", "request", "mailbox")
 EWS_STAGES = ("CreateItem", "GetFolder", "autodiscover")
 _registered = False
 
 
 def knowledge_entries() -> list:
-    """GRAPH_ERRORS and EWS_ERRORS as entries of diagnostics.knowledge (matched on the API error
+    """GRAPH_ERRORS and EWS_ERRORS as entries of knowledge.smtp (matched on the API error
     code and the stage, so ErrorAccessDenied gets the Graph or the EWS hint as appropriate)."""
-    from mailctl.diagnostics import knowledge as kb
+    from mailctl.knowledge import smtp as kb
 
     entries = []
     for prefix, table, stages in (("graph", GRAPH_ERRORS, GRAPH_STAGES), ("ews", EWS_ERRORS, EWS_STAGES)):
@@ -324,15 +324,15 @@ def knowledge_entries() -> list:
 
 
 def register_with_knowledge_base() -> None:
-    """Add the Graph/EWS entries to diagnostics.knowledge once per process.
+    """Add the Graph/EWS entries to knowledge.smtp once per process.
 
-    Not called automatically: diagnostics/http_probe.py explains Graph/EWS failures from the
+    Not called automatically: transports/http_stages.py explains Graph/EWS failures from the
     tables above directly, and docs/smtp.md's test requires every registered id to be listed
     there (these are documented in docs/graph-ews.md)."""
     global _registered
     if _registered:
         return
-    from mailctl.diagnostics import knowledge as kb
+    from mailctl.knowledge import smtp as kb
 
     for entry in knowledge_entries():
         if not any(e.id == entry.id for e in kb.KNOWLEDGE):

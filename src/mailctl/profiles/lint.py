@@ -7,6 +7,7 @@ from typing import Any
 
 from mailctl.errors import ConfigError, MailctlError, SecretStoreUnavailable
 from mailctl.profiles.resolve import check_complete, primary_secret_kind, resolve_profile
+from mailctl.profiles.presets import ews_warnings
 
 
 @dataclass
@@ -59,11 +60,7 @@ def lint_profile(doc, name: str, secrets=None) -> list[LintFinding]:
     if not v.get("from_address") and p.type != "file":
         add("warning", "profile.no-from", "no from_address: every send must give --from", f"{edit} --from-address ADDR")
     if p.type == "ews":
-        try:
-            from mailctl.transports.ews import lint_warnings
-        except ImportError:  # pragma: no cover - transport not installed
-            lint_warnings = None
-        for message in lint_warnings(p) if lint_warnings else []:
+        for message in ews_warnings(p):
             add("warning", "ews.warning", message)
     kind = primary_secret_kind(v)
     if kind and secrets is not None:
