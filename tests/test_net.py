@@ -11,12 +11,12 @@ import ssl
 import subprocess
 import sys
 import warnings
-from contextlib import contextmanager
 
 import pytest
 import trustme
 
 from httpfakes import ConnectProxy, FakeHTTPS, Reply
+from smtpserver import silent_listener
 from idp import ca_pem, trust_ca  # noqa: F401
 from mailctl.errors import AuthError, ConfigError, TemporaryFailure
 from mailctl.net import http as net_http
@@ -278,22 +278,10 @@ def test_profile_proxy_wins_over_the_environment(srv, ca_pem, monkeypatch):
     assert env_proxy.targets == [] and profile_proxy.targets == [f"127.0.0.1:{srv.port}"]
 
 
-@contextmanager
-def mute_listener():
-    """Accepts TCP connections (kernel backlog) and never answers."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(8)
-    try:
-        yield s.getsockname()[1]
-    finally:
-        s.close()
-
-
 def test_the_profile_timeout_applies_to_every_request():
     import requests
 
-    with mute_listener() as port:
+    with silent_listener() as port:
         session = net_http.new_session({"timeout": 0.5}, "p", user_agent="x")
         try:
             assert session.default_timeout == 0.5

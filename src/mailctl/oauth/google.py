@@ -11,7 +11,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
@@ -106,6 +106,8 @@ class GoogleLogin:
     flow_name: str
     listener: _Listener | None = None
     listen_error: str | None = None
+    # redirect addresses, from the listener or pasted (wait_for_redirect reads them)
+    redirects: "queue.Queue[str]" = field(default_factory=lambda: queue.Queue())
 
     @property
     def port(self) -> int | None:
@@ -158,10 +160,8 @@ def start_loopback_login(profile, secrets, *, port: int | None = None, listen: b
     redirect_uri = configured or f"http://localhost:{port}/"
     flow = _flow(profile, secrets, redirect_uri)
     url, state = flow.authorization_url(access_type="offline", prompt="consent", include_granted_scopes="true")
-    login = GoogleLogin(profile, secrets, url, redirect_uri, state, flow.code_verifier, scopes_for(profile), flow_name,
-                        listener, listen_error)
-    login._queue = got  # type: ignore[attr-defined]
-    return login
+    return GoogleLogin(profile, secrets, url, redirect_uri, state, flow.code_verifier, scopes_for(profile), flow_name,
+                       listener, listen_error, got)
 
 
 def _free_port() -> int:
@@ -183,7 +183,7 @@ def wait_for_redirect(
 ) -> str:
     """The final redirect address: from the listener (browser on this machine or an SSH
     forward) or pasted (read_line, run in a thread so both can happen)."""
-    got: "queue.Queue[str]" = login._queue  # type: ignore[attr-defined]
+    got = login.redirects
     if read_line is not None:
         def reader():
             while True:
