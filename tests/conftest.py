@@ -80,3 +80,57 @@ def cli():
         return Result(res.exit_code, res.stdout, res.stderr, exc)
 
     return invoke
+
+
+# --- PostgreSQL (tests/pgserver.py): one throwaway cluster per session ----------------------
+@pytest.fixture(scope="session")
+def pg_server():
+    import os
+
+    import pgserver
+
+    reason = pgserver.skip_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {reason}")
+        pytest.skip(reason)
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the PostgreSQL tests: psycopg is not installed (the test extra has it)")
+        pytest.skip("psycopg is not installed (pip install -e '.[test]')")
+    with pgserver.running_postgres() as server:
+        yield server
+
+
+_PG_SCHEMAS = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def pg_url(pg_server, monkeypatch) -> str:
+    """A postgresql:// outbox URL of its own for this test (a fresh schema in the cluster)."""
+    monkeypatch.setenv("MAILCTL_PG_SCHEMA", f"t{next(_PG_SCHEMAS)}")
+    return pg_server.url()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def outbox_factory(request, tmp_path):
+    """make(**kwargs) -> a new handle on this test's outbox: an SQLite file, or a PostgreSQL
+    schema of its own. Tests that take it are the contract both backends pass."""
+    if request.param == "sqlite":
+        from mailctl.outbox import Outbox
+
+        path = tmp_path / "contract.sqlite3"
+
+        def make(**kwargs):
+            return Outbox(path, **kwargs)
+    else:
+        from mailctl.outbox.pg import PgOutbox
+
+        url = request.getfixturevalue("pg_url")
+
+        def make(**kwargs):
+            return PgOutbox(url, **kwargs)
+    make.backend = request.param
+    return make

@@ -63,8 +63,9 @@ def clock():
 
 
 @pytest.fixture
-def box(tmp_path, clock):
-    b = Outbox(tmp_path / "o.sqlite3", clock=clock)
+def box(outbox_factory, clock):
+    """This file's tests run on both backends (SQLite, PostgreSQL): the storage contract."""
+    b = outbox_factory(clock=clock)
     yield b
     b.close()
 
@@ -198,12 +199,16 @@ def test_auth_failure_is_temporary(box, clock):
     assert box.get(i).state == "deferred"
 
 
-def test_unknown_profile_defers_its_mail_only(box, clock):
+def test_unknown_profile_leaves_its_mail_alone(box, clock):
+    # issue #12 item 3: an unknown profile is a configuration problem, not a delivery attempt
+    # (it used to defer the message, charge an attempt and exit 75)
     a = box.enqueue(RAW, "a@example.com", ["b@example.org"], profile="gone")
     b = box.enqueue(RAW, "a@example.com", ["b@example.org"], profile="main")
     r = run(box, clock)
-    assert box.get(a).state == "deferred" and "gone" in box.get(a).last_reply
-    assert box.get(b).state == "sent" and r.exit_code == ExitCode.TEMPFAIL
+    info = box.get(a)
+    assert (info.state, info.attempts, info.attempt_log) == ("queued", 0, [])
+    assert "gone" in r.config_errors["gone"].message and r.left == 1
+    assert box.get(b).state == "sent" and r.exit_code == ExitCode.CONFIG
 
 
 def test_sending_disabled_sends_nothing(box, clock):
@@ -384,3 +389,98 @@ def test_a_bug_opening_the_transport_defers_the_profile(box, clock):
     r = run(box, clock, open_errors={"main": RuntimeError("boom")})
     assert r.deferred == 1 and r.profile_errors == {"main": "unexpected RuntimeError: boom"}
     assert box.get(i).state == "deferred" and box.get(i).attempt_log[-1]["server"] is None
+
+
+# --- issue #12 item 3: a configuration problem is not a delivery attempt ---------------------
+def test_no_secret_store_leaves_the_profiles_mail_as_it_was(box, clock):
+    from mailctl.errors import SecretStoreUnavailable
+
+    tried = box.enqueue(RAW, "a@example.com", ["later@example.org"])
+    run(box, clock, script={"later@example.org": temp()})  # a real 4xx: deferred, one attempt
+    clock.t = box.get(tried).next_attempt_at
+    fresh = [box.enqueue(RAW, "a@example.com", ["b@example.org"]) for _ in range(3)]
+    before = {i: box.get(i) for i in [*fresh, tried]}
+    no_keyring = SecretStoreUnavailable("no usable keyring backend to read the secret", hint="export MAILCTL_SECRET_MAIN_PASSWORD")
+    r = run(box, clock, open_errors={"main": no_keyring})
+    assert r.exit_code == ExitCode.CONFIG and r.attempted == 0 and r.left == 4
+    assert list(r.config_errors) == ["main"] and r.config_errors["main"] is no_keyring
+    assert r.problems == [] and r.profile_errors == {}  # said once, for the profile, not per message
+    assert len(r.transports) == 1  # tried to open once, not once per message
+    for i, old in before.items():
+        now = box.get(i)
+        assert (now.state, now.attempts, now.next_attempt_at, now.attempt_log) == (
+            old.state, old.attempts, old.next_attempt_at, old.attempt_log)
+    data = r.to_dict()
+    assert data["exit_code"] == 78 and data["config_errors"]["main"]["hint"] == "export MAILCTL_SECRET_MAIN_PASSWORD"
+    r = run(box, clock)  # fixed: everything goes out
+    assert r.sent == 4 and r.exit_code == ExitCode.OK
+
+
+def test_a_configuration_problem_does_not_run_the_expiry_clock_out(box, clock):
+    from mailctl.errors import ConfigError
+
+    i = box.enqueue(RAW, "a@example.com", ["b@example.org"])
+    run(box, clock, script={"b@example.org": temp()})
+    clock.t += 3 * 86400  # long past max_retry_age, and due
+    r = run(box, clock, open_errors={"main": ConfigError("profile 'main' (smtp): missing required field host")})
+    assert r.expired == 0 and box.get(i).state == "deferred" and box.get(i).attempts == 1
+    assert r.exit_code == ExitCode.CONFIG
+    r = run(box, clock)  # the profile works again: now it expires, untried
+    assert r.expired == 1 and r.attempted == 0 and box.get(i).state == "expired"
+    assert len(r.log) == 0
+
+
+def test_a_configuration_problem_does_not_count_for_limit(box, clock):
+    box.enqueue(RAW, "a@example.com", ["b@example.org"], profile="gone")
+    box.enqueue(RAW, "a@example.com", ["b@example.org"], profile="gone")
+    ok = box.enqueue(RAW, "a@example.com", ["b@example.org"], profile="main")
+    r = run(box, clock, options=FlushOptions(limit=1))
+    assert r.sent == 1 and box.get(ok).state == "sent" and r.left == 2
+
+
+def test_a_configuration_problem_on_reconnect_leaves_the_rest(box, clock):
+    from mailctl.errors import ConfigError
+
+    first = box.enqueue(RAW, "a@example.com", ["b@example.org"])
+    second = box.enqueue(RAW, "a@example.com", ["cfg@example.org"])
+    r = run(box, clock, script={"cfg@example.org": ConfigError("secret_command failed")})
+    assert box.get(first).state == "sent"
+    assert box.get(second).state == "queued" and box.get(second).attempt_log == []
+    assert r.exit_code == ExitCode.CONFIG and "secret_command" in r.config_errors["main"].message
+
+
+# --- issue #12 item 5: per-recipient outcomes ----------------------------------------------------
+def test_partial_5xx_refusal_is_kept_per_recipient(box, clock):
+    i = box.enqueue(RAW, "a@example.com", ["ok@x.org", "gone@x.org"])
+    r = run(box, clock, script={"gone@x.org": "550 5.1.1 gone"})
+    info = box.get(i)
+    assert info.state == "sent" and info.failed_recipients == {"gone@x.org": "550 5.1.1 gone"}
+    assert info.partially_failed and info.display_state == "sent, 1 failed"
+    assert r.partially_failed == 1 and r.exit_code == ExitCode.PROBLEMS
+    assert [p.id for p in r.problems] == [i] and r.problems[0].failed_recipients == {"gone@x.org": "550 5.1.1 gone"}
+    assert [m.id for m in box.list(states=["failed"])] == [i]  # `queue list -s failed` shows it
+    assert box.stats()["partially_failed"] == 1 and box.stats()["partially_failed_recipients"] == 1
+
+
+def test_failed_recipients_accumulate_over_retries(box, clock):
+    i = box.enqueue(RAW, "a@example.com", ["ok@x.org", "later@x.org", "gone@x.org"])
+    run(box, clock, script={"later@x.org": "451 4.3.0 later", "gone@x.org": "550 5.1.1 gone"})
+    assert box.get(i).failed_recipients == {"gone@x.org": "550 5.1.1 gone"} and box.get(i).state == "deferred"
+    clock.t = box.get(i).next_attempt_at
+    run(box, clock, script={"later@x.org": DeliveryError("550 no", permanent=True, code=550, server="main:25")})
+    info = box.get(i)
+    assert info.state == "failed" and set(info.failed_recipients) == {"gone@x.org", "later@x.org"}
+    assert not info.partially_failed  # failed as a whole now
+
+
+def test_a_non_ascii_address_without_smtputf8_fails_clearly(box, clock):
+    i = box.enqueue(RAW, "a@example.com", ["ü@xn--cda.test"])
+
+    class NoSmtputf8(FakeTransport):
+        def send(self, raw, sender, recipients):
+            ("rcpt TO:<%s>" % recipients[0]).encode("ascii")  # what smtplib does without SMTPUTF8
+
+    r = flush(box, policy=FlushPolicy(), resolve=lambda n: ResolvedProfile("main", {"type": "smtp", "host": "h"}),
+              open_transport=lambda p: NoSmtputf8("main", [], {}, clock), sleep=clock.sleep)
+    info = box.get(i)
+    assert r.failed == 1 and info.state == "failed" and "SMTPUTF8" in info.last_reply and "ü@xn--cda.test" in info.last_reply

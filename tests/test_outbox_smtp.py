@@ -231,3 +231,37 @@ def test_four_concurrent_flushes_never_send_twice(isolated_env, tmp_path):
         assert handler.count == n
         assert all(c == 1 for c in handler.by_message_id.values()) and len(handler.by_message_id) == n
         assert sum(1 for s in sent_by_process if s) >= 2, sent_by_process  # they really ran side by side
+
+
+# --- issue #12 item 3: configuration problems are not delivery attempts ------------------------
+def test_flush_without_a_keyring_leaves_mail_alone_and_exits_78_once(cli, isolated_env, tmp_path):
+    """cron without D-Bus: `queue flush` used to defer every message ("no usable keyring
+    backend"), charge an attempt and exit 75, until max_retry_age expired them."""
+    import json
+
+    import keyring
+    import keyring.backends.fail
+
+    from smtpserver import smtp_server
+
+    with smtp_server(auth=True, auth_require_tls=False) as srv:
+        (isolated_env / "profiles.toml").write_text(
+            'schema_version = 1\ndefault = "srv"\n[settings]\nmax_retry_age = "1h"\n[profiles.srv]\ntype = "smtp"\n'
+            f'host = "127.0.0.1"\nport = {srv.port}\nsecurity = "none"\nauth = "password"\nusername = "alice@example.com"\n'
+            'allow_insecure_auth = true\nfrom_address = "alice@example.com"\ntimeout = 10\n')
+        outbox = tmp_path / "o.sqlite3"
+        with Outbox(outbox) as box:
+            ids = [box.enqueue(message(n), "alice@example.com", ["user@example.org"]) for n in range(3)]
+        keyring.set_keyring(keyring.backends.fail.Keyring())
+        r = cli("queue", "flush", "--outbox", str(outbox))
+        assert r.exit_code == 78, r.output
+        assert r.stderr.count("no usable keyring") == 1 and "Hint:" in r.stderr and "Traceback" not in r.output
+        r = cli("queue", "flush", "--outbox", str(outbox), "--json")
+        data = json.loads(r.stdout)
+        assert r.exit_code == 78 and data["exit_code"] == 78 and data["left"] == 3 and data["deferred"] == 0
+        assert "keyring" in data["config_errors"]["srv"]["message"] and data["config_errors"]["srv"]["hint"]
+        with Outbox(outbox, clock=lambda: time.time() + 7200) as box:  # past max_retry_age
+            for i in ids:
+                info = box.get(i)
+                assert (info.state, info.attempts, info.attempt_log) == ("queued", 0, [])
+        assert srv.messages == []

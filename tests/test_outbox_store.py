@@ -31,8 +31,9 @@ def clock():
 
 
 @pytest.fixture
-def box(tmp_path, clock):
-    b = Outbox(tmp_path / "outbox.sqlite3", clock=clock)
+def box(outbox_factory, clock):
+    """This file's tests run on both backends (SQLite, PostgreSQL): the storage contract."""
+    b = outbox_factory(clock=clock)
     yield b
     b.close()
 
@@ -299,3 +300,33 @@ def test_outbox_is_a_flush_store(box):
     from mailctl.outbox.backend import FlushStore
 
     assert isinstance(box, FlushStore)
+
+
+def test_an_outbox_of_the_first_schema_gets_failed_recipients(tmp_path):
+    """Migration 002 (issue #12 item 5) on a file made by the first release: rows survive."""
+    from mailctl.outbox import schema
+
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    first = schema.MIGRATIONS[:1]
+    original, schema.MIGRATIONS = schema.MIGRATIONS, first
+    try:
+        schema.migrate(conn)
+        conn.execute("INSERT INTO messages (created_at, updated_at, sender, recipients, size, next_attempt_at, age_base)"
+                     " VALUES (1, 1, 'a@example.com', '[\"b@example.org\"]', 3, 1, 1)")
+        conn.execute("INSERT INTO bodies (message, raw) VALUES (1, x'414243')")
+    finally:
+        schema.MIGRATIONS = original
+    conn.close()
+    with Outbox(path) as box:
+        info = box.get(1)
+        assert info.failed_recipients == {} and not info.partially_failed and info.recipients == ["b@example.org"]
+        names = [r[0] for r in box.conn.execute("SELECT name FROM migrations ORDER BY rowid")]
+    assert names[:2] == ["001_messages_and_attempts", "002_failed_recipients"]
+
+
+def test_enqueue_normalises_bare_cr_and_refuses_nul(box):
+    i = box.enqueue(b"Subject: x\r\n\r\na\r.\rb\rc\n", "a@example.com", ["b@example.org"])
+    assert box.get(i, with_raw=True).raw == b"Subject: x\r\n\r\na\r\n.\r\nb\r\nc\r\n"
+    with pytest.raises(ValidationError, match="NUL byte"):
+        box.enqueue(b"Subject: x\r\n\r\na\x00b\r\n", "a@example.com", ["b@example.org"])

@@ -17,21 +17,92 @@ from email.utils import formataddr, format_datetime, getaddresses, localtime, ma
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from mailctl.addresses import check_address, parse_address_list
 from mailctl.errors import ConfigError, NotFoundError, ValidationError
 
 SIGNATURE_SEPARATOR = "-- "  # RFC 3676 signature delimiter ("-- " on its own line)
-_ADDR_RE = re.compile(r"^[^@\s<>(),;:\"]+@[^@\s<>(),;:\"]+$")
 _BCC_LINE_RE = re.compile(rb"(?im)^bcc:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*\r?\n")
+# what str.splitlines() breaks at (the email package folds header values there, so any of
+# them in a value is a header injection), NUL and the other C0 controls but TAB
+_HEADER_BREAK_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 
 
 def _no_crlf(field: str, value: str) -> str:
-    if "\r" in value or "\n" in value:
+    bad = _HEADER_BREAK_RE.search(value)
+    if bad:
+        char = bad.group()
+        what = {"\r": "CR", "\n": "LF", "\x00": "NUL"}.get(char, f"U+{ord(char):04X}")
         raise ValidationError(
-            f"{field}: a header value must not contain line breaks (CR or LF)",
+            f"{field}: a header value must not contain line breaks or control characters (found {what})",
             field=field,
             hint="header injection guard: pass the value on one line",
         )
     return value
+
+
+def check_header_value(field: str, value: str) -> str:
+    """The header-injection guard for a value that goes into a header (ValidationError, 65,
+    naming the field): no CR, LF, U+2028/U+2029/U+0085 or other line breaks, no NUL."""
+    return _no_crlf(field, value)
+
+
+def to_crlf(raw: bytes) -> bytes:
+    """Every line end as CRLF: bare LF and bare CR become CRLF. SMTP needs CRLF, and a bare CR
+    or LF next to a '.' must never reach DATA (a server that ends lines there would see the
+    end of the message early: SMTP smuggling). Clean input comes back as it is, after three
+    byte counts."""
+    lf = raw.count(b"\n")
+    if lf == raw.count(b"\r") == raw.count(b"\r\n"):
+        return raw
+    return raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
+def wire_bytes(raw: bytes) -> bytes:
+    """Raw message bytes as they may be queued and sent: no NUL (ValidationError, 65), line
+    ends CRLF (to_crlf)."""
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        raise ValidationError(
+            f"the message contains a NUL byte (line {line}): NUL is not allowed in mail",
+            field="message",
+            hint="send binary data as a MIME attachment (base64), or remove the NUL bytes",
+        )
+    return to_crlf(raw)
+
+
+def format_mailbox(name: str, addr: str) -> str:
+    """'Name <addr>' (or addr) for a header; unlike email.utils.formataddr it takes a
+    non-ASCII (SMTPUTF8) address."""
+    if not name:
+        return addr
+    if addr.isascii():
+        return formataddr((name, addr))
+    if re.search(r'[()<>\[\]:;@\\,."]', name):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{addr}>"
+
+
+def postmaster_address(settings: Mapping[str, Any] | None) -> str | None:
+    """With [settings] force_postmaster, the postmaster address every message is sent from
+    (None without it); ConfigError (78) when it is missing or not an address."""
+    settings = settings or {}
+    if not settings.get("force_postmaster"):
+        return None
+    postmaster = str(settings.get("postmaster") or "").strip()
+    if not postmaster:
+        raise ConfigError(
+            "settings: force_postmaster is true but postmaster is empty",
+            hint="set [settings] postmaster = \"postmaster@your-domain\" in the profiles file",
+        )
+    found = parse_address_list(postmaster)
+    try:
+        if len(found) != 1:
+            raise ValidationError("settings.postmaster: expected one address", field="postmaster")
+        _no_crlf("postmaster", postmaster)
+        return check_address(found[0][1], "settings.postmaster")
+    except ValidationError as exc:
+        raise ConfigError(exc.message, hint="set [settings] postmaster to one address, e.g. postmaster@your-domain") from None
 
 
 def _value(profile: Any, key: str) -> str:
@@ -49,12 +120,12 @@ def _split_addresses(field: str, values: Iterable[str] | str) -> list[str]:
     out: list[str] = []
     for value in values:
         _no_crlf(field, value)
-        for name, addr in getaddresses([value]):
-            if not addr and not name:
-                continue
-            if not _ADDR_RE.match(addr or ""):
-                raise ValidationError(f"{field}: not an email address: {value!r}", field=field)
-            out.append(formataddr((name, addr)) if name else addr)
+        found = parse_address_list(value)
+        if not found and value.strip():
+            raise ValidationError(f"{field}: {value!r} is not an email address", field=field,
+                                  hint="give a full address such as user@example.com")
+        for name, addr in found:
+            out.append(format_mailbox(name, check_address(addr, field)))
     return out
 
 
@@ -100,25 +171,21 @@ def build_message(
             hint=f"pass --from ADDR or set it: mailctl profile edit {name} --from-address ADDR",
         )
     _no_crlf("from", sender)
-    from_name, from_addr = parseaddr(sender)
-    if not _ADDR_RE.match(from_addr or ""):
-        raise ValidationError(f"from: not an email address: {sender!r}", field="from")
+    found = parse_address_list(sender)
+    if len(found) != 1:
+        raise ValidationError(f"from: {sender!r} is not one email address", field="from",
+                              hint="give a full address such as user@example.com")
+    from_name, from_addr = found[0][0], check_address(found[0][1], "from")
     from_name = from_name or sender_name
 
     explicit_reply_to = reply_to or _value(profile, "reply_to")
     reply_to_list = _split_addresses("reply_to", explicit_reply_to) if explicit_reply_to else []
 
-    if settings.get("force_postmaster"):
-        postmaster = settings.get("postmaster") or ""
-        if not postmaster:
-            raise ConfigError(
-                "settings: force_postmaster is true but postmaster is empty",
-                hint="set [settings] postmaster = \"postmaster@your-domain\" in the profiles file",
-            )
-        _no_crlf("postmaster", postmaster)
+    postmaster = postmaster_address(settings)
+    if postmaster is not None:
         if not reply_to_list:  # replies still reach the real sender
-            reply_to_list = [formataddr((from_name, from_addr)) if from_name else from_addr]
-        from_addr = _addr_spec(postmaster) or postmaster
+            reply_to_list = [format_mailbox(from_name, from_addr)]
+        from_addr = postmaster
 
     to_list = _split_addresses("to", to)
     cc_list = _split_addresses("cc", cc)
@@ -127,7 +194,7 @@ def build_message(
         raise ValidationError("no recipients: give at least one --to", field="to")
 
     msg = EmailMessage()
-    msg["From"] = formataddr((from_name, from_addr)) if from_name else from_addr
+    msg["From"] = format_mailbox(from_name, from_addr)
     if to_list:
         msg["To"] = ", ".join(to_list)
     if cc_list:
@@ -147,7 +214,10 @@ def build_message(
         if text and not text.endswith("\n"):
             text += "\n"
         text += f"{SIGNATURE_SEPARATOR}\n{signature}\n"
-    msg.set_content(text)
+    if "\x00" in text:  # NUL may not go on the wire as it is: quoted-printable carries it as =00
+        msg.set_content(text, cte="quoted-printable")
+    else:
+        msg.set_content(text)
 
     for item in attachments:
         path = Path(item).expanduser()
@@ -190,10 +260,23 @@ def message_bytes(msg: EmailMessage) -> bytes:
 
         msg = copy.copy(msg)
         del msg["Bcc"]
+    if _has_utf8_address(msg):  # the SMTP policy would turn the address into an (invalid) encoded-word
+        return to_crlf(msg.as_bytes(policy=email_policy.SMTPUTF8))
     try:
-        return msg.as_bytes(policy=email_policy.SMTP)
+        return to_crlf(msg.as_bytes(policy=email_policy.SMTP))
     except UnicodeEncodeError:
-        return msg.as_bytes(policy=email_policy.SMTPUTF8)
+        return to_crlf(msg.as_bytes(policy=email_policy.SMTPUTF8))
+
+
+def _has_utf8_address(msg: EmailMessage) -> bool:
+    for name in ("From", "Sender", "To", "Cc", "Reply-To"):
+        for value in msg.get_all(name, []):
+            if str(value).isascii():
+                continue
+            for addr in getattr(value, "addresses", ()):
+                if not addr.addr_spec.isascii():
+                    return True
+    return False
 
 
 def strip_bcc(raw: bytes) -> bytes:
@@ -208,4 +291,5 @@ def strip_bcc(raw: bytes) -> bytes:
     return new_head if end < 0 else new_head + raw[end + 2:]
 
 
-__all__ = ["build_message", "envelope", "message_bytes", "strip_bcc"]
+__all__ = ["build_message", "envelope", "message_bytes", "strip_bcc", "to_crlf", "wire_bytes", "format_mailbox",
+           "postmaster_address", "check_header_value"]

@@ -19,7 +19,7 @@ so tests drive both with one fake clock.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 
 @dataclass
@@ -58,6 +58,20 @@ class MessageInfo:
     done_at: float | None
     attempt_log: list[dict[str, Any]] = field(default_factory=list)
     raw: bytes | None = None
+    failed_recipients: dict[str, str] = field(default_factory=dict)  # refused for good (5xx): recipient -> reply
+
+    @property
+    def partially_failed(self) -> bool:
+        """Some recipients refused for good while the message went out to the others (or still
+        waits for them)."""
+        return bool(self.failed_recipients) and self.state != "failed"
+
+    @property
+    def display_state(self) -> str:
+        """The state for a table: `sent, 1 failed` for a partly failed message."""
+        if self.partially_failed:
+            return f"{self.state}, {len(self.failed_recipients)} failed"
+        return self.state
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -77,6 +91,8 @@ class MessageInfo:
             "last_reply": self.last_reply,
             "last_server": self.last_server,
             "done_at": _iso(self.done_at),
+            "partially_failed": self.partially_failed,
+            "failed_recipients": dict(self.failed_recipients),
         }
         if self.attempt_log:
             d["attempt_log"] = self.attempt_log
@@ -111,9 +127,12 @@ class FlushStore(Protocol):
         """Those messages, in the order a claim takes them (for --dry-run); changes nothing."""
         ...
 
-    def expire_overdue(self, max_age_seconds: float, *, profiles: Sequence[str | None] | None = None) -> list[int]:
+    def expire_overdue(self, max_age_seconds: float, *, profiles: Sequence[str | None] | None = None,
+                       skip_due: bool = False) -> list[int]:
         """Deferred messages whose retry clock (age_base) started more than max_age ago become
-        expired, with an 'expired' attempt logged; returns their ids."""
+        expired, with an 'expired' attempt logged; returns their ids. With skip_due, only the
+        ones not due yet: the flush expires a due one itself once it knows that the message's
+        profile works (a configuration problem must not run the expiry clock out)."""
         ...
 
     def sent_since(self, since: float, profile: str | None = None, *, limit: int = 1000) -> list[float]:
@@ -132,11 +151,12 @@ class FlushStore(Protocol):
     def record_attempt(self, claim: ClaimedMessage, owner: str, outcome: str, *, reply: str = "",
                        server: str | None = None, profile: str | None = None, duration: float | None = None,
                        next_attempt_at: float | None = None, recipients: Sequence[str] | None = None,
-                       renew_lease: float | None = None) -> bool:
+                       renew_lease: float | None = None, failed_recipients: Mapping[str, str] | None = None) -> bool:
         """Commit one delivery result (sent | deferred | failed | expired) and log the attempt.
-        `recipients` narrows the envelope to those still to deliver; `renew_lease` extends the
-        lease of the owner's other claimed rows in the same commit. False if the row was no
-        longer the owner's."""
+        `recipients` narrows the envelope to those still to deliver; `failed_recipients`
+        (recipient -> reply) adds to the message's recipients refused for good; `renew_lease`
+        extends the lease of the owner's other claimed rows in the same commit. False if the
+        row was no longer the owner's."""
         ...
 
     def release_claims(self, owner: str, ids: Iterable[int] | None = None) -> int:

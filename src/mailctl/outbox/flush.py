@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from mailctl.errors import AuthError, ConfigError, DeliveryError, ExitCode, MailctlError
+from mailctl.errors import AuthError, ConfigError, DeliveryError, ExitCode, MailctlError, NotFoundError
 from mailctl.outbox.backend import ClaimedMessage, FlushStore
 
 # Postfix: minimal_backoff_time = 300s, maximal_backoff_time = 4000s, doubling in between.
@@ -90,10 +90,12 @@ class MessageOutcome:
     profile: str | None = None
     next_attempt_at: float | None = None
     error: MailctlError | None = None  # what kept it from the server, when not a reply (not serialised)
+    failed_recipients: dict[str, str] = field(default_factory=dict)  # refused for good in this attempt
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "outcome": self.outcome, "reply": self.reply, "server": self.server,
-                "profile": self.profile, "next_attempt_at": self.next_attempt_at}
+                "profile": self.profile, "next_attempt_at": self.next_attempt_at,
+                "failed_recipients": dict(self.failed_recipients)}
 
 
 @dataclass
@@ -112,6 +114,11 @@ class FlushReport:
     problems: list[MessageOutcome] = field(default_factory=list)  # failed/expired (and deferred) details, capped
     results: list[MessageOutcome] = field(default_factory=list)  # with keep_results
     profile_errors: dict[str, str] = field(default_factory=dict)
+    # configuration problems (unknown profile, missing setting, no secret store...): profile ->
+    # the error; that profile's messages were left as they were (`left` of them), no attempt made
+    config_errors: dict[str, MailctlError] = field(default_factory=dict)
+    left: int = 0
+    partially_failed: int = 0  # sent (or deferred) with some recipients refused for good (5xx)
     duration: float = 0.0
 
     @property
@@ -120,7 +127,9 @@ class FlushReport:
 
     @property
     def exit_code(self) -> ExitCode:
-        if self.failed or self.expired:
+        if self.config_errors:  # nothing a retry fixes: say so to cron, whatever else happened
+            return ExitCode.CONFIG
+        if self.failed or self.expired or self.partially_failed:
             return ExitCode.PROBLEMS
         if self.remaining.get("deferred"):
             return ExitCode.TEMPFAIL
@@ -140,6 +149,10 @@ class FlushReport:
             "remaining": dict(self.remaining),
             "problems": [p.to_dict() for p in self.problems],
             "profile_errors": dict(self.profile_errors),
+            "config_errors": {name: {"message": err.message, "hint": err.hint, "exit_code": int(ExitCode.CONFIG)}
+                              for name, err in self.config_errors.items()},
+            "left": self.left,
+            "partially_failed": self.partially_failed,
             "duration": round(self.duration, 3),
             "exit_code": int(self.exit_code),
         }
@@ -217,6 +230,19 @@ def partial_refusal(refused: Mapping[str, str] | None, recipients: Sequence[str]
 
 def _refusals(refused: Mapping[str, str]) -> str:
     return "; ".join(f"{r}: {why}" for r, why in refused.items())
+
+
+def _permanent(refused: Mapping[str, str] | None) -> dict[str, str]:
+    """The recipients refused for good (5xx) among `refused`."""
+    return {r: str(why) for r, why in (refused or {}).items() if not str(why).startswith("4")}
+
+
+def config_problem(error: BaseException | None) -> bool:
+    """Trouble on our side that no retry fixes and no server saw: an unknown profile, a missing
+    setting, no usable secret store, a secret_command that fails (ConfigError and its
+    SecretStoreUnavailable, NotFoundError from resolving a profile). Not a delivery attempt:
+    the flush leaves those messages as they were and exits 78."""
+    return isinstance(error, (ConfigError, NotFoundError))
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:
@@ -306,7 +332,9 @@ class FlushRun:
         # a flush of chosen ids (mailctl send) leaves the rest of the queue alone
         if self.options.ids is not None:
             return
-        expired = self.store.expire_overdue(self.policy.max_retry_age, profiles=self.profiles)
+        # the rows due now are left to deliver(): it expires them once their profile is known
+        # to work, so a configuration problem never runs a message's expiry clock out
+        expired = self.store.expire_overdue(self.policy.max_retry_age, profiles=self.profiles, skip_due=True)
         self.report.expired += len(expired)
         for i in expired[:100]:
             self.report.problems.append(MessageOutcome(i, "expired", "still undelivered after max_retry_age"))
@@ -321,8 +349,8 @@ class FlushRun:
                 if not claims:
                     break
                 for c in claims:
-                    self.deliver(c)
-                    self.processed += 1
+                    if self.deliver(c):
+                        self.processed += 1
                 self.in_batch += len(claims)
                 if self.policy.batch_size and self.in_batch >= self.policy.batch_size:
                     self.end_batch()
@@ -425,7 +453,7 @@ class FlushRun:
 
     def commit(self, c: ClaimedMessage, outcome: str, reply: str, server: str | None, profile: str | None,
                duration: float | None, *, recipients: Sequence[str] | None = None,
-               error: MailctlError | None = None) -> None:
+               error: MailctlError | None = None, failed_recipients: Mapping[str, str] | None = None) -> None:
         next_at = None
         if outcome == "deferred":
             outcome, reply, next_at = self.retry_or_expire(c, reply)
@@ -435,10 +463,11 @@ class FlushRun:
         # another message's data is sent, so a kill at any instant repeats at most that one.
         self.settle()
         store, owner = self.store, self.owner
+        failed = dict(failed_recipients or {})
         self.pending.append(lambda: store.record_attempt(
             c, owner, outcome, reply=reply, server=server, profile=profile, duration=duration,
-            next_attempt_at=next_at, recipients=recipients, renew_lease=renew))
-        self.count(MessageOutcome(c.id, outcome, reply, server, profile, next_at, error))
+            next_attempt_at=next_at, recipients=recipients, renew_lease=renew, failed_recipients=failed or None))
+        self.count(MessageOutcome(c.id, outcome, reply, server, profile, next_at, error, failed))
 
     def retry_or_expire(self, c: ClaimedMessage, reply: str) -> tuple[str, str, float | None]:
         """A deferral: (outcome, reply, next attempt time), expired once past max_retry_age."""
@@ -458,27 +487,40 @@ class FlushRun:
     def count(self, result: MessageOutcome) -> None:
         report = self.report
         setattr(report, result.outcome, getattr(report, result.outcome) + 1)
-        if result.outcome != "sent" and len(report.problems) < 100:
+        if result.failed_recipients and result.outcome != "failed":
+            report.partially_failed += 1
+        if (result.outcome != "sent" or result.failed_recipients) and len(report.problems) < 100:
             report.problems.append(result)
         if self.options.keep_results:
             report.results.append(result)
         self.notify("message", id=result.id, outcome=result.outcome, reply=result.reply)
 
     # delivering one message ----------------------------------------------------
-    def deliver(self, c: ClaimedMessage) -> None:
+    def deliver(self, c: ClaimedMessage) -> bool:
+        """Deliver one claimed message; True when that was a delivery attempt (--limit counts
+        those), False when it was left alone (a configuration problem) or expired untried."""
         s = self.session_for(c.profile)
+        if s.error is not None and config_problem(s.error):
+            self.leave(c, s)
+            return False
         overlap = s.error is None and s.transport is not None and getattr(s.transport, "overlaps_work", False)
         if not overlap:
             self.settle()
         if s.error is not None:
             self.commit(c, "deferred", f"profile {s.name or '(default)'}: {s.error.message}", None, s.name, None,
                         error=s.error)
-            return
+            return True
+        overdue = self.overdue(c)
         limiters = [lim for lim in (self.global_limiter, s.limiter) if lim and lim.per_minute]
-        self.wait_for_rate_limits(limiters)
+        if not overdue:
+            self.wait_for_rate_limits(limiters)
         t0 = time.monotonic()
         if s.transport is None and not self.connect(s, c, t0):
-            return
+            return not config_problem(s.error)
+        if overdue:
+            # still deferred after max_retry_age, and its profile works: give up without a try
+            self.commit(c, "expired", "still undelivered after max_retry_age", None, s.name, None)
+            return False
         try:
             for lim in limiters:
                 lim.record(self.clock())
@@ -489,15 +531,38 @@ class FlushRun:
         except DeliveryError as exc:
             s.failures = 0
             self.refused(c, s, exc, t0)
-            return
+            return True
+        except UnicodeEncodeError as exc:
+            if c.sender.isascii() and all(r.isascii() for r in c.recipients):
+                self.connection_trouble(c, s, exc, t0)
+            else:
+                self.needs_smtputf8(c, s, t0)
+            return True
         except Exception as exc:
             self.connection_trouble(c, s, exc, t0)
-            return
+            return not config_problem(s.error)
         s.failures = 0
         self.accepted(c, s, result, time.monotonic() - t0)
+        return True
+
+    def overdue(self, c: ClaimedMessage) -> bool:
+        """A message that was deferred (tried before) and is past max_retry_age. A flush of
+        chosen ids (mailctl send) expires nothing."""
+        return (self.options.ids is None and c.attempts > 0 and not c.reclaimed
+                and self.clock() - c.age_base > self.policy.max_retry_age)
+
+    def leave(self, c: ClaimedMessage, s: _Session) -> None:
+        """A configuration problem is not a delivery attempt: no attempt logged, no backoff, no
+        expiry. The row stays claimed until the run ends and then goes back as it was
+        (release_claims); the problem is reported once, for its profile."""
+        assert s.error is not None
+        self.report.config_errors.setdefault(s.name or "(default)", s.error)
+        self.report.left += 1
+        self.notify("message", id=c.id, outcome="left", reply=s.error.message)
 
     def connect(self, s: _Session, c: ClaimedMessage, t0: float) -> bool:
-        """Open the session's transport; on failure defer `c` (and the profile) and say False."""
+        """Open the session's transport; on failure defer `c` (and the profile), or leave it
+        alone for a configuration problem, and say False."""
         try:
             s.transport = self.open_transport(s.profile)
             s.transport.open()
@@ -507,6 +572,9 @@ class FlushRun:
             # about the server, not this message: defer, and leave this profile alone for now
             _close(s)
             s.error = exc if isinstance(exc, MailctlError) else MailctlError(f"unexpected {type(exc).__name__}: {exc}")
+            if config_problem(s.error):  # no secret store, a missing setting: not the server's doing
+                self.leave(c, s)
+                return False
             self.report.profile_errors[s.name or "(default)"] = s.error.message
             reply = exc.reply if isinstance(exc, DeliveryError) and exc.reply else s.error.message
             self.commit(c, "deferred", reply, s.error.server, s.name, time.monotonic() - t0, error=s.error)
@@ -519,16 +587,35 @@ class FlushRun:
         if retry is not None:
             # every recipient refused, some for good (5xx): retry only the 4xx ones
             reply = "refused: " + _refusals(exc.refused or {})
-            self.commit(c, "deferred", reply, exc.server, s.name, time.monotonic() - t0, recipients=retry)
+            self.commit(c, "deferred", reply, exc.server, s.name, time.monotonic() - t0, recipients=retry,
+                        failed_recipients=_permanent(exc.refused))
+        elif exc.permanent:
+            reply = exc.reply or exc.message
+            failed = _permanent(exc.refused) or {r: reply for r in c.recipients}
+            self.commit(c, "failed", reply, exc.server, s.name, time.monotonic() - t0, failed_recipients=failed)
         else:
-            self.commit(c, "failed" if exc.permanent else "deferred", exc.reply or exc.message, exc.server, s.name,
-                        time.monotonic() - t0)
+            self.commit(c, "deferred", exc.reply or exc.message, exc.server, s.name, time.monotonic() - t0)
+
+    def needs_smtputf8(self, c: ClaimedMessage, s: _Session, t0: float) -> None:
+        """A non-ASCII address (local part: the domain is IDNA-encoded when queued) to a server
+        that does not offer SMTPUTF8 (RFC 6531): no retry can help, as Postfix bounces it."""
+        server = getattr(getattr(s.transport, "server", None), "address", None)
+        _close(s)  # the transaction may be half-way (MAIL FROM accepted): start afresh
+        bad = [a for a in [c.sender, *c.recipients] if not a.isascii()]
+        reply = (f"the server does not offer SMTPUTF8, which the non-ASCII address {bad[0]!r} needs "
+                 "(ask for SMTPUTF8 support, or use an ASCII address)")
+        self.commit(c, "failed", reply, server, s.name, time.monotonic() - t0,
+                    failed_recipients={r: reply for r in c.recipients})
 
     def connection_trouble(self, c: ClaimedMessage, s: _Session, exc: Exception, t0: float) -> None:
         # connection lost, protocol trouble, or a bug: nothing is known to be delivered, so
         # retry later. Reconnect for the next message, but give up on this profile for this
         # run after a few failures in a row.
         _close(s)
+        if isinstance(exc, MailctlError) and config_problem(exc):  # e.g. no secret store on a reconnect
+            s.error = exc
+            self.leave(c, s)
+            return
         s.failures += 1
         err = exc if isinstance(exc, MailctlError) else None
         message = err.message if err is not None else f"unexpected {type(exc).__name__}: {exc}"
@@ -545,11 +632,13 @@ class FlushRun:
         if refused:
             reply += "; refused: " + _refusals(refused)
         retry = partial_refusal(refused, c.recipients, accepted=True)
+        failed = _permanent(refused)  # delivered to the others: kept, shown as partly failed
         if retry is not None:
             # delivered to some; retry only the recipients that got a 4xx
-            self.commit(c, "deferred", reply, result.server, s.name, duration, recipients=retry)
+            self.commit(c, "deferred", reply, result.server, s.name, duration, recipients=retry,
+                        failed_recipients=failed)
         else:
-            self.commit(c, "sent", reply, result.server, s.name, duration)
+            self.commit(c, "sent", reply, result.server, s.name, duration, failed_recipients=failed)
 
 
 class _SettleFailed(BaseException):

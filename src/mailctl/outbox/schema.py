@@ -62,6 +62,22 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX attempts_message ON attempts (message);
         """,
     ),
+    (
+        "002_failed_recipients",
+        """
+        -- recipients refused for good (5xx), kept when the message went out to the others (or
+        -- waits for the 4xx ones): a JSON object recipient -> reply; NULL when none was refused
+        ALTER TABLE messages ADD COLUMN failed_recipients TEXT;
+        """,
+    ),
+    (
+        "003_lease_holder",
+        """
+        -- who holds a claim beyond its owner's name: on PostgreSQL the database session (backend
+        -- pid and start), so a dead session's rows return at once; unused by SQLite so far
+        ALTER TABLE messages ADD COLUMN lease_holder TEXT;
+        """,
+    ),
 ]
 
 

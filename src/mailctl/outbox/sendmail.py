@@ -20,7 +20,7 @@ _WITH_VALUE = {"f", "r", "F", "B", "N", "R", "V", "X", "C", "L", "h", "q"}
 class SendmailOptions:
     read_headers: bool = False  # -t
     dot_ends: bool = True  # without -i / -oi a line '.' ends the message
-    sender: str | None = None  # -f / -r
+    sender: str | None = None  # -f / -r as given (None: not given; '' or '<>': the null sender)
     full_name: str | None = None  # -F
     queue_only: bool = False  # -odq
     recipients: list[str] = field(default_factory=list)
@@ -47,7 +47,10 @@ def parse_sendmail_args(args: list[str]) -> SendmailOptions:
                 rest = args[i]
                 i += 1
             if flag in ("f", "r"):
-                opts.sender = rest.strip().strip("<>").strip()
+                value = rest.strip()
+                if value.startswith("<") and value.endswith(">"):
+                    value = value[1:-1].strip()  # -f '<>' is the null sender, -f '<a@b>' is a@b
+                opts.sender = value
             elif flag == "F":
                 opts.full_name = rest
             else:
@@ -77,61 +80,102 @@ def parse_sendmail_args(args: list[str]) -> SendmailOptions:
 
 def sendmail_exit_code(outcome: SendOutcome) -> ExitCode:
     """sendmail(8)'s exit status: a message accepted for delivery is success, also when it is
-    only queued or deferred for a retry; 1 when the server rejected it (failed, expired)."""
+    only queued or deferred for a retry, when delivering it now met a configuration problem
+    (it is safely queued: a caller that retried would queue it twice), and when some of its
+    recipients were refused for good (named on stderr, kept in the queue as partly failed);
+    1 when the server rejected it (failed, expired)."""
     return ExitCode.PROBLEMS if outcome.outcome in ("failed", "expired") else ExitCode.OK
 
 
 def read_until_dot(data: bytes) -> bytes:
-    """Classic sendmail input: without -i, a line holding a single '.' ends the message."""
+    """Classic sendmail input: without -i, a line holding a single '.' ends the message. Lines
+    end at LF (or CRLF) only: a bare CR ends no line, so 'a\\r.\\rb' is one line."""
     out = []
-    for line in data.splitlines(keepends=True):
-        if line.rstrip(b"\r\n") == b".":
+    for line in data.split(b"\n"):
+        if line.rstrip(b"\r") == b".":
             break
         out.append(line)
-    return b"".join(out)
+    return b"\n".join(out)
 
 
 def prepare_sendmail_message(data: bytes, opts: SendmailOptions, doc: Any, profile_name: str | None) -> tuple[bytes, str, list[str], str]:
     """-> (raw CRLF bytes with Bcc removed and missing From/Date/Message-ID added, envelope
-    sender, recipients, profile name)."""
-    from email.utils import formataddr, formatdate, make_msgid
+    sender, recipients, profile name). Every address is checked (ValidationError, 65, naming
+    it); a NUL in the message is refused (65); line ends become CRLF (bare CR too)."""
+    from email.utils import formatdate, make_msgid
 
-    from mailctl.outbox.envelope import header_addresses, parse_message, strip_bcc_bytes, to_crlf
+    from mailctl.addresses import check_address, is_address, is_null_sender, parse_address_list
+    from mailctl.message import check_header_value, format_mailbox, postmaster_address, wire_bytes
+    from mailctl.outbox.envelope import (header_addresses, header_mailboxes, parse_message, raw_header_values, set_from,
+                                         strip_bcc_bytes)
     from mailctl.profiles.resolve import resolve_profile
 
     if opts.dot_ends:
         data = read_until_dot(data)
     if not data.strip():
         raise ValidationError("sendmail: empty message on stdin")
-    raw = to_crlf(data)
+    raw = wire_bytes(data)
     if b"\r\n\r\n" not in raw and not raw.startswith(b"\r\n"):
         # headers only, or a bare body: treat a first line without a colon as body
         first = raw.split(b"\r\n", 1)[0]
         raw = raw + b"\r\n" if b":" in first else b"\r\n" + raw
     msg = parse_message(raw)
     profile = resolve_profile(doc, profile_name)
+    postmaster = postmaster_address(doc.settings())
 
-    recipients = [r for r in opts.recipients if r]
+    recipients: list[str] = []
+    for arg in opts.recipients:
+        found = parse_address_list(arg) if arg.strip() else []
+        if not found and arg.strip():
+            found = [("", arg)]
+        recipients += [check_address(addr, "sendmail recipient") for _name, addr in found]
     if opts.read_headers:
         recipients += header_addresses(msg, "To", "Cc", "Bcc")
     recipients = list(dict.fromkeys(recipients))
     if not recipients:
         raise ValidationError("sendmail: no recipients", hint="give recipients as arguments, or -t to read To/Cc/Bcc")
 
-    header_from = (header_addresses(msg, "Sender") or header_addresses(msg, "From") or [None])[0]
-    sender = opts.sender or header_from or profile.get("from_address") or profile.get("username") or ""
-    if sender and "@" not in sender:
-        sender = ""  # a bare login name (cron's MAILTO from user root) is not a usable address
+    from_boxes = [(name, addr) for _h, name, addr in header_mailboxes(msg, "From")]
+    header_from = next((check_address(a) for _n, a in from_boxes if is_address(a)), None)
+    own = next((check_address(a) for a in (profile.get("from_address"), profile.get("username")) if a and is_address(a)), None)
+    # Postfix qualifies a bare name with myorigin; ours is the From domain (the message's, else the profile's)
+    from_domain = (header_from or own or "").rpartition("@")[2]
+
+    if opts.sender is not None and is_null_sender(opts.sender):
+        sender = ""  # -f '<>' / -f '': the null sender (bounces, DSNs)
+    elif opts.sender is not None:
+        value = opts.sender
+        if "@" not in value:
+            if not from_domain:
+                raise ValidationError(
+                    f"sendmail -f {value!r}: a bare name needs a domain, and neither the message's From nor the "
+                    f"profile {profile.name!r} has one", field="sender",
+                    hint=f"give -f user@domain, or set one: mailctl profile edit {profile.name} --from-address ADDR")
+            value = f"{value}@{from_domain}"
+        sender = check_address(value, "sendmail -f")
+    else:
+        sender = (header_addresses(msg, "Sender") or [None])[0] or header_from or own or ""
 
     extra: list[bytes] = []
-    if msg.get("From") is None:
-        addr = sender or profile.get("from_address") or ""
+    full_name = check_header_value("sendmail -F", opts.full_name or "") or str(profile.get("sender_name") or "")
+    full_name = check_header_value("sender_name", full_name)
+    if postmaster is not None:
+        # [settings] force_postmaster: From (and, but for the null sender, MAIL FROM) is the
+        # postmaster; Reply-To keeps the real sender, as `mailctl send` does
+        if sender:
+            sender = postmaster
+        if from_boxes:
+            name, addr = from_boxes[0]
+            reply_to = format_mailbox(name, header_from) if header_from else None
+            raw = set_from(raw, format_mailbox(name, postmaster), reply_to)
+    if not from_boxes:
+        addr = postmaster or sender or own or ""
         if addr:
-            extra.append(f"From: {formataddr((opts.full_name or '', addr))}\r\n".encode())
-    if msg.get("Date") is None:
+            extra.append(f"From: {format_mailbox(full_name, addr)}\r\n".encode("utf-8"))
+    if not raw_header_values(msg, "Date"):
         extra.append(f"Date: {formatdate(localtime=True)}\r\n".encode())
-    if msg.get("Message-ID") is None:
-        domain = (sender or "localhost").rpartition("@")[2] or "localhost"
+    if not raw_header_values(msg, "Message-ID"):
+        domain = (sender or header_from or own or "localhost").rpartition("@")[2] or "localhost"
         extra.append(f"Message-ID: {make_msgid(domain=domain)}\r\n".encode())
     raw = b"".join(extra) + strip_bcc_bytes(raw)
     return raw, sender, recipients, profile.name

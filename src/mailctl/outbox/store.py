@@ -18,15 +18,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import sqlite3
 import time
 from email.message import EmailMessage, Message
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+from mailctl.addresses import check_address, check_sender
 from mailctl.errors import ConfigError, MailctlError, NotFoundError, TemporaryFailure, UsageError, ValidationError
+from mailctl.message import wire_bytes
 from mailctl.outbox.backend import ClaimedMessage, MessageInfo, _iso
-from mailctl.outbox.envelope import to_crlf
 from mailctl.outbox.schema import migrate
 from mailctl.profiles.model import validate_name
 
@@ -64,10 +66,6 @@ def _header_fields(raw: bytes) -> tuple[str | None, str | None]:
     return found.get(b"message-id") or None, subject
 
 
-def _check_address(what: str, value: str) -> str:
-    if not isinstance(value, str) or "\r" in value or "\n" in value or len(value) > 998:
-        raise ValidationError(f"invalid {what} address {value!r}")
-    return value.strip()
 
 
 def outbox_error(path: str | os.PathLike, exc: sqlite3.Error) -> MailctlError:
@@ -114,8 +112,14 @@ class Outbox:
         timeout: float = 60.0,
         synchronous: str = "NORMAL",
     ) -> None:
+        from mailctl.outbox.locate import check_location, display, looks_like_url
         from mailctl.paths import outbox_path
 
+        named = os.fspath(path) if path else os.environ.get("MAILCTL_OUTBOX", "")
+        if looks_like_url(named):  # never a file named "postgresql:" in the working directory
+            check_location(named, "named by --outbox" if path else "named by $MAILCTL_OUTBOX")
+            raise ConfigError(f"outbox {display(named)} is a PostgreSQL URL, not an SQLite file",
+                              hint="open it with mailctl.outbox.open_outbox() (or PgOutbox)")
         self.path = Path(outbox_path(path))
         self.clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -188,13 +192,13 @@ class Outbox:
             raise ValidationError("the message is empty")
         if isinstance(recipients, str):
             recipients = [recipients]
-        rcpts = [_check_address("recipient", r) for r in recipients if r and r.strip()]
+        rcpts = [check_address(r, "recipient") for r in recipients if not isinstance(r, str) or r.strip()]
         if not rcpts:
             raise ValidationError("the message has no recipients", hint="give recipients (To/Cc/Bcc headers or arguments)")
-        sender = _check_address("sender", sender or "")
+        sender = check_sender(sender, "sender")
         if profile is not None:
             validate_name(profile)
-        raw = to_crlf(bytes(raw))
+        raw = wire_bytes(bytes(raw))  # no NUL; CRLF line ends, so the stored bytes are what goes out
         message_id, subject = _header_fields(raw)
         now = self.clock()
         return (now, now, profile, sender, json.dumps(rcpts), message_id, subject, len(raw),
@@ -211,12 +215,13 @@ class Outbox:
     ) -> int:
         """Queue an email.message.(Email)Message. The envelope comes from its headers (Sender or
         From; To, Cc and Bcc) unless given; Bcc is removed from the stored bytes."""
-        from mailctl.outbox.envelope import envelope_from_headers, message_bytes
+        from mailctl.outbox.envelope import envelope_recipients, envelope_sender, message_bytes
 
-        env_sender, env_rcpts = envelope_from_headers(msg)
+        rcpts = list(recipients) if recipients is not None else envelope_recipients(msg)
+        if sender is None:
+            sender = envelope_sender(msg)
         raw = message_bytes(msg, strip_bcc=True)
-        return self.enqueue(raw, sender if sender is not None else env_sender,
-                            list(recipients) if recipients is not None else env_rcpts, profile, hold=hold)
+        return self.enqueue(raw, sender, rcpts, profile, hold=hold)
 
     # claiming and results (the flush engine) ----------------------------
     def claim_batch(
@@ -242,6 +247,7 @@ class Outbox:
             where.append(f"id IN ({','.join('?' * len(ids))})")
             params += list(ids)
         with self._write():
+            self._free_dead_holders(now)
             rows = self._due_rows(now, "".join(f" AND {w}" for w in where), params, limit)
             if not rows:
                 return []
@@ -261,14 +267,36 @@ class Outbox:
         rows.sort(key=lambda r: (r["next_attempt_at"], r["id"]))
         return rows[:limit]
 
+    @property
+    def holder(self) -> str:
+        """Who holds this handle's claims: host, pid and the process's start (a pid is reused)."""
+        if self._holder is None:
+            self._holder = process_holder(os.getpid())
+        return self._holder
+
+    _holder: str | None = None
+
+    def _free_dead_holders(self, now: float) -> None:
+        """Claims whose holder process on this host is gone (killed, OOM, reboot) are due at
+        once: their lease is cut short, so the claim below takes them (logged interrupted)."""
+        here = _HOST + ":"
+        holders = [h for (h,) in self.conn.execute(
+            "SELECT DISTINCT lease_holder FROM messages WHERE state='sending' AND lease_until >= ?"
+            " AND lease_holder IS NOT NULL", (now,)) if h.startswith(here)]
+        for holder in holders:
+            if not holder_alive(holder):
+                self.conn.execute("UPDATE messages SET lease_until=? WHERE state='sending' AND lease_holder=?",
+                                  (now - 1, holder))
+
     def _take(self, rows: Sequence[sqlite3.Row], owner: str, now: float, lease_seconds: float) -> dict[int, bytes]:
         """Lease `rows` to `owner` (inside the claim's transaction); returns their raw bytes by id.
         A row that was still 'sending' (its flush died) gets an 'interrupted' attempt logged."""
         claimed = [r["id"] for r in rows]
         marks = ",".join("?" * len(claimed))
         self.conn.execute(
-            f"UPDATE messages SET state='sending', lease_owner=?, lease_until=?, updated_at=? WHERE id IN ({marks})",
-            [owner, now + lease_seconds, now, *claimed],
+            f"UPDATE messages SET state='sending', lease_owner=?, lease_until=?, updated_at=?, lease_holder=?"
+            f" WHERE id IN ({marks})",
+            [owner, now + lease_seconds, now, self.holder, *claimed],
         )
         bodies = dict(self.conn.execute(f"SELECT message, raw FROM bodies WHERE message IN ({marks})", claimed))
         reclaimed = [r["id"] for r in rows if r["state"] == "sending"]
@@ -291,7 +319,7 @@ class Outbox:
             params += names
         if any(p is None for p in profiles):
             parts.append("profile IS NULL")
-        return ["(" + " OR ".join(parts) + ")"] if parts else ["0"]
+        return ["(" + " OR ".join(parts) + ")"] if parts else ["1=0"]
 
     def record_attempt(
         self,
@@ -306,9 +334,11 @@ class Outbox:
         next_attempt_at: float | None = None,
         recipients: Sequence[str] | None = None,
         renew_lease: float | None = None,
+        failed_recipients: Mapping[str, str] | None = None,
     ) -> bool:
         """Commit one delivery result. outcome: sent | deferred | failed | expired.
         `recipients` (deferred only) narrows the envelope to those still to deliver.
+        `failed_recipients` (recipient -> reply) adds to the ones refused for good.
         `renew_lease` extends the lease of this owner's other claimed rows in the same commit.
         Returns False if the row was no longer ours (another flush reclaimed it)."""
         if outcome not in ("sent", "deferred", "failed", "expired"):
@@ -325,6 +355,12 @@ class Outbox:
             sets.append("recipients=?")
             params.append(json.dumps(list(recipients)))
         with self._write():
+            if failed_recipients:
+                row = self.conn.execute("SELECT failed_recipients FROM messages WHERE id=?", (claim.id,)).fetchone()
+                failed = json.loads(row[0]) if row and row[0] else {}
+                failed.update(failed_recipients)
+                sets.append("failed_recipients=?")
+                params.append(json.dumps(failed))
             cur = self.conn.execute(
                 f"UPDATE messages SET {', '.join(sets)} WHERE id=? AND state='sending' AND lease_owner=?",
                 [*params, claim.id, owner],
@@ -359,11 +395,17 @@ class Outbox:
             )
         return cur.rowcount
 
-    def expire_overdue(self, max_age_seconds: float, *, profiles: Sequence[str | None] | None = None) -> list[int]:
-        """Deferred messages whose retry clock started more than max_age ago become expired."""
+    def expire_overdue(self, max_age_seconds: float, *, profiles: Sequence[str | None] | None = None,
+                       skip_due: bool = False) -> list[int]:
+        """Deferred messages whose retry clock started more than max_age ago become expired;
+        with skip_due, only those not due yet (the flush expires due ones itself)."""
         now = self.clock()
         params: list[Any] = [now - max_age_seconds]
-        where = ["state='deferred'", "age_base < ?"] + self._profile_filter(profiles, params)
+        where = ["state='deferred'", "age_base < ?"]
+        if skip_due:
+            where.append("next_attempt_at > ?")
+            params.append(now)
+        where += self._profile_filter(profiles, params)
         with self._write():
             ids = [i for (i,) in self.conn.execute(f"SELECT id FROM messages WHERE {' AND '.join(where)}", params)]
             if ids:
@@ -431,8 +473,11 @@ class Outbox:
             bad = [s for s in states if s not in STATES]
             if bad:
                 raise ValidationError(f"unknown state {bad[0]!r}", hint="states: " + ", ".join(STATES))
-            where.append(f"state IN ({','.join('?' * len(states))})")
+            cond = f"state IN ({','.join('?' * len(states))})"
             params += list(states)
+            if "failed" in states:  # also the partly failed: some recipients refused for good, sent to the others
+                cond = f"({cond} OR (failed_recipients IS NOT NULL AND state != 'failed'))"
+            where.append(cond)
         if profile is not None:
             where.append("profile IS ?")
             params.append(profile)
@@ -560,12 +605,20 @@ class Outbox:
                     row = domains[domain] = [0] * len(buckets)
                 row[b] += 1
         ranked = sorted(domains.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
+        partial, failed_rcpts = 0, 0
+        for (failed,) in self.conn.execute(
+                "SELECT failed_recipients FROM messages WHERE failed_recipients IS NOT NULL AND state != 'failed'"):
+            partial += 1
+            failed_rcpts += len(json.loads(failed))
         (oldest,) = self.conn.execute(f"SELECT min(created_at) FROM messages WHERE state IN ({marks})", PENDING_STATES).fetchone()
         return {
             "by_state": by_state,
             "total": sum(by_state.values()),
             "pending": sum(by_state[s] for s in PENDING_STATES),
             "oldest_pending_age_seconds": None if oldest is None else round(now - oldest, 1),
+            # messages that went out (or wait) for some recipients while others were refused for good
+            "partially_failed": partial,
+            "partially_failed_recipients": failed_rcpts,
             "age_buckets": buckets,
             "by_age": dict(zip(buckets, ages)),
             "by_domain": [
@@ -579,7 +632,7 @@ _INSERT = ("INSERT INTO messages (created_at, updated_at, profile, sender, recip
            " size, state, next_attempt_at, age_base) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
 
 _INFO_COLS = ("id, state, created_at, updated_at, profile, sender, recipients, message_id, subject, size, attempts,"
-              " next_attempt_at, last_attempt_at, last_reply, last_server, done_at")
+              " next_attempt_at, last_attempt_at, last_reply, last_server, done_at, failed_recipients")
 
 
 # due: the three ways a row can be due, each an indexed range scan (params: now)
@@ -587,6 +640,40 @@ _DUE_CONDITIONS = ("state='sending' AND lease_until < ?", "state='queued' AND ne
                    "state='deferred' AND next_attempt_at <= ?")
 
 _CLAIM_COLS = "id, profile, sender, recipients, attempts, created_at, age_base, message_id, state, next_attempt_at"
+
+
+_HOST = (socket.gethostname() or "localhost").replace(":", "_")
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux /proc), "" where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return ""
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return fields[19].decode() if len(fields) > 19 else ""
+
+
+def process_holder(pid: int) -> str:
+    return f"{_HOST}:{pid}:{_start_time(pid)}"
+
+
+def holder_alive(holder: str) -> bool:
+    """Whether the process a holder string names (on this host) still runs."""
+    _host, _, rest = holder.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if not pid_text.isdigit():
+        return True  # not ours to judge
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return not started or _start_time(pid) in ("", started)
 
 
 def _named(cursor: sqlite3.Cursor) -> sqlite3.Cursor:
@@ -608,6 +695,7 @@ def _info(row: sqlite3.Row) -> MessageInfo:
     """A row of _INFO_COLS (whose names are MessageInfo's fields) as a MessageInfo."""
     fields = dict(zip(row.keys(), row))
     fields["recipients"] = json.loads(fields["recipients"])
+    fields["failed_recipients"] = json.loads(fields["failed_recipients"]) if fields["failed_recipients"] else {}
     return MessageInfo(**fields)
 
 

@@ -1,0 +1,278 @@
+"""The outbox on PostgreSQL: one database that applications on many hosts write into and any
+of them flushes, with the SQLite outbox's guarantees (backend.py).
+
+`PgOutbox(url)` is `Outbox` (store.py) over a psycopg 3 connection: the queue's logic is
+written once, in store.py; this module supplies what differs:
+
+* the connection (libpq conventions: the URL, PGPASSWORD, ~/.pgpass, PGSERVICE, sslmode),
+  made in autocommit mode, every write its own short transaction;
+* the schema: the same named, append-only migrations as SQLite (pg_schema.py), applied on
+  open under a transaction-level advisory lock, in their own schema (MAILCTL_PG_SCHEMA,
+  default `mailctl`), so two hosts opening a fresh database at once are safe;
+* claims: `SELECT ... FOR UPDATE SKIP LOCKED` in one short transaction, so concurrent
+  flushes on different hosts take disjoint rows without waiting for each other;
+* a claim names its holder (the database session: backend pid and start time); a flush that
+  finds the holder's session gone (the worker died, its connection dropped) reclaims the rows
+  at once instead of waiting for the lease to run out;
+* SQL spelling: `%s` parameters, `IS NOT DISTINCT FROM` for `IS ?`, RETURNING for new ids.
+
+psycopg is imported only here, and this module only when a postgresql:// URL is used. The
+password never leaves this module: `display` is the URL without it."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Callable, Iterable, Sequence
+
+from mailctl.errors import ConfigError, MailctlError, TemporaryFailure, UnavailableError
+from mailctl.outbox.locate import redact
+from mailctl.outbox.pg_schema import migrate_pg
+from mailctl.outbox.store import Outbox
+
+# A database session, as a claim's holder: backend pid and start time (a pid alone is reused).
+_HOLDER = "pid::text || ':' || floor(extract(epoch FROM backend_start) * 1000000)::bigint::text"
+
+
+def schema_name() -> str:
+    name = os.environ.get("MAILCTL_PG_SCHEMA") or "mailctl"
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+        raise ConfigError(f"MAILCTL_PG_SCHEMA={name!r} is not a plain schema name",
+                          hint="use lower-case letters, digits and _ (default: mailctl)")
+    return name
+
+
+def pg_error(where: str, exc: BaseException) -> MailctlError:
+    """A psycopg failure as one line naming the outbox (password removed) and what to do."""
+    import psycopg
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, psycopg.OperationalError):
+        low = text.lower()
+        if "password" in low or "authentication" in low or "role" in low or "permission" in low:
+            return ConfigError(f"outbox {where}: {text}",
+                               hint="check the user and password (PGPASSWORD, ~/.pgpass or the secret store)")
+        if "does not exist" in low:
+            return ConfigError(f"outbox {where}: {text}", hint="create the database first (createdb), or fix the URL")
+        return UnavailableError(f"outbox {where}: {text}",
+                                hint="check that the PostgreSQL server runs and the host and port in the URL")
+    if isinstance(exc, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled,
+                        psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)):
+        return TemporaryFailure(f"outbox {where}: {text}", hint="try again")
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return ConfigError(f"outbox {where}: {text}", hint="the database user needs CREATE on the database (for the schema)")
+    return MailctlError(f"outbox {where}: {text}")
+
+
+class _Row(tuple):
+    """A result row that is a tuple (`for (i,) in ...`) and answers row["name"] and keys(),
+    like sqlite3.Row, so store.py reads both backends the same way."""
+
+    names: tuple[str, ...] = ()
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self.names.index(key))
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self.names)
+
+
+def _row_factory(cursor):
+    names = tuple(c.name for c in (cursor.description or ()))
+    cls = type("Row", (_Row,), {"names": names})
+    return lambda values: cls(values)
+
+
+def _sql(statement: str) -> str:
+    """store.py's SQLite spelling -> PostgreSQL's."""
+    statement = statement.replace(" IS ?", " IS NOT DISTINCT FROM ?")
+    statement = statement.replace("%", "%%").replace("?", "%s")
+    return statement
+
+
+class _Cursor:
+    def __init__(self, cursor) -> None:
+        self._cursor = cursor
+        self.row_factory = None  # store.py sets sqlite3.Row here; rows are always _Row
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self):
+        row = self._cursor.fetchone()
+        return row[0] if row else None
+
+    def fetchone(self):
+        return self._cursor.fetchone()
+
+    def fetchall(self):
+        return self._cursor.fetchall()
+
+    def __iter__(self):
+        return iter(self._cursor)
+
+
+class _Connection:
+    """The few sqlite3.Connection calls store.py makes, on a psycopg connection."""
+
+    def __init__(self, conn, where: str) -> None:
+        self.raw = conn
+        self.where = where
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> _Cursor:
+        cursor = self.raw.cursor(row_factory=_row_factory)
+        cursor.execute(_sql(statement), list(params))
+        return _Cursor(cursor)
+
+    def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = [list(r) for r in rows]
+        if rows:
+            with self.raw.cursor() as cursor:
+                cursor.executemany(_sql(statement), rows)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class _Transaction:
+    def __init__(self, box: "PgOutbox") -> None:
+        self.box = box
+        self._tx = None
+
+    def __enter__(self) -> None:
+        self._tx = self.box.conn.raw.transaction()
+        self._tx.__enter__()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._tx.__exit__(exc_type, exc, tb)
+
+
+class PgOutbox(Outbox):
+    """The outbox in a PostgreSQL database (see the module docstring)."""
+
+    backend = "postgresql"
+
+    def __init__(self, url: str, *, clock: Callable[[], float] | None = None, timeout: float = 30.0,
+                 synchronous: str = "NORMAL", password: str | None = None) -> None:
+        import time
+
+        try:
+            import psycopg
+        except ImportError:  # the optional extra is not installed
+            raise ConfigError("a postgresql:// outbox needs psycopg",
+                              hint="pip install 'mailctl[postgresql]' (psycopg 3 with its binary wheel)") from None
+        self.url = url
+        self.display = redact(url)
+        self.path = self.display  # what messages name
+        self.clock = clock or time.time
+        self.schema = schema_name()
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": max(1, int(timeout))}
+        if password:
+            kwargs["password"] = password
+        # synchronous=FULL (the one-shot paths): wait for the commit to reach disk; NORMAL:
+        # PostgreSQL's own default for this session (synchronous_commit as configured).
+        options = f"-c search_path={self.schema} -c lock_timeout={int(timeout * 1000)}"
+        if synchronous.upper() == "NORMAL":
+            options += " -c synchronous_commit=off"
+        kwargs["options"] = options
+        try:
+            raw = psycopg.connect(url, **kwargs)
+        except psycopg.Error as exc:
+            raise pg_error(self.display, exc) from None
+        except Exception as exc:  # a malformed URL (psycopg.ProgrammingError is an Error too)
+            raise ConfigError(f"outbox {self.display}: {exc}", hint="postgresql://USER@HOST:PORT/DATABASE") from None
+        self.conn = _Connection(raw, self.display)
+        try:
+            migrate_pg(raw, self.schema)
+            self._holder = self._session_id()
+        except psycopg.Error as exc:
+            raw.close()
+            raise pg_error(self.display, exc) from None
+
+    def _session_id(self) -> str:
+        (holder,) = self.conn.raw.execute(
+            f"SELECT {_HOLDER} FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()
+        return holder
+
+    # lifecycle -------------------------------------------------------------
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # pragma: no cover - closing a broken connection
+            pass
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+        import psycopg
+
+        if isinstance(exc, psycopg.Error):
+            raise pg_error(self.display, exc) from exc
+
+    def _write(self):
+        return _Transaction(self)
+
+    def _insert(self, row: tuple, raw: bytes) -> int:
+        from mailctl.outbox.store import _INSERT
+
+        queue_id = int(self.conn.execute(_INSERT + " RETURNING id", row).lastrowid)
+        self.conn.execute("INSERT INTO bodies (message, raw) VALUES (?, ?)", (queue_id, raw))
+        try:
+            self.conn.raw.execute("SELECT pg_notify('mailctl_outbox', %s)", [str(queue_id)])
+        except Exception:  # pragma: no cover - a wake-up call only
+            pass
+        return queue_id
+
+    # claims: FOR UPDATE SKIP LOCKED, and the holder's session ---------------------------
+    def _due_rows(self, now: float, tail: str, params: list[Any], limit: int):
+        from mailctl.outbox.store import _CLAIM_COLS
+
+        # due: queued/deferred and due, or sending with an expired lease or a holder whose
+        # database session is gone (it died: its rows return at once, not after the lease)
+        sql = (f"SELECT {_CLAIM_COLS} FROM messages WHERE ("
+               "(state IN ('queued','deferred') AND next_attempt_at <= ?)"
+               " OR (state='sending' AND (lease_until < ? OR (lease_holder IS NOT NULL AND lease_holder NOT IN"
+               f"  (SELECT {_HOLDER} FROM pg_stat_activity WHERE backend_start IS NOT NULL)))))"
+               f"{tail} ORDER BY next_attempt_at, id LIMIT ? FOR UPDATE SKIP LOCKED")
+        return self.conn.execute(sql, [now, now, *params, int(limit)]).fetchall()
+
+    def _free_dead_holders(self, now: float) -> None:
+        """Nothing to do here: the claim's SQL asks pg_stat_activity which sessions live."""
+
+    def _take(self, rows, owner: str, now: float, lease_seconds: float) -> dict[int, bytes]:
+        bodies = super()._take(rows, owner, now, lease_seconds)
+        return {k: bytes(v) for k, v in bodies.items()}
+
+    def count_due(self, *, profiles: Sequence[str | None] | None = None) -> int:
+        now = self.clock()
+        extra: list[Any] = []
+        tail = "".join(f" AND {w}" for w in self._profile_filter(profiles, extra))
+        (count,) = self.conn.execute(
+            "SELECT count(*) FROM messages WHERE ((state IN ('queued','deferred') AND next_attempt_at <= ?)"
+            f" OR (state='sending' AND lease_until < ?)){tail}", [now, now, *extra]).fetchone()
+        return int(count)
+
+    def sent_since(self, since: float, profile: str | None = None, *, limit: int = 1000) -> list[float]:
+        params: list[Any] = [since]
+        extra = ""
+        if profile is not None:
+            extra = " AND profile = ?"
+            params.append(profile)
+        rows = self.conn.execute(
+            "SELECT at FROM attempts WHERE outcome IN ('sent','deferred','failed') AND server IS NOT NULL"
+            f" AND at >= ?{extra} ORDER BY at DESC LIMIT ?", [*params, int(limit)]).fetchall()
+        return sorted(float(at) for (at,) in rows)
+
+    def wait_for_mail(self, timeout: float) -> bool:
+        """Block until a message is queued (LISTEN/NOTIFY) or `timeout` passes; True if woken."""
+        raw = self.conn.raw
+        raw.execute("LISTEN mailctl_outbox")
+        try:
+            for _notify in raw.notifies(timeout=timeout, stop_after=1):
+                return True
+            return False
+        finally:
+            raw.execute("UNLISTEN mailctl_outbox")
