@@ -16,8 +16,9 @@ from dnsserver import SilentNameserver, dns, dns_server, ids  # noqa: F401  (fix
 def test_check_runs_all_three(dns):
     res, data = dns("check", "valid.test")
     assert res.exit_code == 0, res.output
-    assert list(data["checks"]) == ["spf", "dkim", "dmarc"]
-    assert all(c["status"] == "pass" for c in data["checks"].values())
+    # and the checks beyond them (tests/test_dns_extras.py): all but the opt-in STARTTLS probe
+    assert list(data["checks"]) == ["spf", "dkim", "dmarc", "mx", "mta-sts", "tls-rpt", "bimi", "dnssec", "ns"]
+    assert all(data["checks"][c]["status"] == "pass" for c in ("spf", "dkim", "dmarc"))
     assert data["queries"] > 0
 
 
@@ -34,7 +35,8 @@ def test_finding_fields(dns):
         for f in check["findings"]:
             assert f["severity"] in ("error", "warning", "info")
             assert set(f) >= {"severity", "id", "message", "fix"}
-            assert f["id"].split(".")[0] in ("spf", "dkim", "dmarc", "dns", "profile")
+            assert f["id"].split(".")[0] in ("spf", "dkim", "dmarc", "dns", "profile", "mx", "starttls", "mta-sts",
+                                             "tls-rpt", "bimi", "dnssec", "ns")
 
 
 def test_global_json_flag(cli, dns_server):
@@ -45,7 +47,7 @@ def test_global_json_flag(cli, dns_server):
 
 def test_junit_report_is_valid_xml(dns, tmp_path):
     path = tmp_path / "dns.xml"
-    res, _ = dns("check", "external.test", "--junit", str(path))
+    res, _ = dns("check", "external.test", "--checks", "spf,dkim,dmarc", "--junit", str(path))
     assert res.exit_code == 1
     root = ET.parse(path).getroot()
     assert root.tag == "testsuites"
@@ -116,7 +118,7 @@ def test_usage_errors_exit_2(cli, args):
 
 
 def test_human_output_has_summary_and_findings(cli, dns_server):
-    res = cli("dns", "check", "dmarcnone.test", "--nameserver", dns_server.address)
+    res = cli("dns", "check", "dmarcnone.test", "--checks", "spf,dkim,dmarc", "--nameserver", dns_server.address)
     assert "DMARC dmarcnone.test: WARN" in res.stdout
     assert "dmarc.policy-none" in res.stdout and "fix:" in res.stdout
     assert res.exit_code == 1  # spf.missing is an error
@@ -265,6 +267,7 @@ def test_every_finding_id_is_documented():
 
     root = Path(__file__).resolve().parent.parent
     source = "\n".join(p.read_text() for p in (root / "src/mailctl/dns").glob("*.py"))
-    in_source = set(re.findall(r'"((?:spf|dkim|dmarc|profile)\.[a-z0-9-]+)"', source)) | {"dns.timeout", "dns.servfail"}
-    documented = set(re.findall(r"^\| `([a-z]+\.[a-z0-9-]+)` \|", (root / "docs/dns.md").read_text(), re.M))
+    prefixes = "spf|dkim|dmarc|profile|mx|starttls|mta-sts|tls-rpt|bimi|dnssec|ns"
+    in_source = set(re.findall(rf'"((?:{prefixes})\.[a-z0-9-]+)"', source)) | {"dns.timeout", "dns.servfail"}
+    documented = set(re.findall(r"^\| `([a-z-]+\.[a-z0-9-]+)` \|", (root / "docs/dns.md").read_text(), re.M))
     assert in_source == documented

@@ -103,3 +103,47 @@ def test_discovery_tries_the_google_selector(dns):
 def test_invalid_selector_is_usage_error(dns):
     res, _ = dns("check-dkim", "dkim.test", "--selector", "bad selector!")
     assert res.exit_code == 2
+
+
+@pytest.mark.parametrize("sel, usable", [("web", False), ("anysvc", True), ("mailsvc", True), ("good", True)])
+def test_service_types_must_include_email(dns, sel, usable):
+    # RFC 6376 3.6.1: a key whose s= lists neither email nor * is not for mail
+    res, data = dns("check-dkim", "dkim.test", "--selector", sel)
+    s = selector(data, sel)
+    if usable:
+        assert res.exit_code == 0, res.output
+        assert s["status"] == "found" and "dkim.not-for-email" not in ids(data)
+    else:
+        assert res.exit_code == 1
+        assert s["status"] == "unusable"
+        f = next(f for f in data["checks"]["dkim"]["findings"] if f["id"] == "dkim.not-for-email")
+        assert f["severity"] == "error" and "s=web:ftp" in f["message"] and f["fix"]
+
+
+def test_service_type_not_email_is_a_warning_when_discovered(dns_server):
+    from mailctl.dns.dkim import check_selector
+    from mailctl.dns.findings import CheckResult
+    from mailctl.dns.resolver import Nameserver, Resolver
+
+    result = CheckResult("dkim", "dkim.test")
+    with Resolver([Nameserver(dns_server.host, dns_server.port)], 3) as resolver:
+        data = check_selector(resolver, "dkim.test", "web", result, explicit=False)
+    assert data["status"] == "unusable"
+    assert [(f.id, f.severity.value) for f in result.findings] == [("dkim.not-for-email", "warning")]
+
+
+def test_bare_cname_into_another_zone_is_followed(dns):
+    # the selector's zone answers the CNAME alone (no recursion into keys.provider.test)
+    res, data = dns("check-dkim", "bare-cname.test", "--selector", "sel")
+    assert res.exit_code == 0, res.output
+    s = selector(data, "sel")
+    assert s["status"] == "found" and s["key_bits"] == 2048
+    assert s["cname_chain"] == ["sel-bare-cname-test._domainkey.keys.provider.test"]
+    assert "dkim.cname" in ids(data, severity="info")
+
+
+def test_bare_cname_to_nothing_is_missing_with_its_chain(dns):
+    res, data = dns("check-dkim", "bare-cname.test", "--selector", "gone")
+    assert res.exit_code == 1
+    f = next(f for f in data["checks"]["dkim"]["findings"] if f["id"] == "dkim.missing")
+    assert "nothing-here.keys.provider.test" in f["message"]

@@ -106,3 +106,14 @@ def test_organizational_domain_fallback_without_the_list(monkeypatch):
     monkeypatch.setattr(psl, "_rules", lambda: None)
     assert psl.organizational_domain("a.b.example.co.uk") == "example.co.uk"
     assert psl.organizational_domain("mail.example.com") == "example.com"
+
+
+def test_spaces_around_equals_and_semicolons(dns):
+    # RFC 7489 6.4: dmarc-version = "v" *WSP "=" *WSP "DMARC1"; dmarc-sep = *WSP ";" *WSP
+    res, data = dns("check-dmarc", "spaced.test")
+    assert res.exit_code == 0, res.output
+    d = data["checks"]["dmarc"]
+    assert d["record_domain"] == "spaced.test"
+    assert d["tags"] == {"v": "DMARC1", "p": "reject", "rua": "mailto:dmarc@spaced.test"}
+    assert d["policy"] == "reject"
+    assert "dmarc.missing" not in ids(data) and ids(data, severity="error") == []

@@ -205,3 +205,90 @@ def test_human_output_shows_tree_and_counts(cli, dns_server):
     assert "include:n3.toomany.test  [5 lookups]" in res.stdout
     assert "spf.too-many-lookups" in res.stdout
     assert res.stderr.startswith("Error: check-spf toomany.test: ")
+
+
+def test_newline_inside_a_record_is_a_syntax_error(dns):
+    # "ip4:192.0.2.5\n" once passed: the term regex ended in "$", which matches before a newline
+    res, data = dns("check-spf", "newline.test", "--ip", "192.0.2.5")
+    assert data["checks"]["spf"]["evaluations"][0]["result"] == "permerror"
+    assert "spf.syntax" in ids(data, severity="error")
+    assert res.exit_code == 1
+
+
+def test_domain_spec_may_hold_any_visible_character_before_the_last_label(dns):
+    # RFC 7208 7.1: a:foo:bar/baz.example.com is a valid domain-spec
+    res, data = dns("check-spf", "colon.test", "--ip", "192.0.2.6", "--ip", "192.0.2.7", "--ip", "192.0.2.8")
+    assert "spf.syntax" not in ids(data)
+    evs = data["checks"]["spf"]["evaluations"]
+    assert [(e["result"], e["term"]) for e in evs] == [
+        ("pass", "a:foo:bar/baz.colon.test"), ("pass", "mx:foo:bar/baz.colon.test"), ("fail", "-all")]
+    assert data["checks"]["spf"]["lookups"] == 2
+
+
+@pytest.mark.parametrize("record, valid", [
+    ("v=spf1 a:example.com:8080 -all", False),  # the top label may not hold ':'
+    ("v=spf1 a:museum -all", False),  # one label
+    ("v=spf1 a:abc.123 -all", False),  # numeric top label
+    ("v=spf1 a:example.-com -all", False),
+    ("v=spf1 a:foo.example.com\0 -all", False),
+    ("v=spf1 a:%{h}.bar exists:%{ir}.%{v}.x.%{d} -all", True),
+    ("v=spf1 a:foo.example.xn--zckzah a:mail.example.com. -all", True),
+    ("v=spf1 exists:%{d0}.example.com -all", False),  # a DIGIT transformer must not be zero
+    ("v=spf1 -all exp=%{r}.example.com", False),  # c, r, t only in the explanation text
+])
+def test_domain_spec_grammar(record, valid):
+    from mailctl.dns.spf import SpfSyntaxError, parse_record
+
+    if valid:
+        parse_record(record)
+    else:
+        with pytest.raises(SpfSyntaxError):
+            parse_record(record)
+
+
+def test_empty_txt_record_is_judged_on_the_rest_of_the_answer(dns):
+    # dnspython refuses a TXT record without strings; the answer used to become a timeout
+    res, data = dns("check-spf", "emptytxt.test", "--ip", "192.0.2.5")
+    assert res.exit_code == 0, res.output
+    spf = data["checks"]["spf"]
+    assert spf["record"] == "v=spf1 ip4:192.0.2.5 -all"  # two strings, glued together
+    assert spf["evaluations"][0]["result"] == "pass"
+
+
+def test_helo_feeds_the_h_macro(dns):
+    res, data = dns("check-spf", "helo.test", "--ip", "192.0.2.40", "--helo", "mail.helo.test")
+    ev = data["checks"]["spf"]["evaluations"][0]
+    assert (ev["result"], ev["term"], ev["helo"]) == ("pass", "a:%{h}", "mail.helo.test")
+    assert res.exit_code == 0, res.output
+    _, data = dns("check-spf", "helo.test", "--ip", "192.0.2.40")
+    ev = data["checks"]["spf"]["evaluations"][0]
+    assert (ev["result"], ev["helo"]) == ("fail", None)
+
+
+def test_fail_shows_the_exp_explanation(dns, cli, dns_server):
+    res, data = dns("check-spf", "exp.test", "--ip", "192.0.2.9")
+    ev = data["checks"]["spf"]["evaluations"][0]
+    text = "Correct! 192.0.2.9 may not send for exp.test: see https://exp.test/spf?ip=192.0.2.9"
+    assert (ev["result"], ev["explanation"]) == ("fail", text)  # case and punctuation kept
+    assert repr(text) in next(f["message"] for f in data["checks"]["spf"]["findings"] if f["id"] == "spf.ip-not-authorized")
+    _, data = dns("check-spf", "exp.test", "--ip", "192.0.2.1")
+    assert data["checks"]["spf"]["evaluations"][0]["explanation"] is None  # only for fail
+    res = cli("dns", "check-spf", "exp.test", "--ip", "192.0.2.9", "--nameserver", dns_server.address)
+    assert res.exit_code == 1
+    assert f"explanation: {text!r}" in res.stdout
+
+
+@pytest.mark.parametrize("domain", ["a..b.test", "[192.0.2.1]", "localhost", "a" * 64 + ".test"])
+def test_invalid_domain_with_ip_is_evaluated_as_none(dns, domain):
+    res, data = dns("check-spf", domain, "--ip", "192.0.2.1")
+    assert res.exit_code == 1, res.output
+    spf = data["checks"]["spf"]
+    assert spf["evaluations"][0]["result"] == "none"
+    assert ids(data) == ["spf.invalid-domain"]
+    assert data["queries"] == 0  # nothing a receiver would look up
+
+
+def test_invalid_domain_without_ip_is_still_a_usage_error(dns):
+    res, _ = dns("check-spf", "a..b.test")
+    assert res.exit_code == 2
+    assert "invalid domain" in res.stderr

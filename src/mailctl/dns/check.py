@@ -26,6 +26,45 @@ class CheckOptions:
     host: str | None = None
     transport: str | None = None
     profile: str | None = None
+    # beyond DNS: the MX STARTTLS probe and the MTA-STS policy fetch
+    connect_timeout: float = 10.0
+    ca_file: str = ""
+    smtp_port: int = 25
+    https_port: int = 443
+    dnssec_resolver: str | None = None
+
+
+# Every check `dns check` knows, in report order. starttls connects to the MX hosts on port 25,
+# so it runs only when asked for (--smtp, or named in --checks).
+ALL_CHECKS = ("spf", "dkim", "dmarc", "mx", "starttls", "mta-sts", "tls-rpt", "bimi", "dnssec", "ns")
+DEFAULT_CHECKS = tuple(c for c in ALL_CHECKS if c != "starttls")
+
+
+def select_checks(checks: list[str] | None = None, skip: list[str] | None = None, smtp: bool = False) -> tuple[str, ...]:
+    """The checks of `dns check`: --checks (comma-separated, repeatable; default all but
+    starttls), minus --skip, plus starttls with --smtp. Unknown names are a usage error."""
+
+    def names(values: list[str] | None, option: str) -> list[str]:
+        out = []
+        for value in values or []:
+            for name in (n.strip().lower() for n in value.split(",")):
+                if not name:
+                    continue
+                if name == "all":
+                    out += list(ALL_CHECKS)
+                elif name in ALL_CHECKS:
+                    out.append(name)
+                else:
+                    raise UsageError(f"{option}: unknown check {name!r}", hint="checks: " + ",".join(ALL_CHECKS))
+        return out
+
+    chosen = set(names(checks, "--checks") or DEFAULT_CHECKS)
+    if smtp:
+        chosen.add("starttls")
+    chosen -= set(names(skip, "--skip"))
+    if not chosen:
+        raise UsageError("no check left to run", hint="--skip removed every check of --checks")
+    return tuple(c for c in ALL_CHECKS if c in chosen)
 
 
 @dataclass(frozen=True)
@@ -69,9 +108,11 @@ def run_checks(domain: str, checks: tuple[str, ...], options: CheckOptions,
         jobs["dkim"] = lambda r: check_dkim(r, domain, options.selectors, provider)
     if "dmarc" in checks:
         jobs["dmarc"] = lambda r: check_dmarc(r, domain)
+    jobs.update(_more_jobs(domain, checks, options))
     if profile is not None:
         jobs["profile"] = lambda r: check_profile(r, profile.from_domain, provider=profile.provider, host=profile.host,
-                                                  transport=profile.transport, profile=profile.name)
+                                                  transport=profile.transport, profile=profile.name,
+                                                  selectors=options.selectors)
     started = time.perf_counter()
     with Resolver(nameservers, options.timeout) as resolver:
         if len(jobs) == 1:
@@ -83,6 +124,56 @@ def run_checks(domain: str, checks: tuple[str, ...], options: CheckOptions,
         queries = resolver.queries
     return Report(domain, results, strict=options.strict, nameservers=[str(n) for n in nameservers] or ["system"],
                   queries=queries, elapsed=time.perf_counter() - started)
+
+
+def _more_jobs(domain: str, checks: tuple[str, ...], options: CheckOptions) -> dict[str, Callable[[Resolver], CheckResult]]:
+    """The checks beyond SPF/DKIM/DMARC; their modules load only when selected."""
+    jobs: dict[str, Callable[[Resolver], CheckResult]] = {}
+    net = None
+    if "starttls" in checks or "mta-sts" in checks:
+        from mailctl.dns.tlsprobe import Network
+
+        if options.connect_timeout <= 0:
+            raise UsageError("--connect-timeout must be positive")
+        for port, option in ((options.smtp_port, "--smtp-port"), (options.https_port, "--mta-sts-port")):
+            if not 0 < port < 65536:
+                raise UsageError(f"{option} must be 1-65535")
+        net = Network(ca_file=options.ca_file, timeout=options.connect_timeout, smtp_port=options.smtp_port,
+                      https_port=options.https_port)
+        net.check_ca_file()  # a bad --ca-file is a usage error now, not a finding later
+        if "starttls" in checks or options.ca_file:
+            net.warm()  # the TLS context will be needed: build it while the DNS queries run
+    validating = [parse_nameserver(options.dnssec_resolver)] if options.dnssec_resolver else None
+    for name in checks:
+        if name == "mx":
+            from mailctl.dns.mx import check_mx
+
+            jobs[name] = lambda r: check_mx(r, domain)
+        elif name == "starttls":
+            from mailctl.dns.smtp_probe import check_starttls
+
+            jobs[name] = lambda r: check_starttls(r, domain, net)
+        elif name == "mta-sts":
+            from mailctl.dns.mtasts import check_mta_sts
+
+            jobs[name] = lambda r: check_mta_sts(r, domain, net)
+        elif name == "tls-rpt":
+            from mailctl.dns.tlsrpt import check_tls_rpt
+
+            jobs[name] = lambda r: check_tls_rpt(r, domain)
+        elif name == "bimi":
+            from mailctl.dns.bimi import check_bimi
+
+            jobs[name] = lambda r: check_bimi(r, domain)
+        elif name == "dnssec":
+            from mailctl.dns.dnssec import check_dnssec
+
+            jobs[name] = lambda r: check_dnssec(r, domain, validating)
+        elif name == "ns":
+            from mailctl.dns.nssoa import check_ns
+
+            jobs[name] = lambda r: check_ns(r, domain)
+    return jobs
 
 
 def profile_expectation(name: str, values: dict) -> ProfileExpectation:

@@ -189,6 +189,13 @@ def check_selector(resolver: Resolver, domain: str, selector: str, result: Check
             else:
                 result.add(F.error("dkim.unknown-key-type", f"{name}: unknown key type k={key_type}",
                                    "use k=rsa or k=ed25519", name))
+    services = [s.strip().lower() for s in tags.get("s", "").split(":") if s.strip()]
+    if "s" in tags and "email" not in services and "*" not in services:
+        if data["status"] == "found":
+            data["status"] = "unusable"
+        result.add(sev_err("dkim.not-for-email",
+                           f"{name}: s={tags['s']} does not list 'email' (or '*'), so mail verifiers ignore the key (RFC 6376 3.6.1)",
+                           "remove s= or set s=email", name))
     flags = [f.strip() for f in tags.get("t", "").split(":") if f.strip()]
     if "y" in flags:
         data["testing"] = True

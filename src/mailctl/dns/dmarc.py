@@ -20,6 +20,7 @@ DEPRECATED = {
     "rf": "DMARCbis removes rf (only AFRF exists)",
     "ri": "DMARCbis removes ri (receivers send daily reports)",
 }
+_DMARC_START = re.compile(r"\s*v\s*=\s*dmarc", re.IGNORECASE)
 _MAILTO = re.compile(r"^mailto:([^@\s!]+)@([^@\s!]+?)(?:!(\d+)([kmgt]?))?$", re.IGNORECASE)
 
 
@@ -38,8 +39,8 @@ def find_record(resolver: Resolver, domain: str, result: CheckResult):
             result.add(F.dns_failure(lk, "DMARC record"))
             return None, []
         # RFC 7489 6.6.3: other TXT records at the name are discarded; a near miss (v=dmarc1)
-        # is kept so the report can name the mistake
-        candidates = [r for r in lk.records if r.lstrip().lower().startswith("v=dmarc")]
+        # is kept so the report can name the mistake. Spaces around '=' are allowed (6.4).
+        candidates = [r for r in lk.records if _DMARC_START.match(r)]
         if candidates:
             return n, candidates
     return None, []

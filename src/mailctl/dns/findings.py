@@ -62,7 +62,7 @@ def dns_failure(lookup, context: str) -> Finding:
 
 @dataclass
 class CheckResult:
-    check: str  # spf | dkim | dmarc | profile
+    check: str  # spf | dkim | dmarc | mx | starttls | mta-sts | tls-rpt | bimi | dnssec | ns | profile
     domain: str
     findings: list[Finding] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)

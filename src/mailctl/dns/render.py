@@ -47,6 +47,64 @@ def summary_lines(report: Report) -> list[str]:
             lines.append(f"DMARC {check.domain}: {status}" + (f"  (_dmarc.{where}: {d.get('record')})" if where else ""))
         elif check.check == "profile":
             lines.append(f"Profile {d.get('profile') or ''} ({d.get('provider')}) for {check.domain}: {status}")
+            al = d.get("dmarc_alignment")
+            if al:
+                spf, dkim = al["spf"], al["dkim"]
+                lines.append(f"  DMARC for this profile: {al['verdict'].upper()}  (SPF {_yes(spf.get('pass'))} for "
+                             f"{spf.get('mail_from_domain')}, DKIM {_yes(dkim.get('pass'))} d={dkim.get('signing_domain') or '?'}; "
+                             f"policy {al.get('policy') or 'none published'})")
+        else:
+            lines += _more_lines(check, status)
+    return lines
+
+
+def _yes(value) -> str:
+    return {True: "aligned pass", False: "fails", None: "unknown"}[value]
+
+
+def _more_lines(check, status: str) -> list[str]:
+    """The checks beyond SPF/DKIM/DMARC: one line each, and the MX hosts / STARTTLS probes."""
+    d = check.data
+    name = {"mx": "MX", "starttls": "STARTTLS", "mta-sts": "MTA-STS", "tls-rpt": "TLS-RPT", "bimi": "BIMI",
+            "dnssec": "DNSSEC", "ns": "NS/SOA"}.get(check.check, check.check)
+    head = f"{name} {check.domain}: {status}"
+    lines = []
+    if check.check == "mx":
+        hosts = d.get("hosts", [])
+        lines.append(head + ("  (null MX)" if d.get("null_mx") else f"  ({len(hosts)} host(s))"))
+        for h in hosts:
+            lines.append(f"  {h['preference']:>5} {h['host']}  {', '.join(h['addresses']) or 'no address'}")
+    elif check.check == "starttls":
+        lines.append(head + (f"  (port {d['port']}, MTA-STS {d['mta_sts_mode']})" if d.get("mta_sts_mode") else f"  (port {d.get('port', 25)})"))
+        for h in d.get("hosts", []):
+            tls = h.get("tls") or {}
+            cert = tls.get("certificate") or {}
+            if h.get("error"):
+                what = h["error"]
+            elif not h.get("starttls_offered"):
+                what = "no STARTTLS"
+            else:
+                what = f"{tls.get('version')}, certificate {'valid' if tls.get('verified') else tls.get('problem')}" + (
+                    f", expires in {cert['days_left']} days" if cert.get("days_left") is not None else "")
+            lines.append(f"  {h['host']} ({h.get('address', '?')}): {what}")
+    elif check.check == "mta-sts":
+        policy = d.get("policy") or {}
+        extra = f"  (mode {policy.get('mode')}, max_age {policy.get('max_age')}, mx {', '.join(policy.get('mx', []))})" if policy else (
+            "  (no record)" if not d.get("record") else "")
+        lines.append(head + extra)
+    elif check.check == "tls-rpt":
+        lines.append(head + (f"  (rua {', '.join(d.get('rua', []))})" if d.get("rua") else ""))
+    elif check.check == "bimi":
+        lines.append(head + (f"  ({d['record_name']}: {d.get('record')})" if d.get("record_name") else ""))
+    elif check.check == "dnssec":
+        state = "signed" if d.get("signed") else ("keys but no DS" if d.get("dnskey_count") else "unsigned")
+        validated = d.get("validated")
+        lines.append(head + f"  (zone {d.get('zone')}: {state}" + ("" if validated is None else f", validated: {'yes' if validated else 'no'}") + ")")
+    elif check.check == "ns":
+        servers = [n["host"] for n in d.get("nameservers", [])]
+        lines.append(head + (f"  (zone {d.get('zone')}: {', '.join(servers) or 'no NS'})" if d.get("zone") else ""))
+    else:
+        lines.append(head)
     return lines
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailctl.dns import findings as F
-from mailctl.dns.findings import CheckResult, Finding
-from mailctl.dns.resolver import Lookup, Resolver, normalize
+from mailctl.dns.findings import CheckResult, Finding, Report
+from mailctl.dns.resolver import Lookup, Resolver, normalize, parse_nameserver
 
 LOOKUP_LIMIT = 10
 VOID_LIMIT = 2
@@ -30,10 +30,13 @@ QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
 
 _MACRO = re.compile(r"%\{([slodiphcrtvSLODIPHCRTV])(\d*)(r?)([.\-+,/_=]*)\}|%%|%_|%-", re.IGNORECASE)
-_MODIFIER = re.compile(r"^([A-Za-z][A-Za-z0-9_.\-]*)=(.*)$")
-_MECHANISM = re.compile(r"^([+\-~?]?)([A-Za-z][A-Za-z0-9_.\-]*)(.*)$")
-_CIDR = re.compile(r"^(.*?)(?:/(\d+))?(?://(\d+))?$", re.DOTALL)
-_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_\-]*[A-Za-z0-9_])?$")
+# matched with fullmatch (never "$", which also matches before a trailing newline)
+_MODIFIER = re.compile(r"([A-Za-z][A-Za-z0-9_.\-]*)=(.*)", re.DOTALL)
+_MECHANISM = re.compile(r"([+\-~?]?)([A-Za-z][A-Za-z0-9_.\-]*)(.*)", re.DOTALL)
+_CIDR = re.compile(r"(.*?)(?:/(\d+))?(?://(\d+))?", re.DOTALL)
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_\-]*[A-Za-z0-9_])?")
+# RFC 7208 7.1: toplabel = ( *alphanum ALPHA *alphanum ) / ( 1*alphanum "-" *( alphanum / "-" ) alphanum )
+_TOPLABEL = re.compile(r"[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*|[A-Za-z0-9]+-[A-Za-z0-9\-]*[A-Za-z0-9]")
 
 
 class SpfSyntaxError(ValueError):
@@ -90,7 +93,12 @@ def parse_record(record: str) -> list[Term]:
 
 
 def parse_term(text: str) -> Term:
-    m = _MODIFIER.match(text)
+    bad = next((c for c in text if not _visible(c)), None)
+    if bad is not None:
+        # terms are visible ASCII separated by spaces: a tab, CR, LF, NUL or non-ASCII
+        # character is a syntax error (RFC 7208 3.1, 4.6.1), not part of a value
+        raise SpfSyntaxError(f"{text!r}: character {bad!r} is not allowed in an SPF record")
+    m = _MODIFIER.fullmatch(text)
     if m and not _MECHANISM_NAME_WITH_EQUALS(text):
         name, value = m.group(1).lower(), m.group(2)
         if name in ("redirect", "exp"):
@@ -100,7 +108,7 @@ def parse_term(text: str) -> Term:
         else:
             check_macro_string(value, text, exp=False)
         return Term(text, "modifier", name, "", value)
-    m = _MECHANISM.match(text)
+    m = _MECHANISM.fullmatch(text)
     if not m:
         raise SpfSyntaxError(f"'{text}' is not a mechanism or modifier")
     qualifier, name, rest = m.group(1), m.group(2).lower(), m.group(3)
@@ -141,7 +149,7 @@ def parse_term(text: str) -> Term:
     else:
         spec = ""
     if name in ("a", "mx"):
-        cm = _CIDR.match(spec)
+        cm = _CIDR.fullmatch(spec)
         spec, c4, c6 = cm.group(1), cm.group(2), cm.group(3)
         if c4 is not None:
             if int(c4) > 32 or (len(c4) > 1 and c4.startswith("0")):
@@ -167,28 +175,56 @@ def _MECHANISM_NAME_WITH_EQUALS(text: str) -> bool:
     return ":" in head or "/" in head
 
 
-def check_macro_string(value: str, term: str, *, exp: bool) -> None:
-    pos = 0
+def _visible(c: str) -> bool:
+    return "!" <= c <= "~"
+
+
+def check_macro_string(value: str, term: str, *, exp: bool) -> int:
+    """Checks macro-string syntax (RFC 7208 7.1); returns where the last macro-expand ends
+    (-1 when there is none). With exp=True (explanation text) spaces and %{c} %{r} %{t}
+    are allowed too."""
+    pos, last = 0, -1
     while True:
         i = value.find("%", pos)
+        literal = value[pos:] if i < 0 else value[pos:i]
+        bad = next((c for c in literal if not (_visible(c) or (exp and c == " "))), None)
+        if bad is not None:
+            raise SpfSyntaxError(f"'{term}': character {bad!r} is not allowed")
         if i < 0:
-            return
+            return last
         m = _MACRO.match(value, i)
         if not m:
             raise SpfSyntaxError(f"'{term}': invalid macro at '{value[i:i + 6]}'")
         letter = (m.group(1) or "").lower()
         if letter in ("c", "r", "t") and not exp:
             raise SpfSyntaxError(f"'{term}': macro %{{{letter}}} is only allowed in exp=")
-        pos = m.end()
+        if m.group(2) and int(m.group(2)) == 0:
+            raise SpfSyntaxError(f"'{term}': macro '{m.group(0)}' keeps zero labels")
+        pos = last = m.end()
 
 
 def check_domain_spec(spec: str, term: str, *, exp: bool) -> None:
-    check_macro_string(spec, term, exp=exp)
-    if "%" in spec:
-        # the part after the last macro must still end in a plausible domain (or be the macro)
+    """domain-spec = macro-string domain-end; domain-end = ( "." toplabel [ "." ] ) / macro-expand
+    (RFC 7208 7.1): any visible character but '%' may come before the last label, so
+    'a:foo:bar/baz.example.com' is valid and 'a:example.com:8080' is not."""
+    last_macro = check_macro_string(spec, term, exp=exp)
+    if last_macro == len(spec):
         return
-    if not valid_domain(spec):
-        raise SpfSyntaxError(f"'{term}': '{spec}' is not a valid domain name")
+    body = spec[:-1] if spec.endswith(".") else spec
+    head, dot, top = body.rpartition(".")
+    if not dot or not _TOPLABEL.fullmatch(top) or len(head) < last_macro:
+        raise SpfSyntaxError(f"'{term}': '{spec}' is not a valid domain name (it must end in a macro or '.' and a top-level label)")
+
+
+def checkable_domain(name: str) -> bool:
+    """Whether check_host() can look <domain> up (RFC 7208 4.3): a multi-label name with no
+    empty label and no label over 63 octets, not a domain literal or an address. Any other
+    character is allowed: SPF names need not be host names."""
+    name = name[:-1] if name.endswith(".") else name
+    if not name or len(name) > 253 or name.startswith("["):
+        return False
+    labels = name.split(".")
+    return len(labels) >= 2 and not labels[-1].isdigit() and all(0 < len(label.encode()) <= 63 for label in labels)
 
 
 def valid_domain(name: str) -> bool:
@@ -198,7 +234,7 @@ def valid_domain(name: str) -> bool:
     labels = name.split(".")
     if len(labels) < 2 or labels[-1].isdigit():
         return False
-    return all(len(label) <= 63 and _LABEL.match(label) for label in labels)
+    return all(len(label) <= 63 and _LABEL.fullmatch(label) for label in labels)
 
 
 # -- the static walk -------------------------------------------------------------------------
@@ -226,7 +262,7 @@ class TermNode:
 @dataclass
 class SpfNode:
     domain: str
-    status: str = "ok"  # ok | none | multiple | syntax | temperror | loop | depth
+    status: str = "ok"  # ok | none | multiple | syntax | temperror | loop | depth | invalid
     record: str | None = None
     records: list[str] = field(default_factory=list)
     terms: list[TermNode] = field(default_factory=list)
@@ -416,11 +452,26 @@ class Evaluation:
     reason: str = ""
     lookups: int = 0
     void_lookups: int = 0
+    helo: str = ""  # the HELO identity given, for %{h}
+    explanation: str = ""  # for fail: the deciding record's exp= text (RFC 7208 6.2); "" if none applies
 
     def to_dict(self) -> dict[str, Any]:
         return {"ip": self.ip, "sender": self.sender, "result": self.result, "term": self.term or None,
                 "domain": self.domain or None, "path": self.path, "reason": self.reason,
-                "lookups": self.lookups, "void_lookups": self.void_lookups}
+                "lookups": self.lookups, "void_lookups": self.void_lookups, "helo": self.helo or None,
+                "explanation": self.explanation or None}
+
+
+@dataclass
+class _Outcome:
+    """What one check_host() level returns."""
+
+    result: str
+    term: str = ""
+    domain: str = ""
+    path: list[str] = field(default_factory=list)
+    reason: str = ""
+    exp: Term | None = None  # the exp= of the record that decided (a redirect hands over its target's)
 
 
 class SpfEvaluator:
@@ -432,54 +483,81 @@ class SpfEvaluator:
         if self.ip.version == 6 and self.ip.ipv4_mapped is not None:
             self.ip = self.ip.ipv4_mapped
         self.sender = sender
+        self.helo_given = helo
         self.helo = helo or "unknown"
         self.lookups = 0
         self.voids = 0
 
     def evaluate(self, domain: str) -> Evaluation:
-        ev = Evaluation(str(self.ip), self.sender, "none")
+        ev = Evaluation(str(self.ip), self.sender, "none", helo=self.helo_given)
+        out = None
         try:
-            ev.result, ev.term, ev.domain, ev.path, ev.reason = self.check_host(normalize(domain), 0)
+            out = self.check_host(normalize(domain), 0)
+            ev.result, ev.term, ev.domain, ev.path, ev.reason = out.result, out.term, out.domain, out.path, out.reason
         except _Stop as stop:
             ev.result, ev.term, ev.domain, ev.reason = stop.result, stop.term, stop.domain, stop.reason
             ev.path = [stop.term] if stop.term else []
         ev.lookups, ev.void_lookups = self.lookups, self.voids
+        if ev.result == "fail" and out is not None and out.exp is not None:
+            ev.explanation = self.explain(out.exp, out.domain)
         return ev
 
-    # returns (result, term, domain, path, reason)
-    def check_host(self, domain: str, depth: int):
-        if not valid_domain(domain):
-            return "none", "", domain, [], f"'{domain}' is not a valid domain name"
+    def check_host(self, domain: str, depth: int) -> _Outcome:
+        if not checkable_domain(domain):
+            return _Outcome("none", "", domain, [], f"'{domain}' is not a valid domain name (RFC 7208 4.3)")
         lk = self.resolver.txt(domain)
         if lk.temporary:
             raise _Stop("temperror", f"TXT {domain}: {lk.status}", "", domain)
         records = [r for r in lk.records if is_spf_record(r)]
         if not records:
-            return "none", "", domain, [], f"{domain} has no SPF record"
+            return _Outcome("none", "", domain, [], f"{domain} has no SPF record")
         if len(records) > 1:
             raise _Stop("permerror", f"{domain} has {len(records)} SPF records", "", domain)
         try:
             terms = parse_record(records[0])
         except SpfSyntaxError as exc:
             raise _Stop("permerror", f"{domain}: {exc}", "", domain) from None
+        exp = next((t for t in terms if t.name == "exp"), None)
         for term in terms:
             if term.kind != "mechanism":
                 continue
             matched, sub = self._mechanism(term, domain, depth)
             if matched:
-                path = [term.text] + (sub[3] if sub else [])
+                path = [term.text] + (sub.path if sub else [])
                 if sub is not None and term.name == "include":
-                    return QUALIFIERS[term.qualifier], term.text, domain, path, f"matched '{term.text}' in {domain} (via {' > '.join(path)})"
-                return QUALIFIERS[term.qualifier], term.text, domain, path, f"matched '{term.text}' in {domain}"
+                    return _Outcome(QUALIFIERS[term.qualifier], term.text, domain, path,
+                                    f"matched '{term.text}' in {domain} (via {' > '.join(path)})", exp)
+                return _Outcome(QUALIFIERS[term.qualifier], term.text, domain, path, f"matched '{term.text}' in {domain}", exp)
         redirect = next((t for t in terms if t.name == "redirect"), None)
         if redirect is not None:
             self._count(redirect, domain)
             target = self.expand(redirect.value, domain)
-            result = self.check_host(target, depth + 1)
-            if result[0] == "none":
+            sub = self.check_host(target, depth + 1)
+            if sub.result == "none":
                 raise _Stop("permerror", f"redirect target {target} has no SPF record", redirect.text, domain)
-            return result[0], result[1], result[2], [redirect.text] + result[3], result[4]
-        return "neutral", "", domain, [], f"no term of {domain} matched (default result neutral)"
+            sub.path = [redirect.text] + sub.path
+            return sub  # the target's exp= applies, not this record's (RFC 7208 6.2)
+        return _Outcome("neutral", "", domain, [], f"no term of {domain} matched (default result neutral)", exp)
+
+    def explain(self, exp: Term, domain: str) -> str:
+        """The explanation for fail (RFC 7208 6.2): the TXT record at the expanded exp= name,
+        macro-expanded. "" (the receiver's own text) when the name does not expand, the lookup
+        fails or finds no or several records, or the text is not a valid explanation string.
+        Not counted against the lookup limits."""
+        try:
+            target = self.expand(exp.value, domain)
+        except _Stop:
+            return ""
+        if not checkable_domain(target):
+            return ""
+        lk = self.resolver.txt(target)
+        if lk.temporary or len(lk.records) != 1:
+            return ""
+        try:
+            check_macro_string(lk.records[0], exp.text, exp=True)
+            return self.expand(lk.records[0], domain, exp=True)
+        except (SpfSyntaxError, _Stop):
+            return ""
 
     def _count(self, term: Term, domain: str) -> None:
         self.lookups += 1
@@ -517,7 +595,7 @@ class SpfEvaluator:
             return addr == self.ip
         return self.ip in ipaddress.ip_network(f"{addr}/{prefix}", strict=False)
 
-    def _mechanism(self, term: Term, domain: str, depth: int):
+    def _mechanism(self, term: Term, domain: str, depth: int) -> tuple[bool, _Outcome | None]:
         name = term.name
         if name == "all":
             return True, None
@@ -528,21 +606,21 @@ class SpfEvaluator:
         target = self.expand(term.value, domain) if term.value else domain
         if name == "include":
             try:
-                result = self.check_host(target, depth + 1)
+                sub = self.check_host(target, depth + 1)
             except _Stop as stop:
                 raise _Stop(stop.result, stop.reason, stop.term or term.text, stop.domain or target) from None
-            if result[0] == "pass":
-                return True, result
-            if result[0] in ("fail", "softfail", "neutral"):
+            if sub.result == "pass":
+                return True, sub
+            if sub.result in ("fail", "softfail", "neutral"):
                 return False, None
-            raise _Stop("permerror", f"include:{target}: {result[4]}", term.text, domain)
+            raise _Stop("permerror", f"include:{target}: {sub.reason}", term.text, domain)
         if name == "a":
             return any(self._in(a, term) for a in self._addresses(target, term, domain)), None
         if name == "mx":
             lk = self.resolver.lookup(target, "MX")
             self._void(lk, term, domain)
-            hosts = [r.split(" ", 1)[1] for r in lk.records]
-            if len(hosts) > MX_LIMIT:
+            hosts = [h for h in (r.split(" ", 1)[1] for r in lk.records) if h]  # "0 ." (null MX, RFC 7505) has none
+            if len(lk.records) > MX_LIMIT:
                 raise _Stop("permerror", f"{target} has more than {MX_LIMIT} MX hosts", term.text, domain)
             self.resolver.prefetch((h, "A" if self.ip.version == 4 else "AAAA") for h in hosts)
             for host in hosts:
@@ -573,8 +651,10 @@ class SpfEvaluator:
 
     # -- macros (RFC 7208 section 7) ---------------------------------------------------------
     def expand(self, spec: str, domain: str, *, exp: bool = False) -> str:
+        """A domain-spec expanded into a name to query, or with exp=True an explanation string
+        expanded into text (kept as written: case, spaces, trailing dot)."""
         if "%" not in spec:
-            return normalize(spec)
+            return spec if exp else normalize(spec)
         local, _, sender_domain = self.sender.rpartition("@")
         local = local or "postmaster"
 
@@ -590,10 +670,13 @@ class SpfEvaluator:
             if letter == "i":
                 if self.ip.version == 4:
                     return str(self.ip)
-                return ".".join(self.ip.exploded.replace(":", ""))
+                # dot-format nibbles, upper case as the openspf suite expects (DNS ignores case)
+                return ".".join(self.ip.exploded.replace(":", "").upper())
             if letter == "p":
                 names = self._validated_names()
-                return names[0] if names else "unknown"
+                # RFC 7208 7.3: prefer <domain> itself, then a subdomain of it
+                return next((n for n in names if n == domain), None) or next(
+                    (n for n in names if n.endswith("." + domain)), names[0] if names else "unknown")
             if letter == "v":
                 return "in-addr" if self.ip.version == 4 else "ip6"
             if letter == "h":
@@ -647,11 +730,18 @@ def _is_ip(text: str) -> bool:
 
 
 # -- the check -------------------------------------------------------------------------------
-def check_spf(resolver: Resolver, domain: str, ips: list[str] = (), sender: str | None = None) -> CheckResult:
+def check_spf(resolver: Resolver, domain: str, ips: list[str] = (), sender: str | None = None,
+              helo: str | None = None) -> CheckResult:
     domain = normalize(domain)
     result = CheckResult("spf", domain)
     walker = SpfWalker(resolver)
-    root = walker.walk(domain)
+    if checkable_domain(domain):
+        root = walker.walk(domain)
+    else:  # only check-spf --ip gets here: evaluated as a receiver would (none), not looked up
+        root = SpfNode(domain, status="invalid")
+        result.add(F.error("spf.invalid-domain",
+                           f"'{domain}' is not a domain name SPF can check (RFC 7208 4.3): receivers return none",
+                           "check the MAIL FROM domain or HELO name that the sender uses", domain))
     for f in walker.findings:
         result.add(f)
     result.data["record"] = root.record
@@ -662,7 +752,7 @@ def check_spf(resolver: Resolver, domain: str, ips: list[str] = (), sender: str 
     if root.status == "none":
         result.add(F.error("spf.missing", f"{domain} has no SPF record",
                            f"publish a TXT record at {domain} such as 'v=spf1 include:<provider> -all'", domain))
-    elif root.status not in ("syntax", "temperror"):
+    elif root.status not in ("syntax", "temperror", "invalid"):
         if root.lookups > LOOKUP_LIMIT:
             breakdown = ", ".join(f"{t.term.text}={t.lookups}" for t in root.terms if t.lookups)
             result.add(F.error("spf.too-many-lookups",
@@ -685,18 +775,42 @@ def check_spf(resolver: Resolver, domain: str, ips: list[str] = (), sender: str 
     evaluations = []
     sender = sender or f"postmaster@{domain}"
     for ip in ips:
-        ev = SpfEvaluator(resolver, ip, sender).evaluate(domain)
+        ev = SpfEvaluator(resolver, ip, sender, helo or "").evaluate(domain)
         evaluations.append(ev.to_dict())
         if ev.result == "temperror":
             result.add(Finding(F.Severity.ERROR, "spf.temperror", f"SPF for {ip}: temperror ({ev.reason})",
                                "check that the nameserver answers, retry later or raise --timeout", ip, temporary=True))
-        elif ev.result != "pass":
+        elif ev.result != "pass" and root.status != "invalid":  # spf.invalid-domain says it all
             where = f" at '{ev.term}' in {ev.domain}" if ev.term else ""
-            result.add(F.error("spf.ip-not-authorized", f"SPF for {ip} is {ev.result}{where}: {ev.reason}",
+            explained = f"; explanation: {ev.explanation!r}" if ev.explanation else ""
+            result.add(F.error("spf.ip-not-authorized", f"SPF for {ip} is {ev.result}{where}: {ev.reason}{explained}",
                                f"authorize {ip} in the SPF record of {domain} (ip4/ip6 or the sending service's include)", ip))
     if ips:
         result.data["evaluations"] = evaluations
     return result
+
+
+def run_check_spf(domain: str, options, helo: str | None = None) -> Report:
+    """`dns check-spf`: run_checks() for SPF alone (options: a check.CheckOptions), plus what
+    only this command takes: the HELO identity for %{h}, and, with --ip, any name a receiver
+    can be handed. A name that is not a valid domain is then evaluated (none, RFC 7208 4.3)
+    and reported as spf.invalid-domain instead of refused as a usage error."""
+    from mailctl.dns.check import checked_domain
+    from mailctl.errors import UsageError
+
+    name = normalize(domain)
+    if not options.ips or valid_domain(name):
+        name = checked_domain(domain)
+    nameservers = [parse_nameserver(n) for n in options.nameservers]
+    ips = [parse_ip(ip) for ip in options.ips]
+    if options.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    started = time.perf_counter()
+    with Resolver(nameservers, options.timeout) as resolver:
+        result = check_spf(resolver, name, ips, options.sender, helo)
+        queries = resolver.queries
+    return Report(name, [result], strict=options.strict, nameservers=[str(n) for n in nameservers] or ["system"],
+                  queries=queries, elapsed=time.perf_counter() - started)
 
 
 def parse_ip(text: str) -> str:
