@@ -14,6 +14,7 @@ import socketserver
 import ssl
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -407,3 +408,136 @@ def assert_no_secret(*texts: str, secrets=(PASSWORD, TOKEN)) -> None:
     for text in texts:
         for form in forms:
             assert form not in (text or ""), "a secret leaked into output"
+    assert_no_secret_form(*texts, secrets=secrets)  # and every other encoding (unpadded, OAUTHBEARER)
+
+
+# --- raw, scripted servers (broken or hostile) -----------------------------------------------
+class RawConn:
+    """One client connection of raw_server(): line reads and writes that give up (return
+    None / False) when the client is gone, the test is over (`stop`) or nothing came in time."""
+
+    def __init__(self, sock: socket.socket, stop: threading.Event):
+        self.sock = sock
+        self.stop = stop
+        self.buf = b""
+        self.sent = 0
+        sock.settimeout(0.2)
+
+    def send(self, data: bytes) -> bool:
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            return False
+        self.sent += len(data)
+        return not self.stop.is_set()
+
+    def send_slowly(self, data: bytes, delay: float) -> bool:
+        """One byte every `delay` seconds."""
+        for i in range(len(data)):
+            if not self.send(data[i:i + 1]) or self.stop.wait(delay):
+                return False
+        return True
+
+    def line(self, wait: float = 10.0) -> str | None:
+        deadline = time.monotonic() + wait
+        while b"\n" not in self.buf:
+            if self.stop.is_set() or time.monotonic() > deadline or len(self.buf) > 65536:
+                return None
+            try:
+                chunk = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.rstrip(b"\r").decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def raw_server(behaviour):
+    """A TCP listener on 127.0.0.1 that runs behaviour(RawConn) in a daemon thread for every
+    connection, for servers no real SMTP implementation would be (endless replies, a byte at a
+    time, echoing what it was sent). Behaviours must end by themselves: on a closed client, on
+    conn.stop (set when the context exits) or after a bound of their own. Yields a RawServer
+    (port, connections accepted)."""
+    stop = threading.Event()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    conns: list[socket.socket] = []
+
+    def serve_one(sock: socket.socket) -> None:
+        try:
+            behaviour(RawConn(sock, stop))
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def accept_loop() -> None:
+        while not stop.is_set():
+            try:
+                sock, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            conns.append(sock)
+            threading.Thread(target=serve_one, args=(sock,), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept_loop, daemon=True)
+    acceptor.start()
+    try:
+        yield RawServer(listener.getsockname()[1], conns)
+    finally:
+        stop.set()
+        acceptor.join(5)
+        listener.close()
+        for sock in conns:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+@dataclass
+class RawServer:
+    port: int
+    conns: list
+
+    @property
+    def connections(self) -> int:
+        return len(self.conns)
+
+
+def oauthbearer_string(user: str, token: str) -> str:
+    return f"n,a={user},\x01auth=Bearer {token}\x01\x01"
+
+
+def secret_forms(secrets=(PASSWORD, TOKEN), user: str = USER) -> list[str]:
+    """Every encoding of the secrets that mailctl may send: each value, its base64 with and
+    without padding, the AUTH PLAIN, XOAUTH2 and OAUTHBEARER payloads and their base64."""
+    forms: list[str] = []
+
+    def add(value: str) -> None:
+        b64 = base64.b64encode(value.encode()).decode()
+        forms.extend([value, b64, b64.rstrip("=")])
+
+    for s in secrets:
+        add(s)
+        for payload in (f"\0{user}\0{s}", f"user={user}\x01auth=Bearer {s}\x01\x01", oauthbearer_string(user, s)):
+            b64 = base64.b64encode(payload.encode()).decode()
+            forms.extend([b64, b64.rstrip("=")])
+    return forms
+
+
+def assert_no_secret_form(*texts: str, secrets=(PASSWORD, TOKEN), user: str = USER) -> None:
+    """assert_no_secret over every form of secret_forms(), saying which form leaked where."""
+    forms = secret_forms(secrets, user)
+    for i, text in enumerate(texts):
+        for form in forms:
+            assert form not in (text or ""), f"text #{i} holds a secret form {form[:6]!r}...: {text[:300]!r}"

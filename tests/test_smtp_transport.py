@@ -315,3 +315,137 @@ def test_queue_id_parsing():
     assert queue_id_of("2.0.0 OK  1700000000 x1-20020a05.3 - gsmtp") == "x1-20020a05.3"
     assert queue_id_of("2.0.0 OK <AB12@PH0PR.namprd.prod.outlook.com> [Hostname=PH0PR]") == "AB12@PH0PR.namprd.prod.outlook.com"
     assert queue_id_of("OK") is None
+
+
+# --- bounded replies, deadlines, redaction (issue #12 items 7 and 9) -------------------------
+def _ehlo_with(lines: int):
+    """A raw server whose EHLO reply has `lines` lines, then a normal session."""
+    def behaviour(conn) -> None:
+        conn.send(b"220 raw.test ESMTP\r\n")
+        while (line := conn.line()) is not None:
+            verb = line.split(" ", 1)[0].upper()
+            if verb == "EHLO":
+                conn.send(b"".join(b"250-EXT%d\r\n" % i for i in range(lines - 1)) + b"250 8BITMIME\r\n")
+            elif verb == "QUIT":
+                conn.send(b"221 bye\r\n")
+                return
+            else:
+                conn.send(b"250 ok\r\n")
+    return behaviour
+
+
+def test_a_reply_of_100_lines_is_read_101_are_refused():
+    from mailctl.transports.smtp import MAX_REPLY_LINES
+
+    from smtpserver import raw_server
+
+    assert MAX_REPLY_LINES == 100
+    with raw_server(_ehlo_with(100)) as srv:
+        t = SmtpTransport(profile(host="127.0.0.1", port=srv.port, security="none"), None)
+        t.open()
+        assert t.session.has_extn("ext98") and t.session.has_extn("8bitmime")
+        t.close()
+    with raw_server(_ehlo_with(101)) as srv:
+        rec = TranscriptRecorder()
+        with pytest.raises(ProtocolError) as info:
+            SmtpTransport(profile(host="127.0.0.1", port=srv.port, security="none"), None, recorder=rec).open()
+        err = info.value
+        assert (err.stage, err.failure_id, err.exit_code) == ("ehlo", "reply-too-long", ExitCode.PROTOCOL)
+        assert "sent more than 100 lines in its EHLO reply" in err.message
+        assert any("reply cut off after 100 lines" in line for line in rec.render())
+
+
+def test_the_deadline_bounds_a_stage_not_a_read():
+    from smtpserver import raw_server
+
+    def slow_lines(conn) -> None:
+        conn.send(b"220 raw.test ESMTP\r\n")
+        if conn.line() is None:
+            return
+        for i in range(20):  # each line quick, one every 0.2 s: 4 s for the reply
+            if not conn.send(b"250-SLOW%d\r\n" % i) or conn.stop.wait(0.2):
+                return
+        conn.send(b"250 OK\r\n")
+
+    with raw_server(slow_lines) as srv:
+        start = time.monotonic()
+        with pytest.raises(DeliveryError) as info:
+            SmtpTransport(profile(host="127.0.0.1", port=srv.port, security="none", timeout=1), None).open()
+        assert time.monotonic() - start < 2
+        err = info.value
+        assert (err.stage, err.failure_id, err.permanent, err.exit_code) == ("ehlo", "reply-too-slow", False, ExitCode.TEMPFAIL)
+
+
+def test_redactor_masks_every_form():
+    import base64
+
+    from mailctl.transports.base import Redactor
+
+    r = Redactor()
+    assert r.redact("nothing to hide") == "nothing to hide" and not r
+    r.add(PASSWORD)
+    r.add(f"\0{USER}\0{PASSWORD}")
+    r.add(USER, plain=False)
+    r.add("ab")  # too short to mask
+    plain_b64 = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+    pw_b64 = base64.b64encode(PASSWORD.encode()).decode()
+    text = (f"535 {plain_b64} / {plain_b64.rstrip('=')} / {pw_b64} / {pw_b64.rstrip('=')} / {PASSWORD} / "
+            f"{plain_b64[:-5]}... / {base64.b64encode(USER.encode()).decode()} / ab")
+    masked = r.redact(text)
+    assert masked == "535 " + " / ".join(["[redacted]"] * 6) + "... / [redacted] / ab"
+    assert r.redact(f"as {USER}") == f"as {USER}"  # the user name itself is no secret
+
+
+def test_echoed_payload_is_masked_without_a_recorder():
+    import base64
+
+    from smtpserver import raw_server
+
+    def echo(conn) -> None:
+        conn.send(b"220 echo.test ESMTP\r\n")
+        while (line := conn.line()) is not None:
+            words = line.split()
+            if words and words[0].upper() == "EHLO":
+                conn.send(b"250-echo.test\r\n250 AUTH PLAIN\r\n")
+            elif words and words[0].upper() == "AUTH":
+                conn.send(f"535-5.7.8 Authentication failed for payload {words[2]}\r\n535 5.7.8 {words[2].rstrip('=')}\r\n".encode())
+            else:
+                conn.send(b"221 bye\r\n")
+                return
+
+    store_secret("t", "password", PASSWORD)
+    with raw_server(echo) as srv:
+        p = profile(host="127.0.0.1", port=srv.port, security="none", auth="password", username=USER, allow_insecure_auth=True)
+        with pytest.raises(AuthError) as info:
+            SmtpTransport(p, default_resolver()).open()
+    err = info.value
+    assert "for payload [redacted]" in err.message and err.code == 535
+    cause = err.__cause__
+    texts = [err.message, err.text or "", err.hint or "", str(err), repr(cause), cause.smtp_error.decode()]
+    assert_no_secret(*texts)
+    assert base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode() not in "".join(texts)
+
+
+@pytest.mark.parametrize("challenge, what", [(None, "one challenge after another"), ("abc", "a challenge that is not base64")])
+def test_auth_challenges_without_end_or_sense_are_a_protocol_error(challenge, what):
+    from smtpserver import raw_server
+
+    def server(conn) -> None:
+        conn.send(b"220 raw.test ESMTP\r\n")
+        while (line := conn.line()) is not None:
+            words = line.split()
+            if words and words[0].upper() == "EHLO":
+                conn.send(b"250-raw.test\r\n250 AUTH PLAIN\r\n")
+            elif words and words[0].upper() == "QUIT":
+                return
+            else:  # AUTH and every answer to a challenge: another challenge, echoing what came
+                conn.send(f"334 {challenge or words[-1]}\r\n".encode())
+
+    store_secret("t", "password", PASSWORD)
+    with raw_server(server) as srv:
+        p = profile(host="127.0.0.1", port=srv.port, security="none", auth="password", username=USER, allow_insecure_auth=True)
+        with pytest.raises(ProtocolError) as info:
+            SmtpTransport(p, default_resolver()).open()
+    err = info.value
+    assert (err.stage, err.exit_code) == ("auth", ExitCode.PROTOCOL) and what in err.message
+    assert_no_secret(err.message, str(err.__cause__), str(err.__context__ if not err.__suppress_context__ else ""))

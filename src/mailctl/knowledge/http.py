@@ -69,7 +69,7 @@ GRAPH_ERRORS: dict[str, KnownFailure] = {
         KnownFailure(
             "ErrorMimeContentInvalid",
             "Exchange could not parse the MIME message",
-            "check the message (headers, encoding); `mailctl test send --dry-run` shows what would be sent",
+            "check the message (headers, encoding); `mailctl send --queue ...` keeps the message and `mailctl queue show ID --raw` shows exactly what would be sent",
             ExitCode.DATAERR,
         ),
         KnownFailure(

@@ -273,6 +273,20 @@ KNOWLEDGE: list[KnownFailure] = [
         stages=("connect",),
     ),
     KnownFailure(
+        "reply-too-long",
+        "{host}:{port} sent a reply longer than any SMTP server sends (more than 100 lines or 64 KiB, or a line over 8 KiB): a broken or hostile server, or not an SMTP server at all; mailctl stopped reading and closed the connection.",
+        "Check that host and port point at your mail server, and see the start of the reply with `mailctl test connect {profile} --transcript`; report it to the server's administrator.",
+        E.PROTOCOL,
+        failure_ids=("reply-too-long",),
+    ),
+    KnownFailure(
+        "reply-too-slow",
+        "{host}:{port} started its reply but did not complete it within the timeout: it sends too slowly (a byte or a line at a time) or stalled mid-reply. The timeout bounds each stage as a whole, however the reply trickles in.",
+        "Retry later; if it repeats, the server or something in between (a proxy, a firewall that inspects SMTP) is misbehaving. Raise the timeout only for a really slow link: mailctl profile edit {profile} --timeout 60.",
+        None,
+        failure_ids=("reply-too-slow",),
+    ),
+    KnownFailure(
         "plaintext-to-tls-port",
         "Connected to {host}:{port} but no SMTP greeting came: the port most likely expects TLS at once (implicit TLS, \"SMTPS\", usually 465), or something accepts connections and stays silent.",
         "If the port is 465 use implicit TLS: mailctl profile edit {profile} --security tls; otherwise use port 587 with --security starttls.",
@@ -366,7 +380,7 @@ KNOWLEDGE: list[KnownFailure] = [
     KnownFailure(
         "auth-plaintext-refused",
         "Authentication would send credentials over an unencrypted connection; mailctl refuses.",
-        "Use --security starttls (587) or tls (465); only on a trusted network: mailctl profile edit {profile} --allow-insecure-auth true.",
+        "Use --security starttls (587) or tls (465); only on a trusted network: mailctl profile edit {profile} --allow-insecure-auth.",
         E.CONFIG,
         failure_ids=("auth-plaintext-refused",),
     ),
@@ -604,7 +618,7 @@ KNOWLEDGE: list[KnownFailure] = [
     KnownFailure(
         "mailbox-full",
         "The recipient's mailbox is full (temporary).",
-        "Retry later; the outbox defers and retries.",
+        "Retry later: `mailctl send` and `queue flush` keep the message queued and retry it with backoff (`test send` queues nothing).",
         E.TEMPFAIL,
         enhanced=("4.2.2",),
         example=("rcpt", "452 4.2.2 Mailbox full"),
@@ -629,7 +643,7 @@ KNOWLEDGE: list[KnownFailure] = [
     KnownFailure(
         "smtp-generic-4xx",
         "The server answered with a temporary failure (4xx).",
-        "Retry later; the outbox retries automatically.",
+        "Retry later: `mailctl send` and `queue flush` keep the message queued and retry it with backoff (`test send` queues nothing).",
         E.TEMPFAIL,
         codes=tuple(range(400, 500)),
     ),

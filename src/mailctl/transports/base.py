@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import importlib
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Protocol, Union
@@ -33,28 +34,74 @@ class SendResult:
         }
 
 
-class TranscriptRecorder:
-    """Collects a conversation: ("C"|"S"|"*", text, seconds since start). AUTH payloads are
-    replaced by a marker; known secret strings (and their base64 forms) are masked too."""
+class Redactor:
+    """The one place secrets are masked: a transport adds every secret it sends (password,
+    token, proxy password, the AUTH PLAIN / XOAUTH2 / OAUTHBEARER payloads) and passes every
+    server text through redact() before it is shown, logged or stored (errors, stage details,
+    SendResult.reply, the transcript). Masked: each value as is, its base64 with and without
+    padding, and an echo of an encoded form cut short (its first ECHO characters or more)."""
 
-    REDACTED = "[redacted]"
+    MARK = "[redacted]"
+    MIN_LENGTH = 3  # shorter values are not masked: they would mask ordinary words
+    ECHO = 16  # a truncated echo of an encoded form is masked from this many characters on
 
     def __init__(self) -> None:
-        self.lines: list[tuple[str, str, float]] = []
-        self._start = time.perf_counter()
-        self._secrets: list[str] = []
+        self._forms: list[str] = []  # longest first, so a form never masks part of a longer one
+        self._encoded: list[str] = []  # base64 forms, for truncated echoes
+        self._probe: re.Pattern[str] | None = None  # any of them: one scan when there is nothing to mask
 
-    def add_secret(self, value: str | None) -> None:
+    def __bool__(self) -> bool:
+        return bool(self._forms)
+
+    def add(self, value: str | None, *, plain: bool = True) -> None:
+        """Mask `value` and its base64 forms; plain=False: only the base64 forms (a value sent
+        encoded that is no secret by itself, like the user name of AUTH LOGIN)."""
         if not value:
             return
-        forms = {value, base64.b64encode(value.encode()).decode()}
-        self._secrets.extend(f for f in forms if f and len(f) >= 3)
+        b64 = base64.b64encode(value.encode("utf-8")).decode("ascii")
+        forms = [b64, b64.rstrip("=")] + ([value] if plain else [])
+        new = [f for f in forms if len(f) >= self.MIN_LENGTH and f not in self._forms]
+        if new:
+            self._forms = sorted(set(self._forms).union(new), key=len, reverse=True)
+        if len(b64) >= self.ECHO and b64 not in self._encoded:
+            self._encoded.append(b64)
+        self._probe = re.compile("|".join(re.escape(f) for f in self._forms + [e[: self.ECHO] for e in self._encoded]))
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, self.REDACTED)
+        if self._probe is None or not text or self._probe.search(text) is None:
+            return text
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, self.MARK)
+        for form in self._encoded:
+            head = form[: self.ECHO]
+            start = text.find(head)
+            while start >= 0:
+                end, i = start + self.ECHO, self.ECHO
+                while end < len(text) and i < len(form) and text[end] == form[i]:
+                    end, i = end + 1, i + 1
+                text = text[:start] + self.MARK + text[end:]
+                start = text.find(head, start + len(self.MARK))
         return text
+
+
+class TranscriptRecorder:
+    """Collects a conversation: ("C"|"S"|"*", text, seconds since start). AUTH payloads are
+    replaced by a marker; known secrets are masked by the recorder's Redactor (which the
+    transport shares, so its errors and results are masked alike)."""
+
+    REDACTED = Redactor.MARK
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        self.lines: list[tuple[str, str, float]] = []
+        self._start = time.perf_counter()
+        self.redactor = redactor if redactor is not None else Redactor()
+
+    def add_secret(self, value: str | None) -> None:
+        self.redactor.add(value)
+
+    def redact(self, text: str) -> str:
+        return self.redactor.redact(text)
 
     def add(self, direction: str, text: str) -> None:
         self.lines.append((direction, self.redact(text), time.perf_counter() - self._start))

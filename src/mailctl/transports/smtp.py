@@ -8,11 +8,19 @@ sent unencrypted unless allow_insecure_auth. When the primary server cannot be r
 connect, TLS handshake, no greeting) the alternate server is tried.
 
 Every failure is a MailctlError carrying `stage`, `server` and a hint from the knowledge base
-(mailctl.knowledge.smtp), with the low-level exception as __cause__."""
+(mailctl.knowledge.smtp), with the low-level exception as __cause__.
+
+Hostile or broken servers: every reply is bounded (MAX_REPLY_LINES lines, MAX_REPLY_BYTES bytes,
+MAX_LINE_BYTES a line) and has a deadline (`timeout` for the whole stage, or for each reply of
+the message stages) that a server sending a byte at a time cannot stretch. Every secret the
+transport sends is masked (transports.base.Redactor) in any server text it turns into an error,
+a stage detail or a SendResult."""
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
+import io
 import re
 import smtplib
 import socket
@@ -33,7 +41,17 @@ from mailctl.errors import (
 from mailctl.message import strip_bcc
 from mailctl.oauth import xoauth2_string
 from mailctl.net.tls import fingerprint_of, format_fingerprint, normalise_fingerprint, socket_context
-from mailctl.transports.base import Failover, Reached, SendResult, Stage, StageInfo, TranscriptRecorder, drive, run_untimed
+from mailctl.transports.base import (
+    Failover,
+    Reached,
+    Redactor,
+    SendResult,
+    Stage,
+    StageInfo,
+    TranscriptRecorder,
+    drive,
+    run_untimed,
+)
 
 # Exit codes per stage when the knowledge base has nothing more specific (docs/smtp.md).
 _STAGE_5XX_EXIT = {
@@ -52,6 +70,12 @@ _QUEUE_ID_RES = (
     re.compile(r"<([^<>\s]+@[^<>\s]+)>"),  # Microsoft 365: 250 2.0.0 OK <msgid@host> [Hostname=...]
 )
 
+
+# what a stage's reply is called in messages ("sent more than 100 lines in its EHLO reply")
+_REPLY_NAMES = {
+    "banner": "greeting", "ehlo": "EHLO reply", "ehlo_tls": "EHLO reply", "starttls": "STARTTLS reply",
+    "auth": "AUTH reply", "mail": "MAIL FROM reply", "rcpt": "RCPT TO reply", "data": "DATA reply", "quit": "QUIT reply",
+}
 
 _QUEUE_ID_HINT = re.compile(r"queued as|id=|gsmtp|<", re.I)
 
@@ -100,11 +124,76 @@ class Server:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+# Bounds on one server reply (docs/smtp.md, "Hostile and broken servers"). A real EHLO reply has
+# a dozen or two lines; smtplib's own limit on one line is 8192 bytes.
+MAX_REPLY_LINES = 100
+MAX_REPLY_BYTES = 64 * 1024
+MAX_LINE_BYTES = 8192
+# The socket timeout may exceed what is left of a deadline by this much before it is cut down
+# (so a reply that comes at once costs no settimeout() call).
+_DEADLINE_SLACK = 0.05
+_monotonic = time.monotonic
+
+
+class ReplyTooLong(smtplib.SMTPServerDisconnected):
+    """A reply went past a bound (MAX_REPLY_LINES, MAX_REPLY_BYTES, MAX_LINE_BYTES); the session
+    closed the connection. `what` says which ("more than 100 lines"); `lines` holds the reply
+    lines read so far (texts without the code, bounded)."""
+
+    def __init__(self, what: str, lines: list[bytes], code: bytes = b""):
+        super().__init__(f"the server sent {what} in one reply")
+        self.what = what
+        self.lines = lines
+        self.code = code.decode("ascii", "replace")
+
+
+class ReplyTimeout(smtplib.SMTPServerDisconnected, TimeoutError):
+    """The reply's deadline passed before it was complete; the session closed the connection.
+    `received`: bytes of the reply that had come (0: no answer at all)."""
+
+    def __init__(self, received: int, lines: list[bytes], code: bytes = b""):
+        super().__init__("timed out")
+        self.received = received
+        self.lines = lines
+        self.code = code.decode("ascii", "replace")
+
+
+class _DeadlineReader(socket.SocketIO):
+    """The raw stream under the session's buffered reader. Before each recv the socket timeout
+    is cut down to what is left of the reply's deadline, so that a server sending a byte at a
+    time cannot stretch it; `received` counts the bytes read for the current reply."""
+
+    def __init__(self, sock: socket.socket, session: "SmtpSession"):
+        super().__init__(sock, "rb")
+        self._session = session
+        self.received = 0
+
+    def readinto(self, b):
+        session = self._session
+        left = session.reply_deadline - _monotonic()
+        if left < session.read_timeout - _DEADLINE_SLACK:
+            if left <= 0:
+                raise TimeoutError("timed out")
+            self._sock.settimeout(left)
+            session.read_timeout = left
+        # SocketIO.readinto without its per-call checks: the session closes the reader on any
+        # error, and a socket with a timeout never raises BlockingIOError
+        n = self._sock.recv_into(b)
+        self.received += n
+        return n
+
+
 class SmtpSession(smtplib.SMTP):
-    """smtplib.SMTP whose socket we create (resolve, proxy, TCP_NODELAY, implicit TLS). The
-    hot path (send/getreply) is smtplib's own; RecordingSmtpSession adds the transcript."""
+    """smtplib.SMTP whose socket we create (resolve, proxy, TCP_NODELAY, implicit TLS) and
+    whose replies are bounded and have a deadline (getreply); the rest of the hot path (send,
+    the commands) is smtplib's own. RecordingSmtpSession adds the transcript."""
 
     recorder: TranscriptRecorder | None = None
+    # The deadline (time.monotonic()) of the stage in progress, set by the transport for the
+    # connection stages; None: each reply gets `timeout` seconds from when it is awaited.
+    deadline: float | None = None
+    reply_deadline = 0.0  # the deadline of the reply being read
+    read_timeout = 0.0  # the socket's timeout as last set
 
     def __init__(self, *, local_hostname: str, timeout: float, recorder: TranscriptRecorder | None = None):
         self.in_auth = False
@@ -114,17 +203,70 @@ class SmtpSession(smtplib.SMTP):
         self.sock = sock
         self.file = None
         self._host = host
+        self.read_timeout = sock.gettimeout() or 0.0
+
+    def set_timeout(self, seconds: float) -> None:
+        """The socket timeout for what comes next (a TLS handshake, the next command)."""
+        if self.sock is not None:
+            self.sock.settimeout(seconds)
+        self.read_timeout = seconds
 
     # Work to do while the server prepares its next reply (see SmtpTransport.send): run once,
     # after the command went out and before the reply is read.
     before_next_reply: Callable[[], None] | None = None
 
     def getreply(self):
+        """smtplib's getreply with bounds: at most MAX_REPLY_LINES lines of MAX_LINE_BYTES and
+        MAX_REPLY_BYTES in all (ReplyTooLong), complete by the deadline (ReplyTimeout)."""
         hook = self.before_next_reply
         if hook is not None:
             self.before_next_reply = None
             hook()
-        return super().getreply()
+        file = self.file
+        if file is None:
+            self._reader = _DeadlineReader(self.sock, self)
+            file = self.file = io.BufferedReader(self._reader)
+        reader = self._reader
+        deadline = self.deadline
+        self.reply_deadline = deadline if deadline is not None else _monotonic() + self.timeout
+        reader.received = 0
+        readline = file.readline
+        resp: list[bytes] = []
+        size = 0
+        code = b""
+        while True:
+            try:
+                line = readline(MAX_LINE_BYTES + 1)
+            except TimeoutError as exc:
+                received = reader.received
+                self.close()
+                raise ReplyTimeout(received, resp, code) from exc
+            except OSError as exc:
+                self.close()
+                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed: " + str(exc)) from exc
+            if not line:
+                self.close()
+                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+            size += len(line)
+            if len(line) > MAX_LINE_BYTES or size > MAX_REPLY_BYTES:
+                self.close()
+                what = f"a line longer than {MAX_LINE_BYTES} bytes" if len(line) > MAX_LINE_BYTES else f"more than {MAX_REPLY_BYTES} bytes"
+                raise ReplyTooLong(what, resp, code)
+            resp.append(line[4:].strip(b" \t\r\n"))
+            code = line[:3]
+            try:
+                errcode = int(code)
+            except ValueError:
+                errcode = -1
+                break
+            if line[3:4] != b"-":
+                break
+            if len(resp) >= MAX_REPLY_LINES:
+                self.close()
+                raise ReplyTooLong(f"more than {MAX_REPLY_LINES} lines", resp, code)
+        if self.read_timeout != self.timeout:  # cut down for a slow reply: whole again
+            self.set_timeout(self.timeout)
+        return errcode, b"\n".join(resp)
 
     def reset_ehlo(self) -> None:
         self.file = None
@@ -167,7 +309,18 @@ class RecordingSmtpSession(SmtpSession):
         self.recorder.add("C", line)
 
     def getreply(self):
-        code, msg = super().getreply()
+        try:
+            code, msg = super().getreply()
+        except (ReplyTooLong, ReplyTimeout) as exc:
+            for text in exc.lines[:5]:
+                self.recorder.add("S", f"{exc.code}-{_decode(text)}")
+            more = f" after {len(exc.lines)} lines" if exc.lines else ""
+            if isinstance(exc, ReplyTooLong):
+                why = f"more than the bounds allow ({exc.what})"
+            else:
+                why = f"not complete by the deadline ({exc.received} bytes came)" if exc.received else "no reply by the deadline"
+            self.recorder.add("*", f"reply cut off{more}: {why}; connection closed")
+            raise
         lines = _decode(msg).split("\n")
         for i, line in enumerate(lines):
             sep = "-" if i < len(lines) - 1 else " "
@@ -208,6 +361,9 @@ class SmtpTransport:
         self.profile = profile
         self.secrets = secrets
         self.recorder = recorder
+        # every secret sent is masked in every server text shown, logged or stored (one
+        # Redactor, shared with the transcript)
+        self.redactor = recorder.redactor if recorder is not None else Redactor()
         self.options = options
         host = profile.get("host")
         if not host:
@@ -258,7 +414,7 @@ class SmtpTransport:
         return err
 
     def _reply_error(self, stage: str, code: int, resp: bytes | str, *, what: str) -> MailctlError:
-        enhanced, text = split_reply(resp)
+        enhanced, text = split_reply(self.redactor.redact(_decode(resp)))
         server = self.server or self.servers[0]
         reply = " ".join(p for p in (str(code), enhanced or "", text) if p)
         message = f"{what} refused by {server.address}: {reply}"
@@ -283,14 +439,31 @@ class SmtpTransport:
         return self._error(err, stage)
 
     def _lost(self, stage: str, exc: BaseException) -> MailctlError:
+        """The session ended in the middle of a stage: the connection was lost, or the server
+        broke a bound (a reply too long: ProtocolError, 76) or a deadline (75, as a lost
+        connection)."""
         self._drop()
         server = self.server or self.servers[0]
-        if isinstance(exc, (TimeoutError, socket.timeout)):
+        if isinstance(exc, ReplyTooLong):
+            return self._too_long(stage, exc)
+        failure = None
+        if isinstance(exc, ReplyTimeout) and exc.received:
+            msg = (f"{server.address} did not complete its {_REPLY_NAMES.get(stage, stage.upper() + ' reply')} within "
+                   f"{self.timeout:g}s (it had sent {exc.received} bytes of it, too slowly)")
+            failure = "reply-too-slow"
+        elif isinstance(exc, (TimeoutError, socket.timeout)):
             msg = f"{server.address} did not answer within {self.timeout:g}s during {stage.upper()}"
         else:
-            msg = f"connection to {server.address} lost during {stage.upper()}: {exc}"
+            msg = f"connection to {server.address} lost during {stage.upper()}: {self.redactor.redact(str(exc))}"
         err = DeliveryError(msg, permanent=False, server=server.address, stage=stage, exit_code=ExitCode.TEMPFAIL)
-        return self._error(err, stage, exc)
+        return self._error(err, stage, exc, failure_id=failure)
+
+    def _too_long(self, stage: str, exc: ReplyTooLong) -> MailctlError:
+        self._drop()
+        server = self.server or self.servers[0]
+        err = ProtocolError(f"{server.address} sent {exc.what} in its {_REPLY_NAMES.get(stage, stage.upper() + ' reply')} "
+                            f"(mailctl reads at most {MAX_REPLY_LINES} lines, {MAX_REPLY_BYTES // 1024} KiB); gave up on the connection")
+        return self._error(err, stage, exc, failure_id="reply-too-long")
 
     def proxy_spec(self):
         if self._proxy is None and self.profile.get("proxy"):
@@ -298,9 +471,10 @@ class SmtpTransport:
 
             url = self.profile.get("proxy")
             password = self.secrets.get(self.profile, "proxy_password") if self.secrets is not None else None
-            if self.recorder is not None:
-                self.recorder.add_secret(password)
             self._proxy = parse_proxy(url, password)
+            self.redactor.add(password)
+            if password and self._proxy.username is not None:  # HTTP CONNECT sends it as Basic base64(user:password)
+                self.redactor.add(f"{self._proxy.username}:{password}")
         return self._proxy
 
     @property
@@ -409,34 +583,44 @@ class SmtpTransport:
 
     def banner(self) -> tuple[int, str]:
         try:
-            code, msg = self.session.getreply()
+            code, msg = self.session.getreply()  # one reply: its deadline is the stage's
+        except ReplyTooLong as exc:
+            raise self._too_long("banner", exc) from exc
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
             server = self.server
-            if isinstance(exc, (TimeoutError, socket.timeout)):
+            failure = None
+            if isinstance(exc, ReplyTimeout) and exc.received:
+                what = (f"no complete greeting from {server.address} within {self.timeout:g}s "
+                        f"(it had sent {exc.received} bytes of it, too slowly)")
+                failure = "reply-too-slow"
+            elif isinstance(exc, (TimeoutError, socket.timeout)):
                 what = f"no greeting from {server.address} within {self.timeout:g}s"
             else:
                 what = f"{server.address} closed the connection before its greeting"
-            raise self._error(UnavailableError(what), "banner", exc) from exc
+            raise self._error(UnavailableError(what), "banner", exc, failure_id=failure) from exc
         if code != 220:
             err = self._reply_error("banner", code, msg, what="session")
             self._drop()
             raise err
-        return code, _decode(msg)
+        return code, self.redactor.redact(_decode(msg))
 
     def ehlo(self) -> tuple[int, str]:
         session = self.session
+        session.deadline = _monotonic() + self.timeout  # EHLO (and HELO) within `timeout`
         try:
             code, msg = session.ehlo(self.ehlo_name)
             if 500 <= code < 600:  # a server without ESMTP: fall back to HELO
                 code, msg = session.helo(self.ehlo_name)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise self._lost("ehlo", exc) from exc
+        finally:
+            session.deadline = None
         if code != 250:
             err = self._reply_error("ehlo", code, msg, what="EHLO")
             self._drop()
             raise err
-        return code, _decode(msg)
+        return code, self.redactor.redact(_decode(msg))
 
     def starttls(self) -> tuple[int, str]:
         session = self.session
@@ -444,17 +628,22 @@ class SmtpTransport:
             self._drop()
             err = ProtocolError(f"{self.server.address} does not offer STARTTLS (security = starttls); not sending anything in plaintext")
             raise self._error(err, "starttls", failure_id="starttls-not-offered")
+        deadline = session.deadline = _monotonic() + self.timeout  # the reply and the handshake
         try:
             code, msg = session.docmd("STARTTLS")
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise self._lost("starttls", exc) from exc
+        finally:
+            session.deadline = None
         if code != 220:
             err = self._reply_error("starttls", code, msg, what="STARTTLS")
             self._drop()
             raise err
+        session.set_timeout(max(deadline - _monotonic(), 0.001))  # the handshake in what is left
         self.tls_handshake(stage="starttls")
+        session.set_timeout(self.timeout)
         session.reset_ehlo()
-        return code, _decode(msg)
+        return code, self.redactor.redact(_decode(msg))
 
     def auth_mechanisms(self) -> list[str]:
         if self.session is None or not self.session.has_extn("auth"):
@@ -515,10 +704,17 @@ class SmtpTransport:
                     raise
         except smtplib.SMTPAuthenticationError as exc:
             err = self._reply_error("auth", exc.smtp_code, exc.smtp_error, what=f"AUTH {mech} as {username}")
-            raise err from exc
+            raise err from self._masked(exc)
         except smtplib.SMTPResponseException as exc:  # pragma: no cover - unusual replies
-            raise self._reply_error("auth", exc.smtp_code, exc.smtp_error, what=f"AUTH {mech}") from exc
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise self._reply_error("auth", exc.smtp_code, exc.smtp_error, what=f"AUTH {mech}") from self._masked(exc)
+        except smtplib.SMTPServerDisconnected as exc:
+            raise self._lost("auth", exc) from exc
+        except (smtplib.SMTPException, binascii.Error) as exc:  # endless 334 challenges (smtplib stops), one not base64
+            self._drop()
+            what = "a challenge that is not base64" if isinstance(exc, binascii.Error) else "one challenge after another"
+            err = ProtocolError(f"{self.server.address} answered AUTH {mech} with {what}; gave up")
+            raise self._error(err, "auth") from None  # smtplib's message repeats the server's reply unmasked
+        except OSError as exc:
             raise self._lost("auth", exc) from exc
         finally:
             session.user = session.password = None
@@ -531,27 +727,37 @@ class SmtpTransport:
             value = self.secrets.require(self.profile, "password")
         else:
             value = _oauth_token(self.profile, self.secrets, force_refresh=force_refresh)
-        if self.recorder is not None:
-            self.recorder.add_secret(value)
+        self.redactor.add(value)
         return value
 
+    def _masked(self, exc: smtplib.SMTPResponseException) -> smtplib.SMTPResponseException:
+        """A reply exception with the secrets masked, kept as __cause__ instead of the original
+        (which a MAILCTL_DEBUG traceback would show)."""
+        cls = smtplib.SMTPAuthenticationError if isinstance(exc, smtplib.SMTPAuthenticationError) else smtplib.SMTPResponseException
+        return cls(exc.smtp_code, self.redactor.redact(_decode(exc.smtp_error)).encode("utf-8"))
+
     def _auth_once(self, session: SmtpSession, mech: str, username: str, secret: str) -> None:
+        """One AUTH exchange (the command and its challenges) within `timeout`. Every form of
+        the credentials it sends is masked from then on (Redactor)."""
+        redactor = self.redactor
         session.in_auth = True
+        session.deadline = _monotonic() + self.timeout
         try:
             if mech == "XOAUTH2":
                 payload = xoauth2_string(username, secret)
-                if self.recorder is not None:
-                    self.recorder.add_secret(payload)
+                redactor.add(payload)
+                redactor.add(f"n,a={username},\x01auth=Bearer {secret}\x01\x01")  # OAUTHBEARER's form of the token
                 # On failure Google sends a 334 with a JSON error; the answer is an empty line.
                 session.auth("XOAUTH2", lambda challenge=None: payload if challenge is None else "", initial_response_ok=True)
             else:
                 session.user, session.password = username, secret
-                if self.recorder is not None:
-                    self.recorder.add_secret(f"\0{username}\0{secret}")
+                redactor.add(f"\0{username}\0{secret}")  # AUTH PLAIN
+                redactor.add(username, plain=False)  # AUTH LOGIN sends the user name in base64 on its own
                 fn = {"PLAIN": session.auth_plain, "LOGIN": session.auth_login, "CRAM-MD5": session.auth_cram_md5}[mech]
                 session.auth(mech, fn, initial_response_ok=mech != "CRAM-MD5")
         finally:
             session.in_auth = False
+            session.deadline = None
 
     def quit(self) -> tuple[int, str] | None:
         session = self.session
@@ -561,7 +767,8 @@ class SmtpTransport:
         try:
             if session.sock is None:
                 return None
-            return session.quit()
+            code, msg = session.quit()
+            return code, self.redactor.redact(_decode(msg))
         except (smtplib.SMTPException, OSError):
             try:
                 session.close()
@@ -806,7 +1013,7 @@ class SmtpTransport:
             session.before_next_reply = None
         if code != 250:
             raise self._fail_message("mail", code, resp, f"MAIL FROM:<{sender}>")
-        return code, _decode(resp)
+        return code, self.redactor.redact(_decode(resp))
 
     def rcpt_to(self, recipients: list[str]) -> dict[str, str]:
         """RCPT TO for each recipient; returns the refused ones (raises when all are refused)."""
@@ -819,25 +1026,28 @@ class SmtpTransport:
                     refused[rcpt] = (code, resp)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise self._lost("rcpt", exc) from exc
-        if refused and len(refused) == len(recipients):
+        if not refused:
+            return {}
+        shown = {r: self.redactor.redact(f"{c} {_decode(m)}".replace("\n", " ")) for r, (c, m) in refused.items()}
+        if len(refused) == len(recipients):
             first_rcpt, (code, resp) = next(iter(refused.items()))
             err = self._fail_message("rcpt", code, resp, f"RCPT TO:<{first_rcpt}>")
             if any(c < 500 for c, _ in refused.values()) and isinstance(err, DeliveryError):
                 err.permanent = False
-            err.refused = {r: f"{c} {_decode(m)}".replace("\n", " ") for r, (c, m) in refused.items()}
+            err.refused = shown
             raise err
-        return {r: f"{c} {_decode(m)}".replace("\n", " ") for r, (c, m) in refused.items()}
+        return shown
 
     def send_data(self, raw: bytes) -> tuple[int, str]:
         try:
             code, resp = self.session.data(raw)
         except smtplib.SMTPResponseException as exc:  # a non-354 answer to DATA
-            raise self._fail_message("data", exc.smtp_code, exc.smtp_error, "DATA") from exc
+            raise self._fail_message("data", exc.smtp_code, exc.smtp_error, "DATA") from self._masked(exc)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise self._lost("data", exc) from exc
         if code != 250:
             raise self._fail_message("data", code, resp, "DATA")
-        return code, _decode(resp)
+        return code, self.redactor.redact(_decode(resp))
 
     # send() takes while_waiting (see below)
     overlaps_work = True
