@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mailctl"
 
 # Packages that hold domain logic: they must not know about the command line.
 DOMAIN = ("diagnostics", "dns", "knowledge", "net", "oauth", "outbox", "profiles", "secrets", "transports",
-          "errors", "message", "paths", "context")
+          "errors", "message", "paths", "context", "addresses")
 CLI_LIBRARIES = ("typer", "rich", "click")
 # The command modules render and parse; the network and protocol libraries belong below them.
 NETWORK_LIBRARIES = ("smtplib", "msal", "requests", "exchangelib", "dns", "urllib3", "socks")
@@ -27,13 +27,14 @@ LAYERS = (
     ("context",),
     ("diagnostics", "outbox"),
     ("transports",),
-    ("oauth",),
+    ("oauth", "dns"),  # dns checks TLS (MX STARTTLS, MTA-STS policy fetch) with net's TLS builder
     ("profiles", "net", "knowledge", "message"),
-    ("secrets", "dns", "paths", "output"),
+    ("secrets", "paths", "output", "addresses"),
     ("errors",),
 )
 # Leaves: they import nothing of mailctl's but these.
-LEAVES = {"knowledge": {"errors"}, "net": {"errors"}, "errors": set(), "dns": {"errors", "output"}}
+LEAVES = {"knowledge": {"errors"}, "net": {"errors"}, "errors": set(), "dns": {"errors", "output", "net"},
+          "addresses": {"errors"}}
 
 
 def _unit(module: str) -> str | None:

@@ -634,7 +634,10 @@ class TestGlobalOptions:
         monkeypatch.setenv("MAILCTL_CONFIG", str(other))
         rows = json.loads(ok(cli("profile", "list", "--json")).stdout)
         assert [row["name"] for row in rows] == ["x"]
-        # --config beats MAILCTL_CONFIG
+        # --config beats MAILCTL_CONFIG; a named file that does not exist is an error, not "no profiles"
+        r = cli("--config", str(cfg), "profile", "list", "--json")
+        assert r.exit_code == 78 and str(cfg) in r.stderr and "--config" in r.stderr
+        cfg.write_text("schema_version = 1\n")
         rows = json.loads(ok(cli("--config", str(cfg), "profile", "list", "--json")).stdout)
         assert [row["name"] for row in rows] == ["local"]
 

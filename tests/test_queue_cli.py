@@ -14,6 +14,13 @@ from mailctl.outbox import Outbox
 sys.path.insert(0, str(Path(__file__).parent))
 from outbox_smtp import RecordingHandler, SmtpServer, write_profiles  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def local_chosen_explicitly(isolated_env):
+    """These tests deliver into the built-in local Maildir: with no profiles configured,
+    send, sendmail and queue flush refuse (78) unless `local` is chosen, as here."""
+    (isolated_env / "profiles.toml").write_text('schema_version = 1\ndefault = "local"\n')
+
 RAW = "From: app@example.com\nTo: user@example.org\nBcc: hidden@example.net\nSubject: hello\nMessage-ID: <q1@example.com>\n\nbody\n"
 
 

@@ -16,6 +16,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from outbox_smtp import RecordingHandler, SmtpServer, write_profiles  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def local_chosen_explicitly(isolated_env):
+    """These tests deliver into the built-in local Maildir: with no profiles configured,
+    send, sendmail and queue flush refuse (78) unless `local` is chosen, as here."""
+    (isolated_env / "profiles.toml").write_text('schema_version = 1\ndefault = "local"\n')
+
+
 def box(home) -> Outbox:
     return Outbox(home / "data" / "outbox.sqlite3")
 
@@ -76,7 +83,7 @@ def test_send_temporary_failure_queues_and_exits_75(cli, isolated_env):
 
 
 def test_send_when_sending_is_disabled(cli, isolated_env):
-    (isolated_env / "profiles.toml").write_text("schema_version = 1\n[settings]\nsending_enabled = false\n")
+    (isolated_env / "profiles.toml").write_text('schema_version = 1\ndefault = "local"\n[settings]\nsending_enabled = false\n')
     r = cli("send", "--to", "bob@example.org", "--subject", "s", "--body", "b")
     assert r.exit_code == 75 and "Sending is disabled" in r.stderr
     assert not maildir_files(isolated_env)
@@ -147,4 +154,5 @@ def test_send_with_a_broken_profile_says_what_is_wrong(cli, isolated_env):
     assert r.exit_code == 78, r.output
     assert "host" in r.stderr and "stays queued as" in r.stderr
     with box(isolated_env) as b:
-        assert b.count_by_state()["deferred"] == 1
+        # issue #12 item 3: left queued as it was (it used to be deferred with an attempt charged)
+        assert b.count_by_state()["queued"] == 1 and [m.attempts for m in b.list()] == [0]

@@ -22,6 +22,8 @@ changed internals.
 
 from __future__ import annotations
 
+import math
+
 import os
 import sys
 from dataclasses import dataclass
@@ -112,6 +114,8 @@ def _install() -> None:
                     raise BadParameter(f"{value!r} is not {noun}.", ctx=ctx, param=param) from None
             else:
                 return _SLOW
+            if self.kind is float and not math.isfinite(number):  # inf, nan: never a usable value
+                raise BadParameter(f"{value!r} is not a finite number.", ctx=ctx, param=param)
             lo, hi = self.parameter_info.min, self.parameter_info.max
             if (lo is not None and number < lo) or (hi is not None and number > hi):
                 bounds = " and ".join(b for b in (f">= {lo}" if lo is not None else "",

@@ -90,9 +90,11 @@ class MailctlGroup(TyperGroup):
 
 
 def _report(message: str, hint: str | None) -> None:
-    typer.echo(f"Error: {message}", err=True)
+    from mailctl.output import visible  # a server's reply or a file's text must not drive the terminal
+
+    typer.echo(f"Error: {visible(message)}", err=True)
     if hint:
-        typer.echo(f"Hint: {hint}", err=True)
+        typer.echo(f"Hint: {visible(hint)}", err=True)
 
 
 app = typer.Typer(
@@ -117,7 +119,7 @@ def root(
     ctx: typer.Context,
     config: Annotated[
         Optional[str],
-        typer.Option("--config", metavar="FILE", envvar="MAILCTL_CONFIG", help="Profiles file (default: the platform's config dir)."),
+        typer.Option("--config", metavar="FILE", envvar="MAILCTL_CONFIG", help="Profiles file; it must exist (default: the user file, else the system file; see: mailctl config)."),
     ] = None,
     profile: Annotated[
         Optional[str],

@@ -20,15 +20,29 @@ class AppContext:
     profile_name: str | None = None
     clock: Callable[[], float] = time.time
 
+    @cached_property
+    def config_lookup(self) -> paths.ConfigLookup:
+        """Which profiles file is in use and why ($MAILCTL_CONFIG / --config, user, system)."""
+        return paths.find_config(self.config_override)
+
     @property
     def config_path(self) -> Path:
-        return paths.config_path(self.config_override)
+        return self.config_lookup.path
 
     @cached_property
     def store(self):
         from mailctl.profiles.store import ProfileStore
 
-        return ProfileStore(self.config_path)
+        return ProfileStore(self.config_path, lookup=self.config_lookup)
+
+    def locations(self, outbox_override: str | None = None) -> dict:
+        """What `mailctl config` prints: the files in use and why."""
+        return {
+            "profiles": self.config_lookup.to_dict(),
+            "outbox": {"path": str(paths.outbox_path(outbox_override)), "reason": paths.outbox_reason(outbox_override)},
+            "data_dir": {"path": str(paths.data_dir()), "reason": paths.data_dir_reason()},
+            "maildir": {"path": str(paths.default_maildir()), "reason": "where the built-in local profile delivers"},
+        }
 
     @cached_property
     def secrets(self):

@@ -1,10 +1,15 @@
 """Rendering: data to stdout (human tables via rich, or one JSON document / JSON Lines with
---json), messages to stderr. Domain code never prints; commands hand data to an Output."""
+--json), messages to stderr. Domain code never prints; commands hand data to an Output.
+
+Human output shows control characters visibly (`\x1b`, `\x07`, `\x00`): a queued subject, a
+profile description, a DNS TXT record or a server's reply cannot retitle, clear or rewrite the
+operator's terminal. JSON stays exact (json.dumps escapes them its own way)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from datetime import date, datetime
 from pathlib import Path
@@ -24,7 +29,36 @@ def _default(obj: Any) -> Any:
 
 
 def to_json(data: Any, *, indent: int | None = 2) -> str:
-    return json.dumps(data, default=_default, indent=indent, ensure_ascii=False)
+    text = json.dumps(data, default=_default, indent=indent, ensure_ascii=False)
+    # json.dumps escapes C0 controls itself; DEL and C1 (\x9b is a CSI to some terminals) only
+    # with ensure_ascii. Outside strings JSON is ASCII, so this escapes inside strings only.
+    return _DEL_AND_C1.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
+
+
+_DEL_AND_C1 = re.compile("[\x7f-\x9f]")
+# C0 controls, DEL and C1 controls; tab and line feed are kept in running text.
+_CONTROLS_IN_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROLS_IN_CELL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: "re.Match[str]") -> str:
+    ch = match.group(0)
+    return _NAMED.get(ch) or f"\\x{ord(ch):02x}"
+
+
+def visible(text: str) -> str:
+    """Running text (lines, messages) with control characters shown as escapes; line feeds
+    and tabs stay, a CRLF line end becomes LF."""
+    if "\r\n" in text:
+        text = text.replace("\r\n", "\n")
+    return _CONTROLS_IN_TEXT.sub(_escape, text)
+
+
+def visible_cell(value: Any) -> str:
+    """One table cell: every control character escaped, line breaks too (one row, one line)."""
+    text = "" if value is None else str(value)
+    return _CONTROLS_IN_CELL.sub(_escape, text)
 
 
 class Output:
@@ -100,8 +134,8 @@ class Output:
         self.stdout.flush()
 
     def line(self, text: str = "") -> None:
-        """A plain line of data on stdout (no markup interpretation)."""
-        self.stdout.write(text + "\n")
+        """A plain line of data on stdout (no markup interpretation, controls made visible)."""
+        self.stdout.write(visible(text) + "\n")
         self.stdout.flush()
 
     def print(self, *renderables: Any, **kwargs: Any) -> None:
@@ -112,19 +146,22 @@ class Output:
             self._plain_table(columns, rows, title)
             return
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=title, show_edge=False, pad_edge=False, box=None, header_style="bold")
+        # Text, not str: a cell's "[red]" or "[/]" is data, never rich markup.
+        table = Table(title=Text(visible_cell(title)) if title else None, show_edge=False, pad_edge=False, box=None,
+                      header_style="bold")
         for col in columns:
-            table.add_column(col, overflow="fold")
+            table.add_column(Text(visible_cell(col)), overflow="fold")
         for row in rows:
-            table.add_row(*["" if v is None else str(v) for v in row])
+            table.add_row(*[Text(visible_cell(v)) for v in row])
         self.console().print(table)
 
     def _plain_table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None) -> None:
         """Aligned columns without rich, for pipes and scripts (and a fast `profile list`)."""
-        cells = [[str(c) for c in columns]] + [["" if v is None else str(v).replace("\n", "\\n") for v in row] for row in rows]
+        cells = [[visible_cell(c) for c in columns]] + [[visible_cell(v) for v in row] for row in rows]
         widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-        out = [title] if title else []
+        out = [visible_cell(title)] if title else []
         for r in cells:
             out.append("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
         self.stdout.write("\n".join(out) + "\n")
@@ -133,20 +170,20 @@ class Output:
     # messages -------------------------------------------------------------
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.stderr.write(message + "\n")
+            self.stderr.write(visible(message) + "\n")
             self.stderr.flush()
 
     def debug(self, message: str) -> None:
         if self.verbose and not self.quiet:
-            self.stderr.write(message + "\n")
+            self.stderr.write(visible(message) + "\n")
             self.stderr.flush()
 
     def warn(self, message: str) -> None:
-        self.stderr.write(f"Warning: {message}\n")
+        self.stderr.write(f"Warning: {visible(message)}\n")
         self.stderr.flush()
 
     def error(self, message: str, hint: str | None = None) -> None:
-        self.stderr.write(f"Error: {message}\n")
+        self.stderr.write(f"Error: {visible(message)}\n")
         if hint:
-            self.stderr.write(f"Hint: {hint}\n")
+            self.stderr.write(f"Hint: {visible(hint)}\n")
         self.stderr.flush()

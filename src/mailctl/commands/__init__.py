@@ -3,10 +3,12 @@ or command to the root app. Order here is the order in --help."""
 
 COMMAND_GROUPS: list[tuple[str, str]] = [
     ("profile", "profile"),
+    ("settings", "settings"),
     ("test", "test"),
     ("auth", "auth"),
     ("dns", "dns"),
     ("queue", "queue"),
     ("send", "send"),
     ("sendmail", "send"),
+    ("config", "config"),
 ]

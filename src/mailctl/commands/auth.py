@@ -122,7 +122,7 @@ def login(
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Google paste flow for scripts: print the URL and exit; finish with --redirect-url.")] = False,
     redirect_url: Annotated[Optional[str], typer.Option("--redirect-url", metavar="URL", help="Finish a --no-wait Google sign-in with the address the browser ended on.")] = None,
     port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Loopback port for the Google redirect (fixed, for ssh -L).")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for a Google redirect.")] = 600,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, max=86400, help="Seconds to wait for a Google redirect.")] = 600,
     client_secret_stdin: Annotated[bool, typer.Option("--client-secret-stdin", help="Read the OAuth client secret (first line of stdin) and store it in the keyring first.")] = False,
     service_account_key: Annotated[Optional[str], typer.Option("--service-account-key", metavar="FILE", help="Google service account key JSON to store in the keyring first ('-' reads stdin).")] = None,
     json_: JsonOpt = False,

@@ -10,7 +10,8 @@ from mailctl.commands._common import JsonOpt, app_context
 from mailctl.errors import ChecksFailed, ExitCode, TemporaryFailure
 
 dns_app = typer.Typer(
-    help="Check SPF, DKIM and DMARC records. Exit 0: no errors; 1: errors (or warnings with "
+    help="Check SPF, DKIM, DMARC and the rest of a mail domain's DNS (MX, MTA-STS, TLS-RPT, BIMI, DNSSEC, NS). "
+    "Exit 0: no errors; 1: errors (or warnings with "
     "--strict); 75: DNS timeout or SERVFAIL; 2: usage.",
     no_args_is_help=True,
 )
@@ -20,11 +21,12 @@ NameserverOpt = Annotated[
     Optional[list[str]],
     typer.Option("--nameserver", "-n", metavar="IP[:PORT]", help="Nameserver to query (repeatable; default: the system's)."),
 ]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.01, metavar="SECONDS", help="Seconds to wait for each DNS answer.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.01, max=300, metavar="SECONDS", help="Seconds to wait for each DNS answer.")]
 JunitOpt = Annotated[Optional[str], typer.Option("--junit", metavar="FILE", help="Also write a JUnit XML report to FILE.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")]
 IpOpt = Annotated[Optional[list[str]], typer.Option("--ip", metavar="IP", help="Evaluate SPF for this client address (repeatable).")]
 SenderOpt = Annotated[Optional[str], typer.Option("--sender", metavar="ADDR", help="Envelope sender for --ip (default postmaster@DOMAIN).")]
+HeloOpt = Annotated[Optional[str], typer.Option("--helo", metavar="NAME", help="HELO/EHLO name of the client for --ip (the %{h} macro).")]
 SelectorOpt = Annotated[Optional[list[str]], typer.Option("--selector", "-s", metavar="SELECTOR", help="DKIM selector (repeatable; default: try common ones).")]
 
 
@@ -62,13 +64,13 @@ def _finish(ctx: typer.Context, report, command: str, json_: bool, junit: Option
 
 @dns_app.command("check-spf")
 def check_spf(ctx: typer.Context, domain: DomainArg, ip: IpOpt = None, sender: SenderOpt = None,
-              nameserver: NameserverOpt = None, timeout: TimeoutOpt = 5.0, junit: JunitOpt = None,
-              strict: StrictOpt = False, json_: JsonOpt = False) -> None:
+              helo: HeloOpt = None, nameserver: NameserverOpt = None, timeout: TimeoutOpt = 5.0,
+              junit: JunitOpt = None, strict: StrictOpt = False, json_: JsonOpt = False) -> None:
     """Evaluate the SPF record (RFC 7208): syntax, lookup and void limits, the include tree, --ip results."""
-    from mailctl.dns.check import run_checks
+    from mailctl.dns.spf import run_check_spf
 
     opts = _options(nameserver, timeout, strict, ips=ip or [], sender=sender)
-    _finish(ctx, run_checks(domain, ("spf",), opts), "check-spf", json_, junit)
+    _finish(ctx, run_check_spf(domain, opts, helo=helo), "check-spf", json_, junit)
 
 
 @dns_app.command("check-dkim")
@@ -98,10 +100,26 @@ def check(ctx: typer.Context, domain: Annotated[Optional[str], typer.Argument(
               metavar="[DOMAIN]", help="The domain to check (default with --profile: the profile's From domain).")] = None,
           profile: Annotated[Optional[str], typer.Option("--profile", "-p", metavar="NAME", help="Also check this profile's DNS needs.")] = None,
           ip: IpOpt = None, sender: SenderOpt = None, selector: SelectorOpt = None,
+          checks: Annotated[Optional[list[str]], typer.Option(
+              "--checks", metavar="LIST", help="Checks to run, comma-separated (repeatable): spf,dkim,dmarc,mx,starttls,"
+              "mta-sts,tls-rpt,bimi,dnssec,ns or all. Default: all but starttls.")] = None,
+          skip: Annotated[Optional[list[str]], typer.Option("--skip", metavar="LIST", help="Checks not to run, comma-separated (repeatable).")] = None,
+          smtp: Annotated[bool, typer.Option("--smtp", help="Also connect to every MX host on port 25: STARTTLS offered, "
+                                             "certificate valid for the MX name, expiry, TLS version.")] = False,
+          smtp_port: Annotated[int, typer.Option("--smtp-port", metavar="PORT", help="Port of the STARTTLS probe (tests; MX hosts listen on 25).")] = 25,
+          mta_sts_port: Annotated[int, typer.Option("--mta-sts-port", metavar="PORT", hidden=True,
+                                                    help="Port of the MTA-STS policy fetch (tests).")] = 443,
+          ca_file: Annotated[Optional[str], typer.Option("--ca-file", metavar="FILE", help="Extra CA (PEM) trusted for the MX "
+                                                         "certificates and the MTA-STS policy host, next to the system's.")] = None,
+          connect_timeout: Annotated[float, typer.Option("--connect-timeout", min=0.01, metavar="SECONDS", help="Seconds for each "
+                                                         "step of the STARTTLS probe and the MTA-STS fetch (connect, TLS, each reply).")] = 10.0,
+          dnssec_resolver: Annotated[Optional[str], typer.Option("--dnssec-resolver", metavar="IP[:PORT]", help="A validating "
+                                                                 "resolver whose AD bit says whether DNSSEC validates.")] = None,
           nameserver: NameserverOpt = None, timeout: TimeoutOpt = 5.0, junit: JunitOpt = None,
           strict: StrictOpt = False, json_: JsonOpt = False) -> None:
-    """Run SPF, DKIM and DMARC checks (and, with --profile, the profile's provider expectations)."""
-    from mailctl.dns.check import profile_expectation, run_checks
+    """Run every check: SPF, DKIM, DMARC, MX, MTA-STS, TLS-RPT, BIMI, DNSSEC, NS/SOA (and with --smtp the MX
+    STARTTLS probe; with --profile the profile's provider expectations and DMARC alignment)."""
+    from mailctl.dns.check import profile_expectation, run_checks, select_checks
     from mailctl.errors import UsageError
 
     expectation = None
@@ -112,9 +130,11 @@ def check(ctx: typer.Context, domain: Annotated[Optional[str], typer.Argument(
         expectation = profile_expectation(resolved.name, resolved.values)
     if domain is None and expectation is None:
         raise UsageError("missing DOMAIN", hint="mailctl dns check DOMAIN, or mailctl dns check --profile NAME")
-    opts = _options(nameserver, timeout, strict, ips=ip or [], sender=sender, selectors=selector or [])
-    _finish(ctx, run_checks(domain or expectation.from_domain, ("spf", "dkim", "dmarc"), opts, expectation),
-            "check", json_, junit)
+    selected = select_checks(checks, skip, smtp)
+    opts = _options(nameserver, timeout, strict, ips=ip or [], sender=sender, selectors=selector or [],
+                    smtp_port=smtp_port, https_port=mta_sts_port, ca_file=ca_file or "", connect_timeout=connect_timeout,
+                    dnssec_resolver=dnssec_resolver)
+    _finish(ctx, run_checks(domain or expectation.from_domain, selected, opts, expectation), "check", json_, junit)
 
 
 def register(app: typer.Typer, name: str) -> None:

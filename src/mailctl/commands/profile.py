@@ -89,7 +89,7 @@ def _needed_kind(ctx: typer.Context, name: str, fields: dict[str, Any], *, new: 
     (so presets, inheritance and defaults apply exactly as they will)."""
     from mailctl.profiles.resolve import primary_secret_kind, resolve_profile
 
-    doc = app_context(ctx).store.load(for_writing=True)  # changed below, never saved
+    doc = app_context(ctx).store.load(for_writing=True, create=new)  # changed below, never saved
     if new:
         doc.add_profile(name, fields)
     elif fields:

@@ -46,7 +46,7 @@ def send(
     """Send a message now; on a temporary failure it stays queued for `queue flush`.
     Exit 0 sent (or queued with --queue), 75 queued for retry, 1 rejected by the server."""
     from mailctl.message import build_message, envelope, message_bytes
-    from mailctl.outbox import Outbox
+    from mailctl.outbox import open_outbox
     from mailctl.outbox.service import submit
     from mailctl.profiles.resolve import resolve_profile
 
@@ -63,7 +63,7 @@ def send(
     msg = build_message(resolved, doc.settings(), to=to or [], subject=subject, body=body, cc=cc or [], bcc=bcc or [],
                         attachments=attach or [], from_address=from_address, reply_to=reply_to)
     sender, recipients = envelope(msg)
-    with Outbox(outbox, clock=app.clock, synchronous="FULL") as box:
+    with open_outbox(outbox, settings=doc.settings(), clock=app.clock, synchronous="FULL") as box:
         outcome = submit(box, doc, app.secrets, message_bytes(msg), sender, recipients, name, queue_only=queue)
     _finish(app, outcome, json_, str(msg["Message-ID"]))
 
@@ -80,8 +80,16 @@ def _finish(app, outcome, json_: bool, message_id: str | None = None) -> None:
         raise typer.Exit(int(outcome.exit_code))
 
 
+def _refused_list(failed: dict) -> str:
+    return "; ".join(f"{rcpt} ({reply})" for rcpt, reply in failed.items())
+
+
 def _render(out, outcome) -> None:
-    if outcome.outcome == "sent":
+    if outcome.failed_recipients and outcome.outcome in ("sent", "deferred"):
+        done = "sent to the other recipients" if outcome.outcome == "sent" else "the others wait for a retry"
+        out.error(f"refused for good: {_refused_list(outcome.failed_recipients)}; {done}",
+                  hint=f"kept in the outbox as {outcome.id} (partly failed); see: mailctl queue show {outcome.id}")
+    elif outcome.outcome == "sent":
         out.info(f"Sent via {outcome.server or outcome.profile}: {outcome.reply}".rstrip(": "))
     elif outcome.outcome == "queued":
         out.line(str(outcome.id))
@@ -98,20 +106,31 @@ def _render(out, outcome) -> None:
 
 
 # --- sendmail -----------------------------------------------------------------------------
-SENDMAIL_HELP = """A sendmail-compatible entry for programs and cron's MAILTO:
-mailctl sendmail [-t] [-i] [-f SENDER] [-F NAME] [-odq] [RECIPIENT...] < message
+# "\b" keeps click from re-wrapping the paragraph that follows it (the option table)
+SENDMAIL_HELP = """A sendmail-compatible entry for programs and cron's MAILTO.
 
+\b
+mailctl sendmail [-t] [-i] [-f SENDER] [-F NAME] [-odq] [RECIPIENT...] < message
+mailctl-sendmail ...   the same, as its own program (link it as /usr/sbin/sendmail)
+
+\b
 -t        also take recipients from the To, Cc and Bcc headers (Bcc is removed)
 -i, -oi   a line with a single '.' does not end the message
--f ADDR   envelope sender (also -r); default: the Sender/From header, else the profile's
--F NAME   full name for a From header that is added when the message has none
+-f ADDR   envelope sender (also -r): a bare name gets the From domain (-f root);
+          -f '<>' or -f '' is the null sender; default: Sender/From, else the profile's
+-F NAME   full name for the From header added when the message has none
+          (default: the profile's sender_name)
 -odq      only queue; the next `mailctl queue flush` sends it (default: try once now)
+
+\b
 Other sendmail options (-oX, -B, -N, -R, -V, -X, -v, -bm, -odi, -odb) are accepted and ignored.
-Exit 0 once the message is queued or sent; 1 if the server rejected it; 2 usage; 65 bad message."""
+Exit 0 once the message is queued or sent (also when delivering it now fails on the
+configuration: it stays queued, the reason goes to stderr); 1 if the server rejected it;
+2 usage; 65 bad message or address; 78 configuration problem before it was queued."""
 
 
 def sendmail(ctx: typer.Context) -> None:
-    from mailctl.outbox import Outbox
+    from mailctl.outbox import open_outbox
     from mailctl.outbox.sendmail import parse_sendmail_args, prepare_sendmail_message, sendmail_exit_code
     from mailctl.outbox.service import submit
 
@@ -120,11 +139,21 @@ def sendmail(ctx: typer.Context) -> None:
     doc = app.store.load()
     data = sys.stdin.buffer.read()
     raw, sender, recipients, profile_name = prepare_sendmail_message(data, opts, doc, app.profile_name)
-    with Outbox(None, clock=app.clock, synchronous="FULL") as box:
-        outcome = submit(box, doc, app.secrets, raw, sender, recipients, app.profile_name, queue_only=opts.queue_only)
-    if outcome.outcome in ("failed", "expired"):
+    with open_outbox(None, settings=doc.settings(), clock=app.clock, synchronous="FULL") as box:
+        outcome = submit(box, doc, app.secrets, raw, sender, recipients, app.profile_name, queue_only=opts.queue_only,
+                         accept_once_queued=True)
+    if outcome.delivery_error is not None:
+        # queued safely: exit 0 (a caller that retried would queue it twice), but say why it did not go out
+        err = outcome.delivery_error
+        app.output.warn(f"mailctl sendmail: queued as {outcome.id}, not delivered now: {err.message}")
+        if err.hint:
+            app.output.warn(f"to fix: {err.hint}; then run: mailctl queue flush")
+    elif outcome.outcome in ("failed", "expired"):
         app.output.error(f"the server rejected the message: {outcome.reply}",
                          hint=f"kept in the outbox as {outcome.id}; see: mailctl queue show {outcome.id}")
+    elif outcome.failed_recipients:
+        app.output.warn(f"mailctl sendmail: refused for good: {_refused_list(outcome.failed_recipients)}"
+                        f" (queued as {outcome.id}; see: mailctl queue show {outcome.id})")
     elif outcome.outcome == "deferred":
         app.output.info(f"mailctl sendmail: temporary failure ({outcome.reply}); queued as {outcome.id} for retry.")
     code = sendmail_exit_code(outcome)  # sendmail semantics: accepted for delivery is success

@@ -33,11 +33,16 @@ def _quit_after_callback(value: Optional[str]) -> Optional[str]:
 
 
 def _load(ctx: typer.Context, name: Optional[str]):
-    from mailctl.profiles.resolve import check_complete, resolve_profile
+    from mailctl.profiles.resolve import check_complete, implicit_local, resolve_profile
 
     app = app_context(ctx)
     doc = app.store.load()
-    profile = resolve_profile(doc, name or app.profile_name)
+    name = name or app.profile_name
+    # Only the tests fall back to the built-in local profile (the Quick start), and say so.
+    profile = resolve_profile(doc, name, allow_builtin_local=True)
+    if implicit_local(doc, name):
+        app.output.info(f"Note: no profile configured (looked at {app.config_lookup.searched_text()}); "
+                        f"testing the built-in local profile, which delivers into {profile.values['maildir']}.")
     check_complete(profile)
     return app, doc, profile
 

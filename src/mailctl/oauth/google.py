@@ -404,7 +404,7 @@ def _fresh(doc: dict | None, now: float) -> bool:
 
 
 def _user_token(profile, secrets, *, force_refresh: bool = False) -> tuple[str, dict]:
-    doc = store.load(profile, secrets)
+    doc = store.load(profile, secrets, required=True)  # the refresh token is the credential
     if not doc or doc.get("provider") != "google":
         raise needs_login(profile.name, "not signed in (no OAuth tokens stored)")
     now = time.time()
@@ -505,8 +505,8 @@ def login_service_account(profile, secrets) -> LoginResult:
 # --- status / logout ----------------------------------------------------------------
 def status(profile, secrets, *, check: bool = True) -> dict[str, Any]:
     now = time.time()
-    doc = store.load(profile, secrets)
     sa = profile.values.get("auth") == "service-account"
+    doc = store.load(profile, secrets, required=not sa)  # a service account's token is only a cache
     info: dict[str, Any] = {
         "profile": profile.name, "provider": "google", "auth": profile.values.get("auth"),
         "flow": "service-account" if sa else (doc or {}).get("flow"), "scopes": scopes_for(profile),

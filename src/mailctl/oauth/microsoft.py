@@ -90,13 +90,14 @@ def _cache(doc: dict | None):
     return cache
 
 
-def _persist(profile, secrets, doc: dict, cache, *, refreshed: bool, required: bool) -> None:
+def _persist(profile, secrets, doc: dict, cache, *, refreshed: bool, required: bool) -> bool:
+    """Store the token cache; False when it could not be kept (required=False, no keyring)."""
     if not cache.has_state_changed and not required:
-        return
+        return True
     doc["msal_cache"] = cache.serialize()
     if refreshed:
         doc["refreshed_at"] = time.time()
-    store.save(profile, secrets, doc, required=required)
+    return store.save(profile, secrets, doc, required=required)
 
 
 # --- device code sign-in -------------------------------------------------------------
@@ -205,9 +206,12 @@ def login_client_credentials(profile, secrets) -> LoginResult:
     token, result, cache = _client_token(profile, secrets, doc, force=True)
     doc.update({"provider": "microsoft", "flow": "client-credentials", "account": f"app:{profile.values['client_id']}",
                 "scopes": _scopes(profile), "created_at": time.time()})
-    _persist(profile, secrets, doc, cache, refreshed=True, required=True)
+    # app-only tokens are a cache: no usable keyring means no cache, not a failed login
+    kept = _persist(profile, secrets, doc, cache, refreshed=True, required=False)
+    notes = [] if kept else ["the app's credentials work, but the token could not be cached (no usable keyring); "
+                             "each run fetches a new one"]
     return LoginResult(profile.name, "microsoft", "client-credentials", doc["account"], _scopes(profile),
-                       time.time() + float(result.get("expires_in") or 0), False, [])
+                       time.time() + float(result.get("expires_in") or 0), False, notes)
 
 
 def _client_token(profile, secrets, doc: dict, *, force: bool = False):
@@ -237,7 +241,7 @@ def get_access_token(profile, secrets, *, force_refresh: bool = False) -> str:
 
 
 def _silent(profile, secrets, *, force_refresh: bool = False) -> tuple[str, dict]:
-    doc = store.load(profile, secrets)
+    doc = store.load(profile, secrets, required=True)  # the refresh token is the credential
     if not doc or doc.get("provider") != "microsoft" or not doc.get("msal_cache"):
         raise needs_login(profile.name, "not signed in (no OAuth tokens stored)")
     cache = _cache(doc)
@@ -274,7 +278,7 @@ def status(profile, secrets, *, check: bool = True, clock: Callable[[], float] =
     """What is stored and whether it still works. With check=True, a silent token request
     (refreshing when needed) proves access; errors become `needs_login` with the reason."""
     now = clock()
-    doc = store.load(profile, secrets)
+    doc = store.load(profile, secrets, required=not app_only(profile))
     info: dict[str, Any] = {
         "profile": profile.name, "provider": "microsoft", "auth": profile.values.get("auth"),
         "flow": "client-credentials" if app_only(profile) else "device",

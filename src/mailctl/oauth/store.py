@@ -15,11 +15,21 @@ KIND = "oauth_tokens"
 VERSION = 1
 
 
-def load(profile, secrets) -> dict[str, Any] | None:
+def load(profile, secrets, *, required: bool = False) -> dict[str, Any] | None:
     """The profile's token document, from the environment or the keyring (own name only:
-    delegated tokens belong to one mailbox, so a child profile never uses its parent's)."""
+    delegated tokens belong to one mailbox, so a child profile never uses its parent's).
+
+    A cache degrades gracefully: with no usable keyring there is no cache (None), not a
+    failure; app-only tokens (client credentials, service accounts) are then fetched anew.
+    required=True (delegated sign-ins, whose refresh token is the credential) raises
+    SecretStoreUnavailable instead, so the error names the keyring, not "not signed in"."""
     for store in secrets.stores_for(profile):
-        raw = store.get(profile.name, KIND)
+        try:
+            raw = store.get(profile.name, KIND)
+        except SecretStoreUnavailable:
+            if required:
+                raise
+            continue
         if raw:
             try:
                 doc = json.loads(raw)

@@ -64,9 +64,14 @@ def lint_profile(doc, name: str, secrets=None) -> list[LintFinding]:
             add("warning", "ews.warning", message)
     kind = primary_secret_kind(v)
     if kind and secrets is not None:
+        # Linting never runs a secret_command (it may prompt, hang or print anything).
         try:
-            if secrets.get(p, kind) is None:
+            state = secrets.describe(p, kind)
+            if state == "not stored":
                 add("error", "secret.missing", f"no {kind.replace('_', ' ')} stored", f"{edit} --password-stdin")
+            elif not state.startswith("stored"):
+                add("info", "secret.command-not-run", f"{kind.replace('_', ' ')}: secret_command {state}",
+                    f"check it with: mailctl test connect {name}")
         except SecretStoreUnavailable as exc:
             add("info", "secret.unchecked", f"could not check the {kind.replace('_', ' ')}: {exc.message}", exc.hint or "")
         except ConfigError as exc:

@@ -63,6 +63,27 @@ def _line(max_len: int = 998) -> Callable[[str, Any], str]:
     return check
 
 
+def _outbox_location(name: str, value: Any) -> str:
+    """A file path or a postgresql:// URL; a password never lives in the TOML."""
+    value = _line(4096)(name, value)
+    if "://" in value:
+        from urllib.parse import urlsplit
+
+        scheme = value.split("://", 1)[0].lower()
+        if scheme not in ("postgresql", "postgres"):
+            raise ValidationError(f"{name}: {scheme}:// is not an outbox backend", field=name,
+                                  hint="a file path (SQLite) or postgresql://USER@HOST:PORT/DATABASE")
+        try:
+            has_password = urlsplit(value).password is not None
+        except ValueError:
+            raise ValidationError(f"{name}: not a valid URL", field=name,
+                                  hint="postgresql://USER@HOST:PORT/DATABASE") from None
+        if has_password:
+            raise ValidationError(f"{name}: the URL holds a password, and secrets never go in the profiles file",
+                                  field=name, hint="drop it from the URL; give it with PGPASSWORD or ~/.pgpass")
+    return value
+
+
 def _choice(choices: Sequence[str]) -> Callable[[str, Any], str]:
     def check(name: str, value: Any) -> str:
         if value not in choices:
@@ -88,23 +109,33 @@ def _optional_port(name: str, value: Any) -> int:
     return _port(name, value)
 
 
-def _positive_number(name: str, value: Any) -> float | int:
+MAX_TIMEOUT = 3600  # seconds; longer than an hour is no timeout, and inf / 1e308 overflow the socket layer
+MAX_COUNT = 1_000_000  # rate limits, batch sizes
+MAX_DAYS = 36_500  # retention_days
+MAX_DURATION = 366 * 86400  # durations (max_retry_age, backoffs, batch_interval): at most a year
+
+
+def _positive_number(name: str, value: Any, maximum: float = MAX_TIMEOUT) -> float | int:
     if isinstance(value, str):
         try:
-            value = float(value) if "." in value else int(value)
+            value = float(value) if any(c in value for c in ".eEnN") else int(value)
         except ValueError:
             raise ValidationError(f"{name}: expected a number (got {value!r})", field=name) from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValidationError(f"{name}: expected a positive number (got {value!r})", field=name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or not 0 < value <= maximum:
+        raise ValidationError(f"{name}: expected a number of seconds above 0 and at most {maximum:g} (got {value!r})", field=name)
     return value
 
 
-def _non_negative_int(name: str, value: Any) -> int:
+def _non_negative_int(name: str, value: Any, maximum: int = MAX_COUNT) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValidationError(f"{name}: expected a whole number >= 0 (got {value!r})", field=name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise ValidationError(f"{name}: expected a whole number from 0 to {maximum} (got {value!r})", field=name)
     return value
+
+
+def _days(name: str, value: Any) -> int:
+    return _non_negative_int(name, value, MAX_DAYS)
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -117,7 +148,9 @@ def _bool(name: str, value: Any) -> bool:
 
 def _address(name: str, value: Any) -> str:
     value = _line(320)(name, value)
-    if value and not ADDR_RE.match(value):
+    from mailctl.addresses import is_address  # the one validator (RFC 5321, IDNA, SMTPUTF8)
+
+    if value and not is_address(value):
         raise ValidationError(f"{name}: not an email address (expected user@domain, got {value!r})", field=name)
     return value
 
@@ -140,7 +173,13 @@ def _url(schemes: Sequence[str]) -> Callable[[str, Any], str]:
         value = _line(2048)(name, value)
         if not value:
             return value
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+            parts.hostname  # noqa: B018 - raises on a broken [IPv6] literal
+        except ValueError as exc:
+            # the value is not echoed: it may carry a password
+            raise ValidationError(f"{name}: not a valid URL ({exc})", field=name,
+                                  hint="write it as scheme://host:port, an IPv6 address in brackets: http://[::1]:3128") from None
         if parts.password is not None:
             # Never echo the value: it carries a password.
             raise ValidationError(
@@ -157,6 +196,8 @@ def _url(schemes: Sequence[str]) -> Callable[[str, Any], str]:
             parts.port
         except ValueError:
             raise ValidationError(f"{name}: the URL's port is not a number 1-65535", field=name) from None
+        if any(ord(c) < 33 or 127 <= ord(c) < 160 for c in value):
+            raise ValidationError(f"{name}: a URL must not contain spaces or control characters", field=name)
         return value
 
     return check
@@ -193,9 +234,13 @@ def _scopes(name: str, value: Any) -> list[str]:
 
 def _duration(name: str, value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValidationError(f"{name}: expected a duration like 30s, 15m, 2h, 2d or 1w (got {value!r})", field=name)
         value = f"{value}s"
     if not isinstance(value, str) or not DURATION_RE.match(value):
         raise ValidationError(f"{name}: expected a duration like 30s, 15m, 2h, 2d or 1w (got {value!r})", field=name)
+    if parse_duration(value) > MAX_DURATION:
+        raise ValidationError(f"{name}: at most a year (366d, 52w) (got {value!r})", field=name)
     return value.strip()
 
 
@@ -266,7 +311,7 @@ FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in PROFILE_FIELDS}
 SETTINGS_FIELDS: tuple[Field, ...] = (
     Field("sending_enabled", "bool", _bool, "false: a flush sends nothing and says so.", True, "BOOL"),
     Field("max_retry_age", "str", _duration, "A message still failing after this is expired.", "2d", "DURATION"),
-    Field("retention_days", "int", _non_negative_int, "purge removes sent/failed/expired mail older than this.", 30, "DAYS"),
+    Field("retention_days", "int", _days, "purge removes sent/failed/expired mail older than this.", 30, "DAYS"),
     Field("rate_limit_per_minute", "int", _non_negative_int, "0 = unlimited; profiles may override.", 0, "N"),
     Field("batch_interval", "str", _duration, "Pause between batches of a flush.", "0s", "DURATION"),
     Field("batch_size", "int", _non_negative_int, "Messages per batch (0: no batching).", 0, "N"),
@@ -274,6 +319,9 @@ SETTINGS_FIELDS: tuple[Field, ...] = (
     Field("max_backoff", "str", _duration, "Longest retry delay.", "4000s", "DURATION"),
     Field("postmaster", "str", _address, "Address used when force_postmaster = true.", "", "ADDR"),
     Field("force_postmaster", "bool", _bool, "Send everything From the postmaster (Reply-To keeps the sender).", False, "BOOL"),
+    Field("outbox", "str", _outbox_location, "The outbox: an SQLite file, or postgresql://USER@HOST/DB shared by many hosts.", "", "PATH|URL"),
+    Field("hold_backlog_at_start", "bool", _bool, "queue worker: hold the mail queued before it started (release it by hand); new mail flows.", False, "BOOL"),
+    Field("attempt_log", "str", _line(4096), "One line per delivery attempt (time, id, profile, server, tls, auth, from, recipients, size, reply, outcome) to stderr, syslog or an absolute file path; empty: off.", "", "stderr|syslog|FILE"),
 )
 SETTINGS_BY_NAME: dict[str, Field] = {f.name: f for f in SETTINGS_FIELDS}
 
@@ -313,6 +361,8 @@ def coerce_cli_value(name: str, raw: str, *, table: dict[str, Field] = FIELDS_BY
             num = float(raw)
         except ValueError:
             raise ValidationError(f"{name}: expected a number (got {raw!r})", field=name) from None
+        if num != num or num in (float("inf"), float("-inf")):
+            raise ValidationError(f"{name}: expected a finite number (got {raw!r})", field=name)
         return validate_field(name, int(num) if num.is_integer() else num, table=table)
     if spec.kind == "bool":
         return validate_field(name, _bool(name, raw), table=table)

@@ -32,11 +32,11 @@ def add_profile(
     make_default: bool = False,
 ) -> dict[str, Any]:
     validate_name(name)
-    with store.edit() as doc:
+    with store.edit(create=True) as doc:
         doc.add_profile(name, fields)
         check_inherits(doc, name, fields)
         resolved = resolve_profile(doc, name)
-        check_complete(resolved)
+        check_complete(resolved, adding=True)
         if make_default or (doc.default is None and len(doc.profile_names()) == 1):
             doc.set_default(name)
         kind = primary_secret_kind(resolved.values)
@@ -191,19 +191,19 @@ def list_profiles(store: ProfileStore) -> list[dict[str, Any]]:
         except ConfigError as exc:
             rows.append({"name": name, "type": "", "server": "", "auth": "", "inherits": "", "default": doc.default == name, "error": exc.message})
     if not rows:
-        p = resolve_profile(doc, None)
+        p = resolve_profile(doc, None, allow_builtin_local=True)
         rows.append({"name": p.name, "type": p.type, "server": p.server, "auth": "", "inherits": "", "default": True, "builtin": True})
     return rows
 
 
 def show_profile(store: ProfileStore, secrets, name: str | None) -> dict[str, Any]:
     doc = store.load()
-    p = resolve_profile(doc, name)
+    p = resolve_profile(doc, name, allow_builtin_local=True)
     secret_state: dict[str, str] = {}
     for kind in relevant_secret_kinds(p.values):
+        # Showing never runs a secret_command (it may prompt, hang or print anything).
         try:
-            _, where = secrets.lookup(p, kind)
-            secret_state[kind] = f"stored ({where})" if where else "not stored"
+            secret_state[kind] = secrets.describe(p, kind)
         except SecretStoreUnavailable:
             secret_state[kind] = "unknown (no usable keyring)"
         except ConfigError as exc:
@@ -236,3 +236,51 @@ def check_inherits(doc, name: str, fields: dict[str, Any]) -> None:
         except InheritanceCycle as exc:
             raise ValidationError(f"inherits: {exc.message}", field="inherits",
                                   hint=f"a profile cannot inherit from itself or its descendants; {parent!r} inherits from {name!r}") from None
+
+
+# --- [settings] ---------------------------------------------------------------------------
+def show_settings(store: ProfileStore) -> dict[str, Any]:
+    """Every setting's effective value and whether the file sets it or it is the default."""
+    from mailctl.profiles.model import SETTINGS_FIELDS
+
+    doc = store.load()
+    values = doc.settings()
+    in_file = set((doc.doc.get("settings") or {}).keys()) if doc.exists else set()
+    return {
+        "file": str(store.path),
+        "settings": {f.name: values[f.name] for f in SETTINGS_FIELDS},
+        "origin": {f.name: "file" if f.name in in_file else "default" for f in SETTINGS_FIELDS},
+        "help": {f.name: f.help for f in SETTINGS_FIELDS},
+    }
+
+
+def check_setting_name(key: str) -> str:
+    """A KEY the command line cannot accept is a usage error (2), like an unknown choice."""
+    from mailctl.errors import UsageError
+    from mailctl.profiles.model import SECRET_KEYS, SETTINGS_BY_NAME
+
+    key = key.replace("-", "_")
+    if key in SECRET_KEYS or key not in SETTINGS_BY_NAME:
+        raise UsageError(f"unknown setting {key!r}", hint="settings are: " + ", ".join(SETTINGS_BY_NAME)
+                         + " (a profile's own fields are changed with `profile edit`)")
+    return key
+
+
+def set_setting(store: ProfileStore, key: str, raw: str) -> dict[str, Any]:
+    """Set one [settings] key from its command-line text; a value breaking the rule is 65."""
+    from mailctl.profiles.model import SETTINGS_BY_NAME, coerce_cli_value
+
+    key = check_setting_name(key)
+    value = coerce_cli_value(key, raw, table=SETTINGS_BY_NAME)
+    with store.edit() as doc:
+        doc.set_setting(key, value)
+    return {"file": str(store.path), "key": key, "value": value}
+
+
+def unset_setting(store: ProfileStore, key: str) -> dict[str, Any]:
+    from mailctl.profiles.model import SETTINGS_BY_NAME
+
+    key = check_setting_name(key)
+    with store.edit() as doc:
+        removed = doc.unset_setting(key)
+    return {"file": str(store.path), "key": key, "removed": removed, "value": SETTINGS_BY_NAME[key].default}

@@ -7,9 +7,8 @@ from typing import Any
 from mailctl.errors import ConfigError, NotFoundError
 from mailctl.profiles.model import DEFAULT_PORTS, FIELDS_BY_NAME, ResolvedProfile
 from mailctl.profiles.presets import graph_endpoint, preset_values
+from mailctl.profiles.store import BUILTIN_LOCAL
 from mailctl import paths
-
-BUILTIN_LOCAL = "local"
 
 
 class InheritanceCycle(ConfigError):
@@ -23,17 +22,54 @@ def builtin_local() -> ResolvedProfile:
     return ResolvedProfile(BUILTIN_LOCAL, values, {k: "built-in" for k in values}, [BUILTIN_LOCAL])
 
 
-def resolve_profile(doc, name: str | None = None) -> ResolvedProfile:
+class NoProfilesConfigured(ConfigError):
+    """No profile was named and none is configured: mail must not go to the built-in local
+    Maildir by accident (cron with another HOME, a typo in a path)."""
+
+
+def implicit_local(doc, name: str | None) -> bool:
+    """True when `name` resolves to the built-in local profile only because nothing is
+    configured (no name, no default, no profiles)."""
+    return name is None and doc.default is None and not doc.profile_names()
+
+
+def no_profiles_error(doc) -> NoProfilesConfigured:
+    lookup = getattr(doc, "lookup", None)
+    where = f"looked at {lookup.searched_text()}" if lookup is not None else f"looked at {doc.path}"
+    if getattr(doc, "exists", False):
+        where = f"{doc.path} defines none"
+    return NoProfilesConfigured(
+        f"no profile configured ({where})",
+        hint="add one (mailctl profile add NAME --host HOST), point MAILCTL_CONFIG at your profiles file, "
+        "or choose the built-in Maildir profile explicitly: -p local (or: mailctl profile set-default local)",
+    )
+
+
+def check_delivery_config(doc, name: str | None, *, dry_run: bool = False) -> None:
+    """Commands that deliver mail (send, sendmail, queue flush) never fall back to the built-in
+    local profile: ConfigError (78) naming the files looked at, unless `local` is chosen. A
+    run that delivers nothing (a dry run, sending disabled in [settings]) only looks."""
+    if dry_run or not doc.settings().get("sending_enabled", True):
+        return
+    if implicit_local(doc, name):
+        raise no_profiles_error(doc)
+
+
+def resolve_profile(doc, name: str | None = None, *, allow_builtin_local: bool = False) -> ResolvedProfile:
     """The profile `name` (or the default) with inheritance, presets and defaults applied.
 
-    With no name, no default and no profiles at all, the built-in `local` profile is used so a
-    fresh install can send somewhere."""
+    The built-in `local` profile (a Maildir, no server) is used when chosen by name or by
+    `default = "local"`. With no name, no default and no profiles at all it is used only with
+    allow_builtin_local (test connect/send, profile show/list: the Quick start); otherwise that
+    is NoProfilesConfigured (78), naming the files looked at."""
     names = doc.profile_names()
     if name is None:
         name = doc.default
         if name is None:
             if not names:
-                return builtin_local()
+                if allow_builtin_local:
+                    return builtin_local()
+                raise no_profiles_error(doc)
             if len(names) == 1:
                 name = names[0]
             else:
@@ -115,19 +151,25 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 
-def check_complete(profile: ResolvedProfile) -> None:
-    """Raise ConfigError (78) naming the first missing field a transport needs."""
+def check_complete(profile: ResolvedProfile, *, adding: bool = False) -> None:
+    """Raise ConfigError (78) naming the first missing field a transport needs. The hint
+    says how to set it: `profile edit`, or with adding=True (`profile add`, where nothing was
+    saved yet) the add again with the missing flag."""
+
+    name = profile.name
     for key in REQUIRED.get(profile.type, ()):
         if not profile.values.get(key):
             raise ConfigError(
-                f"profile {profile.name!r} ({profile.type}): missing required field {key}",
-                hint=f"set it with: mailctl profile edit {profile.name} --{key.replace('_', '-')} VALUE",
+                f"profile {name!r} ({profile.type}): missing required field {key}",
+                hint=f"nothing was saved; add it again with the field: mailctl profile add {name} --{key.replace('_', '-')} VALUE (and the other fields)"
+                if adding else f"set it with: mailctl profile edit {name} --{key.replace('_', '-')} VALUE",
             )
     auth = profile.values.get("auth")
     if profile.type == "ews" and not (profile.values.get("ews_url") or profile.values.get("autodiscover")):
         raise ConfigError(
             f"profile {profile.name!r} (ews): missing required field ews_url",
-            hint=f"set it with: mailctl profile edit {profile.name} --ews-url https://HOST/EWS/Exchange.asmx (or --autodiscover true)",
+            hint=f"nothing was saved; add it again with the field: mailctl profile add {name} --ews-url https://HOST/EWS/Exchange.asmx (or --autodiscover)"
+            if adding else f"set it with: mailctl profile edit {name} --ews-url https://HOST/EWS/Exchange.asmx (or --autodiscover)",
         )
     if auth in ("oauth", "client-credentials") and profile.values.get("provider") == "microsoft365" or (
         auth == "client-credentials"
@@ -136,7 +178,9 @@ def check_complete(profile: ResolvedProfile) -> None:
             if not profile.values.get(key):
                 raise ConfigError(
                     f"profile {profile.name!r}: auth={auth} needs {key}",
-                    hint=f"register an app in Microsoft Entra (App registrations), then: mailctl profile edit {profile.name} --{key.replace('_', '-')} VALUE",
+                    hint="register an app in Microsoft Entra (App registrations), then: "
+                    + (f"mailctl profile add {name} --{key.replace('_', '-')} VALUE (and the other fields)" if adding
+                       else f"mailctl profile edit {name} --{key.replace('_', '-')} VALUE"),
                 )
 
 

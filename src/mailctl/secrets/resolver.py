@@ -38,6 +38,25 @@ class SecretResolver:
                     return value, f"{store.name}:{name}"
         return None, None
 
+    def describe(self, profile, kind: str) -> str:
+        """Where the secret would come from, for `profile show` and `profile lint`, without
+        running a secret_command: 'stored (keyring:NAME)', 'command configured, not run'
+        (secret_command) or 'not stored'. Raises SecretStoreUnavailable like lookup()."""
+        from mailctl.secrets.command import NOT_RUN
+
+        check_kind(kind)
+        chain: Iterable[str] = getattr(profile, "chain", None) or [profile.name]
+        stores = self.stores_for(profile)
+        for name in chain:
+            for store in stores:
+                if isinstance(store, CommandStore):
+                    if store.answers(kind):
+                        return NOT_RUN
+                    continue
+                if store.get(name, kind) is not None:
+                    return f"stored ({store.name}:{name})"
+        return "not stored"
+
     def get(self, profile, kind: str) -> str | None:
         return self.lookup(profile, kind)[0]
 

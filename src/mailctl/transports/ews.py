@@ -125,7 +125,7 @@ class EwsTransport(HttpStaged, SessionTransport):
             if not self.profile.values.get("autodiscover"):
                 raise ConfigError(
                     f"profile {self.profile.name!r} (ews): missing required field ews_url",
-                    hint=f"mailctl profile edit {self.profile.name} --ews-url https://HOST/EWS/Exchange.asmx (or --autodiscover true)",
+                    hint=f"mailctl profile edit {self.profile.name} --ews-url https://HOST/EWS/Exchange.asmx (or --autodiscover)",
                 )
             self.url = self._autodiscover(credentials)
         adapter = _adapter_class(self.session.verify, self.session.proxies_for(self.url))

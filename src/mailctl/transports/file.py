@@ -35,6 +35,7 @@ class FileTransport:
 
     def open(self) -> None:
         try:
+            self.maildir.mkdir(parents=True, exist_ok=True, mode=0o700)  # the top too, not just tmp/new/cur
             for sub in ("tmp", "new", "cur"):
                 (self.maildir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
