@@ -201,6 +201,78 @@ def test_socket_context_ca_file_errors(tmp_path):
     assert err.value.message.startswith(f"ca_file {junk}: not a PEM CA bundle")
 
 
+# --- the system trust store: only when verification needs it, loaded once (issue #14) ------
+@pytest.fixture
+def store_loads(monkeypatch):
+    """Fresh context cache; counts the contexts built from the system store."""
+    from mailctl.net import tls as net_tls
+
+    monkeypatch.setattr(net_tls, "_contexts", {})
+    calls = []
+    real = ssl.create_default_context
+
+    def counting(*a, **kw):
+        calls.append(a)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    return calls
+
+
+@pytest.mark.parametrize("values", [{"tls_fingerprint": "ab" * 32}, {"tls_verify": False},
+                                    {"tls_fingerprint": "ab" * 32, "tls_verify": False}])
+def test_a_pin_or_no_verification_loads_no_system_ca(values, store_loads, monkeypatch):
+    ctx, mode = socket_context(values, "p")
+    assert mode in (FINGERPRINT, NONE)
+    assert store_loads == [] and ctx.cert_store_stats()["x509_ca"] == 0 and ctx.get_ca_certs() == []
+    assert ctx.verify_mode == ssl.CERT_NONE and not ctx.check_hostname
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_a_pin_with_a_ca_file_loads_only_that_file_and_still_checks_it(ca_pem, tmp_path, store_loads):
+    ctx, mode = socket_context({"tls_fingerprint": "ab" * 32, "ca_file": ca_pem}, "p")
+    assert mode == FINGERPRINT and store_loads == [] and ctx.cert_store_stats()["x509_ca"] == 1
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ConfigError) as err:
+        socket_context({"tls_fingerprint": "ab" * 32, "ca_file": str(missing)}, "p")
+    assert err.value.message == f"ca_file {missing}: no such file"
+
+
+def test_the_system_store_is_loaded_once_per_process(ca_pem, store_loads):
+    first, mode = socket_context({}, "a")
+    again, _ = socket_context({"host": "other.example"}, "b")  # another profile, same inputs
+    assert mode == SYSTEM and first is again and len(store_loads) == 1
+    with_ca, _ = socket_context({"ca_file": ca_pem}, "a")
+    assert socket_context({"ca_file": ca_pem}, "c")[0] is with_ca and with_ca is not first
+    assert len(store_loads) == 2
+    assert with_ca.verify_mode == ssl.CERT_REQUIRED and with_ca.check_hostname
+    assert with_ca.cert_store_stats()["x509_ca"] == first.cert_store_stats()["x509_ca"] + 1
+
+
+def test_the_cache_follows_its_inputs(ca_pem, other_ca, tmp_path, store_loads, monkeypatch):
+    extra = tmp_path / "extra.pem"
+    other_ca.cert_pem.write_to_path(str(extra))
+    one, _ = socket_context({"ca_file": str(extra)})
+    # the file changed: read again
+    extra.write_bytes(other_ca.cert_pem.bytes() + b"\n" + open(ca_pem, "rb").read())
+    two, _ = socket_context({"ca_file": str(extra)})
+    assert two is not one and two.cert_store_stats()["x509_ca"] == one.cert_store_stats()["x509_ca"] + 1
+    # another system store (OpenSSL's SSL_CERT_FILE): built again, and it is what is trusted
+    monkeypatch.setenv("SSL_CERT_FILE", ca_pem)
+    three, _ = socket_context({})
+    assert three is not socket_context({"ca_file": str(extra)})[0]
+    monkeypatch.delenv("SSL_CERT_FILE")
+    assert socket_context({})[0] is not three
+
+
+def test_system_mode_with_a_cached_context_still_verifies(srv, ca_pem, monkeypatch, store_loads):
+    assert not handshake({}, srv.port)[0]  # the real system store: the test CA is unknown
+    assert not handshake({}, srv.port)[0]  # the same context again
+    monkeypatch.setenv("SSL_CERT_FILE", ca_pem)
+    assert handshake({}, srv.port)[0] and handshake({}, srv.port)[0]
+    assert len(store_loads) == 2
+
+
 def test_requests_verify_ca_file_errors(tmp_path):
     missing = tmp_path / "missing.pem"
     with pytest.raises(ConfigError) as err:

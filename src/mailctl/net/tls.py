@@ -28,6 +28,7 @@ import hmac
 import os
 import re
 import ssl
+import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -109,21 +110,20 @@ class TlsConfig:
 
     # --- sockets -------------------------------------------------------------------
     def ssl_context(self) -> ssl.SSLContext:
-        """A client context: system CAs (+ ca_file), TLS >= 1.2; CERT_NONE for a pin or none."""
-        ctx = ssl.create_default_context()
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        if self.ca_file:
-            try:
-                ctx.load_verify_locations(cafile=str(self.ca_file))
-            except (FileNotFoundError, IsADirectoryError):
-                raise ConfigError(f"ca_file {self.ca_file}: no such file") from None
-            except ssl.SSLError as exc:
-                raise ConfigError(f"ca_file {self.ca_file}: not a PEM CA bundle ({exc.reason or exc})") from None
-        if self.mode in (FINGERPRINT, NONE):
-            # A pin replaces CA verification: the certificate's SHA-256 must match exactly,
-            # checked by the caller right after the handshake (matches()).
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
+        """A client context, TLS >= 1.2: system CAs (+ ca_file), host name checked; for a pin
+        or none, CERT_NONE and no system CAs loaded at all (nothing would use them).
+
+        Loading the system store costs tens of milliseconds, so each context is built once
+        per process and shared (a context is never changed after it is built): the cache key
+        is the mode, the ca_file with its size and modification time, and OpenSSL's
+        SSL_CERT_FILE / SSL_CERT_DIR (what "the system store" means)."""
+        verifying = self.mode in (SYSTEM, CA_FILE)
+        key = _context_key(verifying, self.ca_file)
+        ctx = _contexts.get(key) if key is not None else None
+        if ctx is None:
+            ctx = _build_context(verifying, self.ca_file)
+            if key is not None:
+                _contexts[key] = ctx
         return ctx
 
     def matches(self, der: bytes | None) -> bool:
@@ -186,6 +186,49 @@ class RequestsVerify:
             except OSError:
                 pass
             self.temp_bundle = None
+
+
+_contexts: dict[tuple, ssl.SSLContext] = {}  # see TlsConfig.ssl_context
+
+
+def _context_key(verifying: bool, ca_file: str) -> tuple | None:
+    """The inputs a context is built from; None: do not cache (a ca_file that is not there:
+    building the context reports it)."""
+    extra: tuple = ()
+    if ca_file:
+        try:
+            st = os.stat(str(ca_file))
+        except OSError:
+            return None
+        extra = (str(ca_file), st.st_size, st.st_mtime_ns, st.st_ino)
+    system = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")) if verifying else ()
+    return (verifying, extra, system)
+
+
+def _build_context(verifying: bool, ca_file: str) -> ssl.SSLContext:
+    if verifying:
+        ctx = ssl.create_default_context()  # CERT_REQUIRED, host name checked, the system CAs
+    else:
+        # A pin replaces CA verification (the certificate's SHA-256 must match exactly,
+        # checked by the caller right after the handshake: matches()); tls_verify = false
+        # verifies nothing. Either way the system store would go unused: a bare context.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        keylog = os.environ.get("SSLKEYLOGFILE")  # as create_default_context() honours it
+        if keylog and not sys.flags.ignore_environment and hasattr(ctx, "keylog_filename"):
+            ctx.keylog_filename = keylog
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca_file:
+        # loaded (and so checked) in every mode, as before: a broken ca_file is reported even
+        # where a pin or tls_verify = false makes it unused
+        try:
+            ctx.load_verify_locations(cafile=str(ca_file))
+        except (FileNotFoundError, IsADirectoryError):
+            raise ConfigError(f"ca_file {ca_file}: no such file") from None
+        except ssl.SSLError as exc:
+            raise ConfigError(f"ca_file {ca_file}: not a PEM CA bundle ({exc.reason or exc})") from None
+    return ctx
 
 
 def tls_config(values: Mapping[str, Any], profile: str = "") -> TlsConfig:

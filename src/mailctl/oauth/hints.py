@@ -111,7 +111,8 @@ def google_error(error: str, description: str, profile_name: str, *, doing: str,
 
 
 def needs_login(profile_name: str, why: str) -> AuthError:
-    return AuthError(f"profile {profile_name!r}: {why}", hint=f"run: mailctl auth login {profile_name}")
+    return AuthError(f"profile {profile_name!r}: {why}", hint=f"run: mailctl auth login {profile_name}").with_context(
+        failure_id="login-needed")
 
 
 __all__ = ["ENTRA_CODES", "entra_error", "google_error", "needs_login", "ExitCode"]

@@ -70,7 +70,7 @@ class SecretResolver:
                     if kind == "password"
                     else f"store it in the keyring, or export {env_var_name(profile.name, kind)}"
                 ),
-            )
+            ).with_context(failure_id="secret-missing")
         return value
 
     def store(self, profile_name: str, kind: str, value: str) -> None:

@@ -78,6 +78,18 @@ _REPLY_NAMES = {
 }
 
 _QUEUE_ID_HINT = re.compile(r"queued as|id=|gsmtp|<", re.I)
+_LEADING_DOT = re.compile(rb"(?m)^\.")  # dot-stuffing (RFC 5321 4.5.2), as smtplib's data()
+# A plain ASCII addr-spec (dot-atom@domain): smtplib.quoteaddr() would give "<addr>" after an
+# email.utils.parseaddr() that costs more than the rest of a pipelined envelope.
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+                            r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*")
+
+
+def _quote_address(address: str) -> str:
+    """<address> for MAIL FROM / RCPT TO, as smtplib.quoteaddr() quotes it."""
+    if _PLAIN_ADDRESS.fullmatch(address):
+        return f"<{address}>"
+    return smtplib.quoteaddr(address)
 
 
 def queue_id_of(reply_text: str) -> str | None:
@@ -991,8 +1003,8 @@ class SmtpTransport:
         finally:
             transport._drop()
 
-    def mail_from(self, sender: str, raw: bytes, recipients: list[str],
-                  while_waiting: Callable[[], None] | None = None) -> tuple[int, str]:
+    def _mail_options(self, sender: str, raw: bytes, recipients: list[str]) -> list[str]:
+        """The MAIL FROM parameters the server's extensions call for (SIZE, BODY, SMTPUTF8)."""
         session = self.session
         opts: list[str] = []
         if session.does_esmtp:
@@ -1002,6 +1014,12 @@ class SmtpTransport:
                 opts.append("BODY=8BITMIME")
             if not (sender.isascii() and all(r.isascii() for r in recipients)) and session.has_extn("smtputf8"):
                 opts.append("SMTPUTF8")
+        return opts
+
+    def mail_from(self, sender: str, raw: bytes, recipients: list[str],
+                  while_waiting: Callable[[], None] | None = None) -> tuple[int, str]:
+        session = self.session
+        opts = self._mail_options(sender, raw, recipients)
         session.before_next_reply = while_waiting
         try:
             code, resp = session.mail(sender, opts)
@@ -1026,17 +1044,118 @@ class SmtpTransport:
                     refused[rcpt] = (code, resp)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise self._lost("rcpt", exc) from exc
+        return self._judge_refusals(recipients, refused)
+
+    def _judge_refusals(self, recipients: list[str], refused: dict[str, tuple[int, bytes]], *,
+                        data_open: bool = False) -> dict[str, str]:
+        """The refused recipients, as shown (masked); raises when every recipient was refused
+        (a DeliveryError with the refused map; 4xx among them: not permanent). data_open: the
+        server answered a pipelined DATA with 354 (see _give_up)."""
         if not refused:
             return {}
         shown = {r: self.redactor.redact(f"{c} {_decode(m)}".replace("\n", " ")) for r, (c, m) in refused.items()}
         if len(refused) == len(recipients):
             first_rcpt, (code, resp) = next(iter(refused.items()))
-            err = self._fail_message("rcpt", code, resp, f"RCPT TO:<{first_rcpt}>")
+            err = self._give_up("rcpt", code, resp, f"RCPT TO:<{first_rcpt}>", data_open)
             if any(c < 500 for c, _ in refused.values()) and isinstance(err, DeliveryError):
                 err.permanent = False
             err.refused = shown
             raise err
         return shown
+
+    def _give_up(self, stage: str, code: int, resp, what: str, data_open: bool = False) -> MailctlError:
+        """The error for a refused command of the transaction (_fail_message: RSET after it, or
+        a drop after a 421). data_open: the server answered DATA with 354 although the
+        transaction failed (a pipelined DATA after a refused MAIL or all RCPTs refused); it now
+        takes whatever comes as message data, so no RSET: the connection is dropped and nothing
+        of the message is sent."""
+        if data_open:
+            err = self._reply_error(stage, code, resp, what=what)
+            self._drop()
+            return err
+        return self._fail_message(stage, code, resp, what)
+
+    def _write_commands(self, commands: list[str]) -> None:
+        """Several commands in one write (RFC 2920 pipelining); a transcript shows each."""
+        session = self.session
+        if isinstance(session, RecordingSmtpSession):
+            for line in commands:
+                session._record_client(line)
+        # smtplib's send (encodes with the session's command_encoding; OSError: disconnected)
+        smtplib.SMTP.send(session, "".join(commands))
+
+    def _write_data(self, raw: bytes) -> tuple[int, str]:
+        """The message data after DATA's 354 (dot-stuffed, ended by CRLF.CRLF, as smtplib's
+        data() sends it) and the final reply."""
+        session = self.session
+        data = _LEADING_DOT.sub(b"..", raw) if (b"\n." in raw or raw[:1] == b".") else raw
+        if data[-2:] != b"\r\n":
+            data += b"\r\n"
+        try:
+            session.send(data + b".\r\n")
+            code, resp = session.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise self._lost("data", exc) from exc
+        if code != 250:
+            raise self._fail_message("data", code, resp, "DATA")
+        return code, self.redactor.redact(_decode(resp))
+
+    def _send_pipelined(self, raw: bytes, sender: str, recipients: list[str],
+                        while_waiting: Callable[[], None] | None) -> tuple[dict[str, str], int, str]:
+        """RFC 2920: MAIL FROM, every RCPT TO and DATA in one write, then their replies in
+        order (one round trip for the envelope instead of 2 + len(recipients)); the data only
+        after DATA's 354 and when MAIL and at least one RCPT were accepted. `while_waiting`
+        runs once the commands are on the wire, before any reply is read and before any data
+        is sent; if it raises, the connection is dropped (the server may be waiting for data
+        after a 354) and nothing of this message goes out. Returns (refused, code, text)."""
+        session = self.session
+        opts = self._mail_options(sender, raw, recipients)
+        params = (" " + " ".join(opts)) if opts else ""
+        commands = [f"MAIL FROM:{_quote_address(sender)}{params}\r\n"]
+        commands += [f"RCPT TO:{_quote_address(rcpt)}\r\n" for rcpt in recipients]
+        commands.append("DATA\r\n")
+        if "SMTPUTF8" in opts:
+            session.command_encoding = "utf-8"  # as smtplib's mail() does (rset() undoes it)
+        try:
+            self._write_commands(commands)  # a non-ASCII address without SMTPUTF8: UnicodeEncodeError, nothing sent
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise self._lost("mail", exc) from exc
+        if while_waiting is not None:
+            try:
+                while_waiting()
+            except BaseException:
+                self._drop()
+                raise
+        stages = ["mail"] + ["rcpt"] * len(recipients) + ["data"]
+        replies: list[tuple[int, bytes]] = []
+        getreply = session.getreply
+        try:
+            for _stage in stages:
+                reply = getreply()
+                replies.append(reply)
+                if reply[0] == 421:  # the server closes the channel: nothing more will come
+                    break
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise self._lost(stages[len(replies)], exc) from exc
+        code, resp = replies[0]
+        if code == 421 or (code != 250 and len(replies) < len(stages)):
+            raise self._fail_message("mail", code, resp, f"MAIL FROM:<{sender}>")
+        if len(replies) < len(stages):  # a 421 to an RCPT or to DATA
+            index = len(replies) - 1
+            code, resp = replies[index]
+            stage = stages[index]
+            what = f"RCPT TO:<{recipients[index - 1]}>" if stage == "rcpt" else "DATA"
+            raise self._fail_message(stage, code, resp, what)
+        data_code, data_resp = replies[-1]
+        data_open = data_code == 354
+        if code != 250:
+            raise self._give_up("mail", code, resp, f"MAIL FROM:<{sender}>", data_open)
+        refused = {rcpt: reply for rcpt, reply in zip(recipients, replies[1:-1]) if reply[0] not in (250, 251)}
+        shown = self._judge_refusals(recipients, refused, data_open=data_open)  # all refused: raises
+        if not data_open:
+            raise self._fail_message("data", data_code, data_resp, "DATA")
+        code, text = self._write_data(raw)
+        return shown, code, text
 
     def send_data(self, raw: bytes) -> tuple[int, str]:
         try:
@@ -1054,18 +1173,24 @@ class SmtpTransport:
 
     def send(self, raw: bytes, sender: str, recipients: list[str], *,
              while_waiting: Callable[[], None] | None = None) -> SendResult:
-        """Deliver one message. `while_waiting` runs once, after MAIL FROM went out and before
-        its reply is read, so the caller's bookkeeping (the outbox commits the previous
-        message's result) overlaps the server's work instead of adding to it. It runs before
-        any of this message's data is sent; if it raises, nothing of this message is
-        delivered and the exception propagates."""
+        """Deliver one message. When the server advertises PIPELINING (RFC 2920), MAIL FROM,
+        every RCPT TO and DATA go out in one write and their replies are read in order
+        (_send_pipelined); otherwise one command at a time. `while_waiting` runs once, after
+        this message's first commands went out and before their replies are read, so the
+        caller's bookkeeping (the outbox commits the previous message's result) overlaps the
+        server's work instead of adding to it. It runs before any of this message's data is
+        sent; if it raises, nothing of this message is delivered and the exception propagates."""
         if self.session is None:
             self.open()
         start = time.perf_counter()
         raw = strip_bcc(raw)
-        self.mail_from(sender, raw, recipients, while_waiting)
-        refused = self.rcpt_to(recipients)
-        code, text = self.send_data(raw)
+        session = self.session
+        if session.does_esmtp and "pipelining" in session.esmtp_features:
+            refused, code, text = self._send_pipelined(raw, sender, recipients, while_waiting)
+        else:
+            self.mail_from(sender, raw, recipients, while_waiting)
+            refused = self.rcpt_to(recipients)
+            code, text = self.send_data(raw)
         return SendResult(
             server=self.server.address,
             reply=f"{code} {text}".replace("\n", " "),

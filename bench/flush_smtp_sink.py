@@ -1,0 +1,168 @@
+"""Bench: the SMTP wire speed against Postfix's smtp-sink (C, advertises PIPELINING), three
+clients interleaved in the same run, each over ONE connection, ~1 KB messages:
+
+- raw smtplib (`SMTP.sendmail` in a loop: MAIL, RCPT, DATA, data: four round trips a message);
+- `mailctl queue flush`, the whole process (interpreter start, profiles, claims, one committed
+  result per message, QUIT), the messages enqueued into the outbox before the clock starts;
+- `smtp-source -s 1 -m N -l 1024` (Postfix's C load generator, one session);
+- for reference, `SmtpTransport.send()` in a loop in this process (the wire part alone).
+
+    python bench/flush_smtp_sink.py [--count 10000] [--rounds 3]
+
+Targets (issue #14): flush >= 1.0x raw smtplib and >= 0.5x smtp-source. Needs /usr/sbin/smtp-sink
+and /usr/sbin/smtp-source (Debian package postfix)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from mailctl.outbox import Outbox  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if not path:
+        raise SystemExit(f"{name} not found (apt-get install postfix)")
+    return path
+
+
+def start_sink(port: int) -> subprocess.Popen:
+    cmd = [tool("smtp-sink")]
+    if os.geteuid() == 0:
+        cmd += ["-u", "nobody"]  # smtp-sink refuses to run as root without it
+    proc = subprocess.Popen(cmd + [f"127.0.0.1:{port}", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    raise SystemExit("smtp-sink did not start: " + proc.stderr.read().decode())
+
+
+def messages(count: int) -> list[bytes]:
+    body = ("x" * 76 + "\r\n") * 11  # ~1 KB with the header
+    return [(f"From: app@example.com\r\nTo: user@example.org\r\nSubject: bench {i}\r\n"
+             f"Message-ID: <bench{i}@example.com>\r\n\r\n{body}").encode() for i in range(count)]
+
+
+def raw_smtplib(port: int, msgs: list[bytes]) -> float:
+    t0 = time.perf_counter()
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="bench") as s:
+        s.ehlo("bench")
+        for m in msgs:
+            s.sendmail("app@example.com", ["user@example.org"], m)
+    return time.perf_counter() - t0
+
+
+def transport_loop(port: int, msgs: list[bytes]) -> float:
+    """SmtpTransport.send() in a loop, in this process (no outbox): the wire part alone."""
+    from mailctl.profiles.model import ResolvedProfile
+    from mailctl.transports.smtp import SmtpTransport
+
+    profile = ResolvedProfile("bench", {"type": "smtp", "host": "127.0.0.1", "port": port, "security": "none",
+                                        "auth": "none", "ehlo_name": "bench"})
+    t0 = time.perf_counter()
+    with SmtpTransport(profile, None) as t:
+        for m in msgs:
+            t.send(m, "app@example.com", ["user@example.org"])
+    return time.perf_counter() - t0
+
+
+def smtp_source(port: int, count: int) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([tool("smtp-source"), "-s", "1", "-m", str(count), "-l", "1024", "-f", "app@example.com",
+                    "-t", "user@example.org", f"127.0.0.1:{port}"], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def prepare_outbox(path: Path, msgs: list[bytes]) -> None:
+    box = Outbox(path)
+    box.enqueue_many([(m, "app@example.com", ["user@example.org"]) for m in msgs])
+    box.close()
+
+
+def mailctl_flush(env: dict, outbox: Path, count: int) -> float:
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "mailctl", "queue", "flush", "--json", "--outbox", str(outbox)],
+                         env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"queue flush exited {res.returncode}: {res.stdout}{res.stderr}")
+    sent = json.loads(res.stdout)["sent"]
+    if sent != count:
+        raise SystemExit(f"queue flush sent {sent} of {count}")
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    port = free_port()
+    sink = start_sink(port)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        (tmp / "profiles.toml").write_text(
+            'schema_version = 1\ndefault = "sink"\n[settings]\nretention_days = 0\n[profiles.sink]\ntype = "smtp"\n'
+            f'host = "127.0.0.1"\nport = {port}\nsecurity = "none"\nauth = "none"\nehlo_name = "bench"\n'
+            'from_address = "app@example.com"\ntimeout = 30\n')
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILCTL_")}
+        env.update(MAILCTL_HOME=str(tmp), NO_COLOR="1",
+                   PYTHONPATH=str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", ""))
+        try:
+            msgs = messages(a.count)
+            raw_smtplib(port, msgs[:200])  # warm up
+            raw, flush, source, transport = [], [], [], []
+            for n in range(a.rounds):  # interleaved, so drift hits all alike
+                outbox = tmp / f"outbox{n}.sqlite3"
+                prepare_outbox(outbox, msgs)
+                raw.append(raw_smtplib(port, msgs))
+                flush.append(mailctl_flush(env, outbox, a.count))
+                source.append(smtp_source(port, a.count))
+                transport.append(transport_loop(port, msgs))
+        finally:
+            sink.terminate()
+            sink.wait()
+    rate = {name: a.count / statistics.median(times) for name, times in
+            (("raw_smtplib", raw), ("mailctl_queue_flush", flush), ("smtp_source", source),
+             ("smtp_transport_in_process", transport))}
+    vs_raw = rate["mailctl_queue_flush"] / rate["raw_smtplib"]
+    vs_source = rate["mailctl_queue_flush"] / rate["smtp_source"]
+    print(json.dumps({
+        "bench": "flush_smtp_sink", "count": a.count, "rounds": a.rounds,
+        **{f"{k}_per_second": round(v) for k, v in rate.items()},
+        "flush_vs_raw_smtplib": round(vs_raw, 3), "target_vs_raw_smtplib": 1.0,
+        "flush_vs_smtp_source": round(vs_source, 3), "target_vs_smtp_source": 0.5,
+        "ok": vs_raw >= 1.0 and vs_source >= 0.5,
+        "transport_vs_raw_smtplib": round(rate["smtp_transport_in_process"] / rate["raw_smtplib"], 3),
+        "raw_seconds": [round(t, 2) for t in raw], "flush_seconds": [round(t, 2) for t in flush],
+        "smtp_source_seconds": [round(t, 2) for t in source],
+        "load_average": os.getloadavg()[0],
+    }))
+
+
+if __name__ == "__main__":
+    main()
