@@ -240,3 +240,15 @@ def test_the_rules_see_a_cycle_when_there_is_one():
     """The cycle finder itself: a planted cycle is found, a chain is not."""
     assert _cycles({"a": {"b": []}, "b": {"c": []}, "c": {"a": []}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b": []}, "b": {"c": []}, "c": {}}) == []
+
+
+def test_no_function_in_the_outbox_is_over_80_lines():
+    """The flush engine and the stores stay readable: one step a method (issue #11)."""
+    long = []
+    for path in sorted((SRC / "outbox").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 80:
+                    long.append(f"{path.relative_to(SRC.parent)}:{node.lineno} {node.name}: {length} lines")
+    assert not long, "split these:\n" + "\n".join(long)

@@ -484,3 +484,16 @@ def test_a_non_ascii_address_without_smtputf8_fails_clearly(box, clock):
               open_transport=lambda p: NoSmtputf8("main", [], {}, clock), sleep=clock.sleep)
     info = box.get(i)
     assert r.failed == 1 and info.state == "failed" and "SMTPUTF8" in info.last_reply and "ü@xn--cda.test" in info.last_reply
+
+
+def test_a_missing_credential_is_a_configuration_problem_not_an_attempt(box, clock):
+    """No password stored / no token yet: nobody refused anything, the operator must act."""
+    fresh = [box.enqueue(RAW, "a@example.com", ["b@example.org"]) for _ in range(2)]
+    no_password = AuthError("profile 'main': no password stored", hint="mailctl profile edit main --password-stdin")
+    no_password.failure_id = "secret-missing"  # as SecretResolver.require raises it
+    r = run(box, clock, open_errors={"main": no_password})
+    assert r.exit_code == ExitCode.CONFIG and r.attempted == 0
+    assert all((box.get(i).state, box.get(i).attempts) == ("queued", 0) for i in fresh)
+    refused = AuthError("AUTH PLAIN as a refused by mx:25: 535 5.7.8 bad credentials")
+    r = run(box, clock, open_errors={"main": refused})  # a server said no: that is an attempt
+    assert r.attempted == 2 and all(box.get(i).attempts == 1 for i in fresh)

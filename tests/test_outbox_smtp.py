@@ -265,3 +265,24 @@ def test_flush_without_a_keyring_leaves_mail_alone_and_exits_78_once(cli, isolat
                 info = box.get(i)
                 assert (info.state, info.attempts, info.attempt_log) == ("queued", 0, [])
         assert srv.messages == []
+
+
+def test_flush_with_no_password_stored_leaves_mail_alone_and_exits_78(cli, isolated_env, tmp_path, memory_keyring):
+    """issue #12 item 3: 'cannot get a profile's secret' is a configuration problem: no
+    attempt, no backoff, no expiry clock; the server never sees an AUTH."""
+    from smtpserver import smtp_server
+
+    with smtp_server(auth=True, auth_require_tls=False) as srv:
+        (isolated_env / "profiles.toml").write_text(
+            'schema_version = 1\ndefault = "srv"\n[profiles.srv]\ntype = "smtp"\n'
+            f'host = "127.0.0.1"\nport = {srv.port}\nsecurity = "none"\nauth = "password"\nusername = "alice@example.com"\n'
+            'allow_insecure_auth = true\nfrom_address = "alice@example.com"\ntimeout = 10\n')
+        outbox = tmp_path / "o.sqlite3"
+        with Outbox(outbox) as box:
+            ids = [box.enqueue(message(n), "alice@example.com", ["user@example.org"]) for n in range(2)]
+        r = cli("queue", "flush", "--outbox", str(outbox))
+        assert r.exit_code == 78, r.output
+        assert "no password stored" in r.stderr and "--password-stdin" in r.stderr
+        with Outbox(outbox) as box:
+            assert all((box.get(i).state, box.get(i).attempts) == ("queued", 0) for i in ids)
+        assert srv.messages == []

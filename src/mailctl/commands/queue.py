@@ -25,9 +25,12 @@ def register(app: typer.Typer, name: str) -> None:
 
 
 def open_outbox(ctx: typer.Context, path: str | None, *, synchronous: str = "FULL"):
-    from mailctl.outbox import Outbox
+    """The outbox of --outbox, $MAILCTL_OUTBOX, [settings] outbox or the data dir: an SQLite
+    file or a postgresql:// database."""
+    from mailctl.outbox import open_outbox as open_location
 
-    return Outbox(path, clock=app_context(ctx).clock, synchronous=synchronous)
+    app = app_context(ctx)
+    return open_location(path, settings=app.store.load().settings(), clock=app.clock, synchronous=synchronous)
 
 
 def _when(ts: float | None) -> str:
@@ -48,27 +51,22 @@ def add(
     json_: JsonOpt = False,
 ) -> None:
     """Queue a complete RFC 5322 message read from stdin."""
-    from mailctl.outbox.envelope import envelope_from_headers, parse_message, strip_bcc_bytes, to_crlf
+    from mailctl.outbox.envelope import prepare_queued_message
 
     app = app_context(ctx)
     raw = sys.stdin.buffer.read()
     if not raw.strip():
         raise UsageError("no message on stdin", hint="pipe a complete message: mailctl queue add < message.eml")
-    raw = to_crlf(raw)
-    msg = parse_message(raw)
-    env_sender, env_rcpts = envelope_from_headers(msg) if not to else ("", [])
-    if sender is None and to:
-        from mailctl.outbox.envelope import header_addresses
-
-        env_sender = (header_addresses(msg, "Sender") or header_addresses(msg, "From") or [""])[0]
     profile = profile or app.profile_name
+    doc = app.store.load()
     if profile is not None:
         from mailctl.profiles.resolve import resolve_profile
 
-        resolve_profile(app.store.load(), profile)  # refuse an unknown profile now, not at flush time
+        resolve_profile(doc, profile)  # refuse an unknown profile now, not at flush time
+    # NUL refused, CRLF line ends, addresses checked, Bcc removed, force_postmaster applied
+    raw, env_sender, env_rcpts = prepare_queued_message(raw, sender, list(to) if to else None, doc.settings())
     with open_outbox(ctx, outbox) as box:
-        queue_id = box.enqueue(strip_bcc_bytes(raw), sender if sender is not None else env_sender,
-                               list(to) if to else env_rcpts, profile, hold=hold)
+        queue_id = box.enqueue(raw, env_sender, env_rcpts, profile, hold=hold)
         info = box.get(queue_id)
     if app.use_json(json_):
         app.output.json(info.to_dict())
@@ -100,6 +98,8 @@ def flush_cmd(
     # delivery results need not wait for the disk: one lost on power failure means at worst
     # that message is sent again, never that a message is lost (enqueues stay FULL)
     with open_outbox(ctx, outbox, synchronous="NORMAL") as box:
+        from mailctl.profiles.resolve import check_delivery_config
+        check_delivery_config(doc, profile or app.profile_name, dry_run=dry_run)  # no config: 78, never local by accident
         with _ProgressBar(app, enabled=not as_json and not dry_run) as bar:
             report = profile_flush(box, doc, app.secrets, options, progress=bar.update)
     if as_json:
@@ -107,6 +107,49 @@ def flush_cmd(
     else:
         _render_flush(app, report)
     raise typer.Exit(int(report.exit_code))
+
+
+@queue_app.command("worker")
+def worker_cmd(
+    ctx: typer.Context,
+    interval: Annotated[str, typer.Option("--interval", metavar="DURATION", help="Longest wait between two rounds, e.g. 20s (new mail ends it: at once on PostgreSQL, within a second on SQLite).")] = "20s",
+    profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="Only messages for this profile.", autocompletion=complete_profile_name)] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="Parallel flushes (lanes) in this process, each with its own connections.")] = 1,
+    hold_backlog: Annotated[Optional[bool], typer.Option("--hold-backlog/--no-hold-backlog", help="Hold what was queued before the start (queue release brings it back); new mail flows. Default: the hold_backlog_at_start setting.", show_default=False)] = None,
+    lease: Annotated[float, typer.Option("--lease", min=1, help="Seconds a claimed message stays ours after our last commit.")] = 600.0,
+    log_format: Annotated[str, typer.Option("--log-format", metavar="text|json", help="One line per event on stderr: text (key=value; syslog priorities under journald) or json.")] = "text",
+    outbox: OutboxOpt = None,
+) -> None:
+    """Flush continuously (a systemd service): a round, a wait for new mail, a round...
+    SIGTERM/SIGINT: finish the message in flight, give the rest back, exit 0. SIGHUP: read
+    the profiles file again."""
+    from mailctl.errors import ValidationError
+    from mailctl.outbox import open_outbox as open_location
+    from mailctl.outbox.locate import display, outbox_location
+    from mailctl.outbox.worker import EventLog, Worker, WorkerOptions, config_from_profiles
+    from mailctl.profiles.model import parse_duration
+    from mailctl.profiles.resolve import check_delivery_config, resolve_profile
+
+    app = app_context(ctx)
+    if log_format not in ("text", "json"):
+        raise UsageError(f"--log-format: {log_format!r} is not text or json")
+    try:
+        seconds = parse_duration(interval)
+    except ValidationError as exc:
+        raise UsageError(f"--interval: {exc.message}") from None
+    if seconds <= 0:
+        raise UsageError("--interval: must be more than 0s")
+    doc = app.store.load()
+    location, _why = outbox_location(outbox, doc.settings())
+    check_delivery_config(doc, profile or app.profile_name)  # no configuration: 78, never local by accident
+    if profile is not None:
+        resolve_profile(doc, profile)  # an unknown profile: say so now, not at every round
+    options = WorkerOptions(interval=seconds, profile=profile, concurrency=concurrency, hold_backlog=hold_backlog,
+                            lease_seconds=lease)
+    worker = Worker(lambda: open_location(location, clock=app.clock, synchronous="NORMAL"),
+                    lambda: config_from_profiles(app.store.load(), app.secrets), options,
+                    log=EventLog(fmt=log_format, quiet=app.output.quiet), location=display(location))
+    raise typer.Exit(worker.run())
 
 
 class _ProgressBar:
@@ -162,17 +205,24 @@ def _render_flush(app, report) -> None:
         return
     if not report.sending_enabled:
         out.info(f"Sending is disabled (settings: sending_enabled = false): nothing sent; {report.due} message(s) due "
-                 "wait in the outbox. Enable with: mailctl profile settings sending_enabled true")
+                 "wait in the outbox. Enable with: mailctl settings set sending_enabled true")
         return
     if report.problems:
         out.table(["ID", "OUTCOME", "PROFILE", "NEXT TRY", "REPLY"],
-                  [(p.id, p.outcome, p.profile or "", _when(p.next_attempt_at), p.reply) for p in report.problems])
+                  [(p.id, p.outcome + (f", {len(p.failed_recipients)} failed" if p.failed_recipients and p.outcome != "failed" else ""),
+                    p.profile or "", _when(p.next_attempt_at), p.reply) for p in report.problems])
     for name, message in report.profile_errors.items():
         out.warn(f"profile {name}: {message}")
+    for name, err in report.config_errors.items():
+        # once per profile, not per message: those messages were left as they were (exit 78)
+        out.error(f"profile {name}: {err.message} (its messages stay queued as they were; nothing was tried)",
+                  hint=err.hint)
     rem = report.remaining
     # the summary is a message (stderr, silenced by -q) so a quiet cron job mails only problems
     out.info(
         f"Sent {report.sent}, deferred {report.deferred}, failed {report.failed}, expired {report.expired}"
+        + (f", partly failed {report.partially_failed}" if report.partially_failed else "")
+        + (f", left untouched {report.left} (configuration)" if report.left else "")
         + (f", reclaimed {report.reclaimed}" if report.reclaimed else "")
         + (f", purged {report.purged}" if report.purged else "")
         + f" in {report.duration:.1f}s. Outbox now: {rem.get('queued', 0)} queued, {rem.get('deferred', 0)} deferred,"
@@ -184,7 +234,7 @@ def _render_flush(app, report) -> None:
 @queue_app.command("list")
 def list_cmd(
     ctx: typer.Context,
-    state: Annotated[Optional[List[str]], typer.Option("--state", "-s", help="Only this state (repeatable): queued, sending, sent, deferred, failed, expired, held.")] = None,
+    state: Annotated[Optional[List[str]], typer.Option("--state", "-s", help="Only this state (repeatable): queued, sending, sent, deferred, failed (also the partly failed), expired, held.")] = None,
     profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="Only messages queued for this profile.", autocompletion=complete_profile_name)] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many rows.")] = None,
     outbox: OutboxOpt = None,
@@ -193,6 +243,9 @@ def list_cmd(
     """List queued messages (JSON Lines with --json)."""
     app = app_context(ctx)
     states = [s for v in (state or []) for s in v.split(",") if s]
+    from mailctl.outbox.store import STATES
+    if any(s not in STATES for s in states):  # a choice the command line cannot accept: usage (2)
+        raise UsageError(f"--state: unknown state {next(s for s in states if s not in STATES)!r}", hint="states: " + ", ".join(STATES))
     with open_outbox(ctx, outbox) as box:
         rows = box.list(states=states or None, profile=profile, limit=limit)
         if app.use_json(json_):
@@ -200,7 +253,7 @@ def list_cmd(
             return
         app.output.table(
             ["ID", "STATE", "QUEUED", "TRIES", "PROFILE", "FROM", "TO", "SUBJECT", "LAST REPLY"],
-            [(r.id, r.state, _when(r.created_at), r.attempts, r.profile or "", r.sender,
+            [(r.id, r.display_state, _when(r.created_at), r.attempts, r.profile or "", r.sender,
               ", ".join(r.recipients), r.subject or "", r.last_reply or "") for r in rows],
         )
 
@@ -231,12 +284,12 @@ def show(
         return
     out = app.output
     for label, value in [
-        ("ID", info.id), ("State", info.state), ("Profile", info.profile or "(default)"), ("Queued", _when(info.created_at)),
+        ("ID", info.id), ("State", info.display_state), ("Profile", info.profile or "(default)"), ("Queued", _when(info.created_at)),
         ("Envelope from", info.sender or "<>"), ("Envelope to", ", ".join(info.recipients)), ("Size", f"{info.size} bytes"),
         ("Attempts", info.attempts),
         ("Next attempt", _when(info.next_attempt_at) if info.state in ("queued", "deferred") else ""),
         ("Last reply", info.last_reply or ""),
-    ]:
+    ] + [("Refused", f"{rcpt}: {reply}") for rcpt, reply in info.failed_recipients.items()]:
         out.line(f"{label + ':':<15}{value}")
     out.line("")
     out.line(head)
@@ -253,18 +306,42 @@ def show(
 def stats(
     ctx: typer.Context,
     top: Annotated[int, typer.Option("--top", min=1, help="Recipient domains to show.")] = 20,
+    format_: Annotated[str, typer.Option("--format", metavar="table|json|openmetrics", help="openmetrics: gauges for Prometheus (counts by state, oldest queued age, attempts by outcome).")] = "table",
+    output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="FILE", help="Write to FILE atomically instead of stdout (node_exporter's textfile collector: a .prom file).")] = None,
     outbox: OutboxOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Counts by state, and pending recipients by domain and age (like Postfix's qshape)."""
     app = app_context(ctx)
+    if format_ not in ("table", "json", "openmetrics"):
+        raise UsageError(f"--format: {format_!r} is not table, json or openmetrics")
+    if format_ == "openmetrics":
+        from mailctl.outbox.metrics import collect, render_openmetrics, write_atomically
+
+        with open_outbox(ctx, outbox) as box:
+            text = render_openmetrics(collect(box))
+        if output:
+            try:
+                write_atomically(output, text)
+            except OSError as exc:
+                from mailctl.errors import ConfigError
+
+                raise ConfigError(f"--output {output}: {exc.strerror or exc}",
+                                  hint="the directory must exist and be writable") from None
+        else:
+            sys.stdout.write(text)
+        return
+    if output:
+        raise UsageError("--output goes with --format openmetrics")
     with open_outbox(ctx, outbox) as box:
         data = box.stats(top=top)
-    if app.use_json(json_):
+    if app.use_json(json_) or format_ == "json":
         app.output.json(data)
         return
     out = app.output
-    out.table(["STATE", "MESSAGES"], [*data["by_state"].items(), ("total", data["total"])])
+    out.table(["STATE", "MESSAGES"], [*data["by_state"].items(), ("total", data["total"])]
+              + ([("partly failed", f"{data['partially_failed']} ({data['partially_failed_recipients']} recipient(s) refused)")]
+                 if data.get("partially_failed") else []))
     out.line("")
     buckets = data["age_buckets"]
     rows = [("TOTAL", sum(data["by_age"].values()), *data["by_age"].values())]
@@ -272,6 +349,50 @@ def stats(
     out.table(["DOMAIN (pending recipients)", "T", *buckets], rows)
     if data["domains_total"] > len(data["by_domain"]):
         out.info(f"{data['domains_total'] - len(data['by_domain'])} more domain(s); use --top or --json.")
+
+
+@queue_app.command("migrate")
+def migrate_cmd(
+    ctx: typer.Context,
+    to: Annotated[str, typer.Option("--to", metavar="PATH|URL", help="The outbox to copy into: an SQLite file or a postgresql:// URL (created if need be).", show_default=False)],
+    outbox: OutboxOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Copy this outbox into another (SQLite <-> PostgreSQL), keeping ids, states and attempt
+    logs. Idempotent: run it again to bring over what changed. Stop flushes and workers first."""
+    import os
+
+    from mailctl.outbox import open_outbox as open_location
+    from mailctl.outbox.locate import display, is_postgres_url, outbox_location
+    from mailctl.outbox.transfer import copy_outbox
+
+    app = app_context(ctx)
+    settings = app.store.load().settings()
+    source, _why = outbox_location(outbox, settings)
+    dest, _why = outbox_location(to, settings)
+
+    def same(a: str, b: str) -> bool:
+        if is_postgres_url(a) or is_postgres_url(b):
+            return a == b
+        return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+
+    if same(source, dest):
+        raise UsageError(f"--to names the outbox being copied ({display(source)})",
+                         hint="name the other outbox with --to, the source with --outbox")
+    with open_location(source, clock=app.clock, synchronous="NORMAL") as src, \
+            open_location(dest, clock=app.clock, synchronous="FULL") as dst:
+        totals = copy_outbox(src, dst)
+    totals = {"from": display(source), "to": display(dest), **totals}
+    if app.use_json(json_):
+        app.output.json(totals)
+        return
+    app.output.info(
+        f"Copied {totals['messages']} message(s) from {totals['from']} to {totals['to']}: {totals['added']} added, "
+        f"{totals['updated']} updated, {totals['unchanged']} already there; {totals['attempts']} attempt log entr(ies)"
+        + (f"; {totals['was_sending']} were being sent and come over due again" if totals["was_sending"] else "") + ".")
+    dst_counts = totals["destination"]
+    app.output.info("Destination now: " + ", ".join(f"{n} {s}" for s, n in dst_counts.items() if n) + "."
+                    if any(dst_counts.values()) else "Destination now: empty.")
 
 
 # --- managing ----------------------------------------------------------------------------
@@ -336,6 +457,9 @@ def purge(
     else:
         seconds = parse_duration(older_than)
     states = [s for v in (state or []) for s in v.split(",") if s] or list(FINISHED_STATES)
+    if any(s not in FINISHED_STATES for s in states):  # a choice the command line cannot accept: usage (2)
+        bad = next(s for s in states if s not in FINISHED_STATES)
+        raise UsageError(f"--state: purge removes only finished messages, not {bad!r}", hint="states: sent, failed, expired")
     with open_outbox(ctx, outbox) as box:
         count = box.purge(seconds, states)
     if app.use_json(json_):

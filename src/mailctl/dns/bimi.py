@@ -10,6 +10,7 @@ import re
 from urllib.parse import urlsplit
 
 from mailctl.dns import findings as F
+from mailctl.dns.dkim import TagSyntaxError, parse_tags  # the tag-list syntax BIMI shares
 from mailctl.dns.alignment import applied_dmarc
 from mailctl.dns.findings import CheckResult
 from mailctl.dns.psl import organizational_domain
@@ -21,27 +22,6 @@ SELECTOR = "default"
 
 def is_bimi_record(text: str) -> bool:
     return _PREFIX.match(text) is not None
-
-
-class TagSyntaxError(ValueError):
-    pass
-
-
-def parse_tags(record: str) -> dict[str, str]:
-    """tag=value; pairs (the DKIM/DMARC/BIMI tag-list syntax), first occurrence kept order."""
-    tags: dict[str, str] = {}
-    for part in record.split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        name, sep, value = part.partition("=")
-        name = name.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
-            raise TagSyntaxError(f"'{part}' is not a tag=value pair")
-        if name in tags:
-            raise TagSyntaxError(f"tag '{name}' appears twice")
-        tags[name] = value.strip()
-    return tags
 
 
 def _https_url(value: str) -> bool:

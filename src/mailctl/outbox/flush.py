@@ -12,6 +12,7 @@ storage only through the calls listed in backend.FlushStore (Outbox, SQLite, is 
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import deque
@@ -48,6 +49,7 @@ class FlushPolicy:
     batch_size: int = 0
     batch_interval: float = 0.0
     retention_days: int = 30
+    attempt_log: str = ""  # one line per attempt: stderr, syslog or a file (attemptlog.py); "" off
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> "FlushPolicy":
@@ -66,6 +68,7 @@ class FlushPolicy:
             batch_size=int(settings.get("batch_size") or 0),
             batch_interval=dur("batch_interval", 0.0),
             retention_days=int(settings.get("retention_days") or 0),
+            attempt_log=str(settings.get("attempt_log") or ""),
         )
 
 
@@ -120,6 +123,7 @@ class FlushReport:
     left: int = 0
     partially_failed: int = 0  # sent (or deferred) with some recipients refused for good (5xx)
     duration: float = 0.0
+    stopped: bool = False  # asked to stop (the worker's SIGTERM): untried claims were given back (not serialised)
 
     @property
     def attempted(self) -> int:
@@ -184,6 +188,16 @@ class RateLimiter:
             self.window.append(now)
 
 
+class SharedRateLimits:
+    """Rate limiters that several FlushRuns use at once (the lanes of one `queue worker`):
+    one per (profile, limit), seeded from the attempt log when first used; a slot is taken
+    under one lock together with the check, so two lanes never take the same one."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.limiters: dict[tuple[str | None, int], RateLimiter] = {}
+
+
 ProgressFn = Callable[..., None]
 
 
@@ -241,8 +255,18 @@ def config_problem(error: BaseException | None) -> bool:
     """Trouble on our side that no retry fixes and no server saw: an unknown profile, a missing
     setting, no usable secret store, a secret_command that fails (ConfigError and its
     SecretStoreUnavailable, NotFoundError from resolving a profile). Not a delivery attempt:
-    the flush leaves those messages as they were and exits 78."""
+    the flush leaves those messages as they were and exits 78.
+
+    So is an AuthError about a credential we do not have (failure ids secret-missing: no
+    password stored; login-needed: no token until someone runs `mailctl auth login`); a server
+    that refused the credentials (535, HTTP 401) is a delivery attempt."""
+    if isinstance(error, AuthError):
+        return error.failure_id in LOCAL_CREDENTIAL_FAILURES
     return isinstance(error, (ConfigError, NotFoundError))
+
+
+# AuthErrors that no server produced: the credential is missing on our side (failure ids)
+LOCAL_CREDENTIAL_FAILURES = ("secret-missing", "login-needed")
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:
@@ -268,14 +292,20 @@ class FlushRun:
         options: FlushOptions | None = None,
         sleep: Callable[[float], None] = time.sleep,
         progress: ProgressFn | None = None,
+        stop: Callable[[], bool] | None = None,
+        shared_limits: SharedRateLimits | None = None,
     ) -> None:
         self.store = store
+        self.shared_limits = shared_limits
         self.policy = policy
         self.resolve = resolve
         self.open_transport = open_transport
         self.options = options or FlushOptions()
         self.sleep = sleep
         self.notify: ProgressFn = progress or _quiet
+        # asked between two messages (and during waits): True ends the run as if nothing more
+        # were due; the message in flight is finished and committed first (queue worker)
+        self.stop = stop
         self.clock = store.clock
         self.started = time.monotonic()
         self.report = FlushReport(sending_enabled=policy.sending_enabled, dry_run=self.options.dry_run)
@@ -287,6 +317,7 @@ class FlushRun:
         self.sessions: dict[str | None, _Session] = {}
         self.global_limiter = RateLimiter(0)
         self.pending: list[Callable[[], Any]] = []  # at most one result waiting to be written
+        self.attempt_log: Any = None  # attemptlog.AttemptLog while delivering, when [settings] asks
         self.processed = 0  # messages tried (the --limit count)
         self.in_batch = 0  # messages tried in the current batch (batch_size)
 
@@ -303,7 +334,15 @@ class FlushRun:
         self.lease_renewed = self.clock()
         self.global_limiter = self.rate_limiter(self.policy.rate_limit_per_minute)
         self.notify("start", total=self.report.due)
-        self.deliver_all()
+        if self.policy.attempt_log:
+            from mailctl.outbox.attemptlog import AttemptLog
+
+            self.attempt_log = AttemptLog(self.policy.attempt_log)
+        try:
+            self.deliver_all()
+        finally:
+            if self.attempt_log is not None:
+                self.attempt_log.close()
         return self.finish()
 
     def resolve_scope(self) -> None:
@@ -345,27 +384,51 @@ class FlushRun:
         limit = self.options.limit
         try:
             while limit is None or self.processed < limit:
+                self.check_stop()
                 claims = self.claim()
                 if not claims:
                     break
                 for c in claims:
+                    self.check_stop()
                     if self.deliver(c):
                         self.processed += 1
                 self.in_batch += len(claims)
                 if self.policy.batch_size and self.in_batch >= self.policy.batch_size:
                     self.end_batch()
             self.settle()
+        except _Stop:
+            self.report.stopped = True  # the finally below writes the last result and gives back the rest
         except _SettleFailed as exc:
             raise exc.error from None
         finally:
-            # stopped early (Ctrl-C, an error): the last result is written if it can be, and rows
-            # we claimed but never tried go back at once
+            # stopped early (Ctrl-C, an error, a stop request): the last result is written if it
+            # can be, and rows we claimed but never tried go back at once
             try:
                 self.settle()  # a failed write was taken off the list before it ran: no retry here
             finally:
-                self.store.release_claims(self.owner)
-                for s in self.sessions.values():
-                    _close(s)
+                try:
+                    self.store.release_claims(self.owner)
+                finally:  # the storage gone (a dropped connection) must not leave transports open
+                    for s in self.sessions.values():
+                        _close(s)
+
+    def check_stop(self) -> None:
+        if self.stop is not None and self.stop():
+            raise _Stop()
+
+    def pause(self, seconds: float) -> None:
+        """Sleep `seconds` (a rate limit, the batch interval); with a stop callback, in short
+        slices, ending the run as soon as a stop is asked for."""
+        if self.stop is None:
+            self.sleep(seconds)
+            return
+        end = time.monotonic() + seconds
+        while True:
+            self.check_stop()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self.sleep(min(left, 0.25))
 
     def claim(self) -> list[ClaimedMessage]:
         """The next claim: at most claim_size rows, and no more than --limit or the batch leave."""
@@ -388,7 +451,7 @@ class FlushRun:
         self.settle()
         if self.policy.batch_interval > 0 and more and self.store.count_due(profiles=self.profiles):
             self.notify("wait", seconds=self.policy.batch_interval, reason="batch interval")
-            self.sleep(self.policy.batch_interval)
+            self.pause(self.policy.batch_interval)
 
     def finish(self) -> FlushReport:
         if self.options.purge and self.policy.retention_days > 0:
@@ -424,17 +487,36 @@ class FlushRun:
 
     def rate_limiter(self, per_minute: int, profile: str | None = None) -> RateLimiter:
         """A limiter that already counts the last minute's attempts (all profiles', or one's)."""
+        shared = self.shared_limits
+        if shared is not None and per_minute:
+            with shared.lock:
+                lim = shared.limiters.get((profile, per_minute))
+                if lim is None:
+                    history = self.store.sent_since(self.clock() - 60, profile, limit=per_minute)
+                    lim = shared.limiters[(profile, per_minute)] = RateLimiter(per_minute, history)
+                return lim
         history = self.store.sent_since(self.clock() - 60, profile, limit=per_minute) if per_minute else ()
         return RateLimiter(per_minute, history)
 
     def wait_for_rate_limits(self, limiters: Sequence[RateLimiter]) -> None:
+        """Wait until every limiter has room. With shared limits (lanes), the slot is taken
+        here, under the lock that checked it; otherwise deliver() records it when it sends."""
+        shared = self.shared_limits
         while limiters:
-            wait = max(lim.wait_time(self.clock()) for lim in limiters)
+            if shared is None:
+                wait = max(lim.wait_time(self.clock()) for lim in limiters)
+            else:
+                with shared.lock:
+                    now = self.clock()
+                    wait = max(lim.wait_time(now) for lim in limiters)
+                    if wait <= 0:
+                        for lim in limiters:
+                            lim.record(now)
             if wait <= 0:
                 break
             self.settle()
             self.notify("wait", seconds=wait, reason="rate limit")
-            self.sleep(wait)
+            self.pause(wait)
 
     # results -----------------------------------------------------------------
     def settle(self) -> None:
@@ -468,6 +550,18 @@ class FlushRun:
             c, owner, outcome, reply=reply, server=server, profile=profile, duration=duration,
             next_attempt_at=next_at, recipients=recipients, renew_lease=renew, failed_recipients=failed or None))
         self.count(MessageOutcome(c.id, outcome, reply, server, profile, next_at, error, failed))
+        if self.attempt_log is not None:
+            self.log_attempt(c, outcome, reply, server, profile, duration)
+
+    def log_attempt(self, c: ClaimedMessage, outcome: str, reply: str, server: str | None, profile: str | None,
+                    duration: float | None) -> None:
+        from mailctl.outbox.attemptlog import transport_security
+
+        s = self.sessions.get(profile)
+        tls, auth = transport_security(s.transport if s else None, s.profile if s else None)
+        self.attempt_log.record(id=c.id, profile=profile, server=server, tls=tls, auth=auth, sender=c.sender,
+                                recipients=c.recipients, size=len(c.raw), outcome=outcome, reply=reply,
+                                duration=duration)
 
     def retry_or_expire(self, c: ClaimedMessage, reply: str) -> tuple[str, str, float | None]:
         """A deferral: (outcome, reply, next attempt time), expired once past max_retry_age."""
@@ -522,8 +616,9 @@ class FlushRun:
             self.commit(c, "expired", "still undelivered after max_retry_age", None, s.name, None)
             return False
         try:
-            for lim in limiters:
-                lim.record(self.clock())
+            if self.shared_limits is None:  # shared ones were taken in wait_for_rate_limits
+                for lim in limiters:
+                    lim.record(self.clock())
             if overlap and self.pending:
                 result = s.transport.send(c.raw, c.sender, list(c.recipients), while_waiting=self.settle_while_waiting)
             else:
@@ -639,6 +734,10 @@ class FlushRun:
                         failed_recipients=failed)
         else:
             self.commit(c, "sent", reply, result.server, s.name, duration, failed_recipients=failed)
+
+
+class _Stop(Exception):
+    """A stop was asked for (FlushRun.stop): end the run between two messages."""
 
 
 class _SettleFailed(BaseException):

@@ -85,6 +85,16 @@ def _row_factory(cursor):
     return lambda values: cls(values)
 
 
+def _enqueue_sql(*, notify: bool) -> str:
+    """INSERT a message and its body in one statement (a data-modifying CTE); the id comes
+    back, with a NOTIFY per message when `notify`."""
+    from mailctl.outbox.store import _INSERT
+
+    tail = "SELECT id, pg_notify('mailctl_outbox', id::text) FROM m" if notify else "SELECT id FROM m"
+    return (f"WITH m AS ({_sql(_INSERT)} RETURNING id),"
+            " b AS (INSERT INTO bodies (message, raw) SELECT id, %s::bytea FROM m) " + tail)
+
+
 def _sql(statement: str) -> str:
     """store.py's SQLite spelling -> PostgreSQL's."""
     statement = statement.replace(" IS ?", " IS NOT DISTINCT FROM ?")
@@ -226,6 +236,69 @@ class PgOutbox(Outbox):
             pass
         return queue_id
 
+    # enqueue in one statement: the row, its body and the wake-up call in one round trip
+    def enqueue(self, raw: bytes, sender: str, recipients: Sequence[str], profile: str | None = None, *,
+                hold: bool = False) -> int:
+        """Queue one message (see Outbox.enqueue): one statement, atomic on its own (the
+        message row, its body and the NOTIFY that wakes the workers), so one round trip."""
+        row, raw = self._row(raw, sender, recipients, profile, hold)
+        found = self.conn.raw.execute(_enqueue_sql(notify=True), [*row, raw]).fetchone()
+        return int(found[0])
+
+    def enqueue_many(self, items: Iterable[tuple], *, hold: bool = False) -> list[int]:
+        """Queue many in ONE transaction (see Outbox.enqueue_many), sent as a pipeline (no
+        round trip a message) and with one NOTIFY for the lot."""
+        rows = [self._row(it[0], it[1], it[2], it[3] if len(it) > 3 else None, hold) for it in items]
+        if not rows:
+            return []
+        ids: list[int] = []
+        with self.conn.raw.transaction(), self.conn.raw.cursor() as cursor:
+            cursor.executemany(_enqueue_sql(notify=False), [[*row, raw] for row, raw in rows], returning=True)
+            while True:
+                ids.append(int(cursor.fetchone()[0]))
+                if not cursor.nextset():
+                    break
+            cursor.execute("SELECT pg_notify('mailctl_outbox', %s)", [str(ids[-1])])
+        return ids
+
+    # a delivery result in one statement (one round trip), as Outbox.record_attempt in several
+    def record_attempt(self, claim, owner: str, outcome: str, *, reply: str = "", server: str | None = None,
+                       profile: str | None = None, duration: float | None = None,
+                       next_attempt_at: float | None = None, recipients: Sequence[str] | None = None,
+                       renew_lease: float | None = None, failed_recipients=None) -> bool:
+        """Commit one delivery result (see Outbox.record_attempt): the row's new state, the
+        attempt log entry and the lease renewal of the owner's other rows in ONE statement
+        (data-modifying CTEs), atomic on its own; the flush's commit is one round trip."""
+        import json
+
+        from mailctl.outbox.store import FINISHED_STATES
+
+        if outcome not in ("sent", "deferred", "failed", "expired"):
+            raise ValueError(outcome)
+        now = self.clock()
+        sets = ["state=%s", "attempts=attempts+1", "last_attempt_at=%s", "last_reply=%s", "last_server=%s",
+                "updated_at=%s", "done_at=%s", "lease_owner=NULL", "lease_until=NULL"]
+        params: list[Any] = [outcome, now, reply, server, now, now if outcome in FINISHED_STATES else None]
+        if outcome == "deferred":
+            sets.append("next_attempt_at=%s")
+            params.append(next_attempt_at if next_attempt_at is not None else now)
+        if recipients is not None:
+            sets.append("recipients=%s")
+            params.append(json.dumps(list(recipients)))
+        if failed_recipients:  # merged into those refused before (the new reply wins)
+            sets.append("failed_recipients=(coalesce(failed_recipients, '{}')::jsonb || %s::jsonb)::text")
+            params.append(json.dumps(dict(failed_recipients)))
+        sql = (f"WITH u AS (UPDATE messages SET {', '.join(sets)} WHERE id=%s AND state='sending' AND lease_owner=%s"
+               " RETURNING id),"
+               " a AS (INSERT INTO attempts (message, at, profile, server, outcome, reply, duration)"
+               " VALUES (%s, %s, %s, %s, %s, %s, %s))")
+        params += [claim.id, owner, claim.id, now, profile, server, outcome, reply, duration]
+        if renew_lease:
+            sql += ", r AS (UPDATE messages SET lease_until=%s WHERE lease_owner=%s AND state='sending' AND id <> %s)"
+            params += [now + renew_lease, owner, claim.id]
+        (count,) = self.conn.raw.execute(sql + " SELECT count(*) FROM u", params).fetchone()
+        return int(count) == 1
+
     # claims: FOR UPDATE SKIP LOCKED, and the holder's session ---------------------------
     def _due_rows(self, now: float, tail: str, params: list[Any], limit: int):
         from mailctl.outbox.store import _CLAIM_COLS
@@ -266,13 +339,84 @@ class PgOutbox(Outbox):
             f" AND at >= ?{extra} ORDER BY at DESC LIMIT ?", [*params, int(limit)]).fetchall()
         return sorted(float(at) for (at,) in rows)
 
-    def wait_for_mail(self, timeout: float) -> bool:
-        """Block until a message is queued (LISTEN/NOTIFY) or `timeout` passes; True if woken."""
+    def _after_import(self) -> None:
+        # rows came with their own ids: the identity sequences must go past them
+        for table in ("messages", "attempts"):
+            self.conn.raw.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT coalesce(max(id), 0) + 1 FROM {table}), false)")
+
+    def describe_error(self, exc: BaseException) -> MailctlError | None:
+        import psycopg
+
+        if isinstance(exc, psycopg.Error):
+            return pg_error(self.display, exc)
+        return None
+
+    _listening = False
+
+    def wait_for_mail(self, timeout: float, *, since_id: int | None = None, since: float | None = None,
+                      stop: Callable[[], bool] | None = None, poll: float = 1.0) -> bool:
+        """Block until a message is queued, released or retried (LISTEN/NOTIFY), or until the
+        next deferred message falls due, or `timeout` passes or `stop()` says so (looked at
+        every 0.25 s); True if there is mail. With `since_id` / `since`, mail newer than that
+        id, or due after that time, already there ends it at once. The connection keeps
+        listening from the first call on, so nothing queued between two waits is missed;
+        `poll` is SQLite's."""
+        import time
+
         raw = self.conn.raw
-        raw.execute("LISTEN mailctl_outbox")
-        try:
-            for _notify in raw.notifies(timeout=timeout, stop_after=1):
+        if not self._listening:
+            raw.execute("LISTEN mailctl_outbox")
+            self._listening = True
+        # LISTEN first, then look: mail queued in between is either seen here or notified
+        if (since_id is not None and self.latest_id() > since_id) or (since is not None and self.due_since(since)):
+            self._drain_notifies()
+            return True
+        end = time.monotonic() + timeout
+        due = self.next_due_at()
+        if due is not None:  # a retry falls due before the timeout: wake up for it
+            end = min(end, time.monotonic() + max(0.0, due - self.clock()) + 0.05)
+        while True:
+            if stop is not None and stop():
+                return False
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            if self._notified(min(left, 0.25)):
+                self._drain_notifies()
                 return True
-            return False
+
+    def _notified(self, timeout: float) -> bool:
+        # the generator holds the connection's lock until closed: close it before anything else
+        notifies = self.conn.raw.notifies(timeout=timeout, stop_after=1)
+        try:
+            return next(notifies, None) is not None
         finally:
-            raw.execute("UNLISTEN mailctl_outbox")
+            notifies.close()
+
+    def _drain_notifies(self) -> None:
+        """A burst of enqueues is one wake-up: drop the notifications already received."""
+        notifies = self.conn.raw.notifies(timeout=0)
+        try:
+            for _notify in notifies:
+                pass
+        finally:
+            notifies.close()
+
+    def _notify_due(self) -> None:
+        try:
+            self.conn.raw.execute("SELECT pg_notify('mailctl_outbox', '')")
+        except Exception:  # pragma: no cover - a wake-up call only
+            pass
+
+    def release(self, ids: Sequence[int] | None = None) -> list[int]:
+        done = super().release(ids)
+        if done:  # due now: wake the workers
+            self._notify_due()
+        return done
+
+    def retry(self, ids: Sequence[int] | None = None) -> list[int]:
+        done = super().retry(ids)
+        if done:
+            self._notify_due()
+        return done

@@ -104,10 +104,9 @@ def prepare_sendmail_message(data: bytes, opts: SendmailOptions, doc: Any, profi
     it); a NUL in the message is refused (65); line ends become CRLF (bare CR too)."""
     from email.utils import formatdate, make_msgid
 
-    from mailctl.addresses import check_address, is_address, is_null_sender, parse_address_list
+    from mailctl.addresses import check_address, is_address
     from mailctl.message import check_header_value, format_mailbox, postmaster_address, wire_bytes
-    from mailctl.outbox.envelope import (header_addresses, header_mailboxes, parse_message, raw_header_values, set_from,
-                                         strip_bcc_bytes)
+    from mailctl.outbox.envelope import header_mailboxes, parse_message, raw_header_values, set_from, strip_bcc_bytes
     from mailctl.profiles.resolve import resolve_profile
 
     if opts.dot_ends:
@@ -123,17 +122,7 @@ def prepare_sendmail_message(data: bytes, opts: SendmailOptions, doc: Any, profi
     profile = resolve_profile(doc, profile_name)
     postmaster = postmaster_address(doc.settings())
 
-    recipients: list[str] = []
-    for arg in opts.recipients:
-        found = parse_address_list(arg) if arg.strip() else []
-        if not found and arg.strip():
-            found = [("", arg)]
-        recipients += [check_address(addr, "sendmail recipient") for _name, addr in found]
-    if opts.read_headers:
-        recipients += header_addresses(msg, "To", "Cc", "Bcc")
-    recipients = list(dict.fromkeys(recipients))
-    if not recipients:
-        raise ValidationError("sendmail: no recipients", hint="give recipients as arguments, or -t to read To/Cc/Bcc")
+    recipients = _recipients(opts, msg)
 
     from_boxes = [(name, addr) for _h, name, addr in header_mailboxes(msg, "From")]
     header_from = next((check_address(a) for _n, a in from_boxes if is_address(a)), None)
@@ -141,20 +130,7 @@ def prepare_sendmail_message(data: bytes, opts: SendmailOptions, doc: Any, profi
     # Postfix qualifies a bare name with myorigin; ours is the From domain (the message's, else the profile's)
     from_domain = (header_from or own or "").rpartition("@")[2]
 
-    if opts.sender is not None and is_null_sender(opts.sender):
-        sender = ""  # -f '<>' / -f '': the null sender (bounces, DSNs)
-    elif opts.sender is not None:
-        value = opts.sender
-        if "@" not in value:
-            if not from_domain:
-                raise ValidationError(
-                    f"sendmail -f {value!r}: a bare name needs a domain, and neither the message's From nor the "
-                    f"profile {profile.name!r} has one", field="sender",
-                    hint=f"give -f user@domain, or set one: mailctl profile edit {profile.name} --from-address ADDR")
-            value = f"{value}@{from_domain}"
-        sender = check_address(value, "sendmail -f")
-    else:
-        sender = (header_addresses(msg, "Sender") or [None])[0] or header_from or own or ""
+    sender = _envelope_sender(opts, msg, profile.name, header_from or own or "", from_domain)
 
     extra: list[bytes] = []
     full_name = check_header_value("sendmail -F", opts.full_name or "") or str(profile.get("sender_name") or "")
@@ -179,3 +155,43 @@ def prepare_sendmail_message(data: bytes, opts: SendmailOptions, doc: Any, profi
         extra.append(f"Message-ID: {make_msgid(domain=domain)}\r\n".encode())
     raw = b"".join(extra) + strip_bcc_bytes(raw)
     return raw, sender, recipients, profile.name
+
+
+def _recipients(opts: SendmailOptions, msg) -> list[str]:
+    """The arguments' addresses, and with -t the To/Cc/Bcc headers', each checked, once each."""
+    from mailctl.addresses import check_address, parse_address_list
+    from mailctl.outbox.envelope import header_addresses
+
+    recipients: list[str] = []
+    for arg in opts.recipients:
+        found = parse_address_list(arg) if arg.strip() else []
+        if not found and arg.strip():
+            found = [("", arg)]
+        recipients += [check_address(addr, "sendmail recipient") for _name, addr in found]
+    if opts.read_headers:
+        recipients += header_addresses(msg, "To", "Cc", "Bcc")
+    recipients = list(dict.fromkeys(recipients))
+    if not recipients:
+        raise ValidationError("sendmail: no recipients", hint="give recipients as arguments, or -t to read To/Cc/Bcc")
+    return recipients
+
+
+def _envelope_sender(opts: SendmailOptions, msg, profile_name: str, fallback: str, from_domain: str) -> str:
+    """-f '<>' / -f '': the null sender; -f ADDR (a bare name qualified with the From domain);
+    else the Sender header, the From header or the profile's address (`fallback`)."""
+    from mailctl.addresses import check_address, is_null_sender
+    from mailctl.outbox.envelope import header_addresses
+
+    if opts.sender is not None and is_null_sender(opts.sender):
+        return ""  # the null sender (bounces, DSNs)
+    if opts.sender is not None:
+        value = opts.sender
+        if "@" not in value:
+            if not from_domain:
+                raise ValidationError(
+                    f"sendmail -f {value!r}: a bare name needs a domain, and neither the message's From nor the "
+                    f"profile {profile_name!r} has one", field="sender",
+                    hint=f"give -f user@domain, or set one: mailctl profile edit {profile_name} --from-address ADDR")
+            value = f"{value}@{from_domain}"
+        return check_address(value, "sendmail -f")
+    return (header_addresses(msg, "Sender") or [None])[0] or fallback

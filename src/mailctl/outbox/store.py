@@ -35,6 +35,7 @@ from mailctl.profiles.model import validate_name
 STATES = ("queued", "sending", "sent", "deferred", "failed", "expired", "held")
 PENDING_STATES = ("queued", "deferred", "held", "sending")
 FINISHED_STATES = ("sent", "failed", "expired")
+ATTEMPT_OUTCOMES = ("sent", "deferred", "failed", "expired", "interrupted")  # attempts.outcome (schema.py)
 
 # qshape-like age buckets (minutes): 0-5, 5-10, 10-20 ... 640-1280, 1280+
 AGE_BUCKETS_MIN = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
@@ -122,11 +123,22 @@ class Outbox:
                               hint="open it with mailctl.outbox.open_outbox() (or PgOutbox)")
         self.path = Path(outbox_path(path))
         self.clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not self.path.exists():
-            # the queue holds whole messages: readable by its owner only
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
+        from mailctl.paths import private_dir
+
+        if self.path.is_symlink() and not self.path.exists():  # never create a file where a link points
+            raise ConfigError(f"outbox {self.path} is a symbolic link to {os.readlink(self.path)}, which does not exist",
+                              hint="point the link at an existing outbox, remove it, or name another file with --outbox")
+        try:
+            private_dir(self.path.parent)  # 0700, parents included: the queue holds whole messages
+            if not self.path.exists():
+                # readable by its owner only; O_EXCL|O_NOFOLLOW: created here, not through a link
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), 0o600)
+                os.close(fd)
+        except FileExistsError:  # another process created it first
+            pass
+        except OSError as exc:
+            raise ConfigError(f"outbox {self.path}: {exc.strerror or exc}",
+                              hint="the file and its directory must be writable by this user") from None
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA", "OFF"):
             raise UsageError(f"invalid synchronous mode {synchronous!r}", hint="use NORMAL or FULL")
         try:
@@ -156,6 +168,72 @@ class Outbox:
 
     def _write(self):
         return _WriteTxn(self.conn)
+
+    def describe_error(self, exc: BaseException) -> MailctlError | None:
+        """A failure of this outbox's storage as a one-line MailctlError naming it; None when
+        `exc` is not a storage failure (the queue worker reports and recovers with this)."""
+        if isinstance(exc, sqlite3.Error):
+            return outbox_error(self.path, exc)
+        return None
+
+    # the queue worker: new mail, the backlog ------------------------------------------
+    def latest_id(self) -> int:
+        """The highest queue id so far (0 when empty): mail queued later has a higher one."""
+        (top,) = self.conn.execute("SELECT max(id) FROM messages").fetchone()
+        return int(top or 0)
+
+    def due_since(self, since: float) -> bool:
+        """Whether a message became due after `since` (store clock): released or retried, a
+        deferred one whose retry time came, one queued since. Rows that were due before (left
+        alone by a configuration problem) do not count."""
+        now = self.clock()
+        row = self.conn.execute(
+            "SELECT 1 FROM messages WHERE state IN ('queued','deferred') AND next_attempt_at > ?"
+            " AND next_attempt_at <= ? LIMIT 1", (since, now)).fetchone()
+        return row is not None
+
+    def next_due_at(self) -> float | None:
+        """When the next queued or deferred message falls due (store clock), None if none waits."""
+        (at,) = self.conn.execute(
+            "SELECT min(next_attempt_at) FROM messages WHERE state IN ('queued','deferred') AND next_attempt_at > ?",
+            (self.clock(),)).fetchone()
+        return None if at is None else float(at)
+
+    def wait_for_mail(self, timeout: float, *, since_id: int | None = None, since: float | None = None,
+                      stop: Callable[[], bool] | None = None, poll: float = 1.0) -> bool:
+        """Wait until there is mail to send: newer than `since_id` (default: now's latest), or
+        due after `since` (due_since); True. False when `timeout` passes or `stop()` says so.
+        SQLite has no notifications: this looks every `poll` seconds (two index lookups), and
+        at `stop` every 0.1 s."""
+        start = time.monotonic()
+        end = start + timeout
+        if since_id is None:
+            since_id = self.latest_id()
+        next_look = start
+        while True:
+            now = time.monotonic()
+            if now >= next_look:
+                if self.latest_id() > since_id or (since is not None and self.due_since(since)):
+                    return True
+                next_look = now + poll
+            if stop is not None and stop():
+                return False
+            if now >= end:
+                return False
+            time.sleep(max(0.0, min(0.1, end - now, next_look - now)))
+
+    def hold_queued_before(self, before: float) -> list[int]:
+        """Hold the backlog (queue worker --hold-backlog): queued and deferred messages queued
+        before `before` become held, for an operator to release; returns their ids."""
+        now = self.clock()
+        with self._write():
+            target = [i for (i,) in self.conn.execute(
+                "SELECT id FROM messages WHERE state IN ('queued','deferred') AND created_at < ? ORDER BY id", (before,))]
+            for start in range(0, len(target), 500):
+                chunk = target[start:start + 500]
+                self.conn.execute(f"UPDATE messages SET state='held', updated_at=? WHERE id IN ({','.join('?' * len(chunk))})"
+                                  " AND state IN ('queued','deferred')", [now, *chunk])
+        return target
 
     # putting mail in ------------------------------------------------------
     def enqueue(
@@ -584,6 +662,104 @@ class Outbox:
             )
         return cur.rowcount
 
+    def attempt_counts(self, since: float | None = None) -> dict[str, int]:
+        """Entries of the attempt log by outcome (sent, deferred, failed, expired,
+        interrupted), all of them or those at or after `since` (for queue stats' metrics)."""
+        counts = {o: 0 for o in ATTEMPT_OUTCOMES}
+        sql, params = "SELECT outcome, count(*) FROM attempts", []
+        if since is not None:
+            sql += " WHERE at >= ?"
+            params.append(since)
+        for outcome, n in self.conn.execute(sql + " GROUP BY outcome", params):
+            counts[outcome] = int(n)
+        return counts
+
+    def oldest_created(self, states: Sequence[str]) -> float | None:
+        """When the oldest message in these states was queued (store clock), None if none is."""
+        (oldest,) = self.conn.execute(
+            f"SELECT min(created_at) FROM messages WHERE state IN ({','.join('?' * len(states))})", list(states)).fetchone()
+        return None if oldest is None else float(oldest)
+
+    # copying between outboxes (queue migrate) ---------------------------------------------
+    def export_batch(self, after_id: int, limit: int = 500) -> tuple[list[dict[str, Any]], dict[int, bytes], list[dict[str, Any]]]:
+        """Up to `limit` messages with ids above `after_id`, whole (every column), in id order,
+        with their bodies and attempt logs: (messages, bodies by id, attempts)."""
+        msgs = [dict(zip(r.keys(), r)) for r in _named(self.conn.execute(
+            f"SELECT {_COPY_MESSAGE_COLS} FROM messages WHERE id > ? ORDER BY id LIMIT ?", (int(after_id), int(limit))))]
+        if not msgs:
+            return [], {}, []
+        ids = [m["id"] for m in msgs]
+        marks = ",".join("?" * len(ids))
+        bodies = {int(k): bytes(v) for k, v in self.conn.execute(f"SELECT message, raw FROM bodies WHERE message IN ({marks})", ids)}
+        attempts = [dict(zip(r.keys(), r)) for r in _named(self.conn.execute(
+            f"SELECT {_COPY_ATTEMPT_COLS} FROM attempts WHERE message IN ({marks}) ORDER BY id", ids))]
+        return msgs, bodies, attempts
+
+    def import_batch(self, messages: Sequence[Mapping[str, Any]], bodies: Mapping[int, bytes],
+                     attempts: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+        """Write an export_batch() of another outbox here, keeping ids, states and attempts, in
+        one transaction. Idempotent: a message already here (the same id, queued at the same
+        time by the same sender) takes the source's state; a missing one is added; an attempt
+        already here is skipped. A different message under the same id is refused, nothing
+        of the batch written. A message being sent in the source (a flush runs there) comes
+        over due again (queued, or deferred after attempts), its lease dropped."""
+        counts = {"added": 0, "updated": 0, "unchanged": 0, "attempts": 0, "was_sending": 0}
+        if not messages:
+            return counts
+        cols = _COPY_MESSAGE_COLS.split(", ")
+        ids = [int(m["id"]) for m in messages]
+        marks = ",".join("?" * len(ids))
+        with self._write():
+            here = {int(r["id"]): dict(zip(r.keys(), r)) for r in _named(self.conn.execute(
+                f"SELECT {_COPY_MESSAGE_COLS} FROM messages WHERE id IN ({marks})", ids))}
+            for m in messages:
+                row = dict(m)
+                if row["state"] == "sending":
+                    row.update(state="queued" if not row["attempts"] else "deferred", lease_owner=None,
+                               lease_until=None, lease_holder=None)
+                    counts["was_sending"] += 1
+                old = here.get(int(row["id"]))
+                if old is None:
+                    self.conn.execute(f"INSERT INTO messages ({', '.join(cols)}) VALUES ({','.join('?' * len(cols))})",
+                                      [row[c] for c in cols])
+                    self.conn.execute("INSERT INTO bodies (message, raw) VALUES (?, ?)",
+                                      (row["id"], bytes(bodies.get(int(row["id"]), b""))))
+                    counts["added"] += 1
+                    continue
+                if any(old[c] != row[c] for c in _COPY_IDENTITY):
+                    raise ValidationError(
+                        f"message {row['id']} of the destination is another message than the source's "
+                        f"(queued {_iso(old['created_at'])} by {old['sender'] or '<>'}, not {_iso(row['created_at'])} "
+                        f"by {row['sender'] or '<>'})",
+                        hint="copy into an empty outbox, or the one this outbox was copied from")
+                changed = [c for c in cols if c not in _COPY_IDENTITY and old[c] != row[c]]
+                if changed:
+                    self.conn.execute(f"UPDATE messages SET {', '.join(f'{c}=?' for c in changed)} WHERE id=?",
+                                      [*(row[c] for c in changed), row["id"]])
+                    counts["updated"] += 1
+                else:
+                    counts["unchanged"] += 1
+            acols = _COPY_ATTEMPT_COLS.split(", ")
+            if attempts:
+                aids = [int(a["id"]) for a in attempts]
+                known = {int(i): int(msg) for i, msg in self.conn.execute(
+                    f"SELECT id, message FROM attempts WHERE id IN ({','.join('?' * len(aids))})", aids)}
+                for a in attempts:
+                    if int(a["id"]) in known:
+                        if known[int(a["id"])] != int(a["message"]):
+                            raise ValidationError(
+                                f"attempt {a['id']} of the destination belongs to another message",
+                                hint="copy into an empty outbox, or the one this outbox was copied from")
+                        continue
+                    self.conn.execute(f"INSERT INTO attempts ({', '.join(acols)}) VALUES ({','.join('?' * len(acols))})",
+                                      [a[c] for c in acols])
+                    counts["attempts"] += 1
+            self._after_import()
+        return counts
+
+    def _after_import(self) -> None:
+        """Rows came in with their own ids (SQLite picks max(id)+1 by itself)."""
+
     def stats(self, *, top: int = 20) -> dict[str, Any]:
         """Counts by state; pending recipients by domain and age (Postfix qshape style)."""
         now = self.clock()
@@ -627,6 +803,13 @@ class Outbox:
             "domains_total": len(domains),
         }
 
+
+# every column, for copying an outbox to another (export_batch / import_batch)
+_COPY_MESSAGE_COLS = ("id, created_at, updated_at, profile, sender, recipients, message_id, subject, size, state,"
+                      " attempts, next_attempt_at, lease_until, lease_owner, last_attempt_at, last_reply, last_server,"
+                      " done_at, age_base, failed_recipients, lease_holder")
+_COPY_ATTEMPT_COLS = "id, message, at, profile, server, outcome, reply, duration"
+_COPY_IDENTITY = ("id", "created_at", "sender")  # the same message, in both outboxes
 
 _INSERT = ("INSERT INTO messages (created_at, updated_at, profile, sender, recipients, message_id, subject,"
            " size, state, next_attempt_at, age_base) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
