@@ -90,3 +90,22 @@ def test_an_unreachable_database_is_one_line_without_the_password(cli, isolated_
     assert r.exit_code == 69, r.output
     assert "s3cret-pw" not in r.output and "Traceback" not in r.output
     assert "127.0.0.1" in r.output
+
+
+def test_the_password_can_come_from_the_secret_store(cli, isolated_env, pg_url, pg_server, monkeypatch, memory_keyring):
+    """secret kind outbox_password (name "outbox"): the environment or the keyring; never shown."""
+    bare = pg_url.replace(f":{pg_server.password}", "")
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(isolated_env / "no-pgpass"))
+    (isolated_env / "profiles.toml").write_text('schema_version = 1\ndefault = "local"\n')
+    monkeypatch.setenv("MAILCTL_OUTBOX", bare)
+    r = cli("queue", "list")
+    assert r.exit_code == 78, r.output  # no password anywhere: the server refuses (authentication)
+    monkeypatch.setenv("MAILCTL_SECRET_OUTBOX_OUTBOX_PASSWORD", pg_server.password)
+    r = cli("queue", "add", input=RAW)
+    assert r.exit_code == 0, r.output
+    monkeypatch.delenv("MAILCTL_SECRET_OUTBOX_OUTBOX_PASSWORD")
+    memory_keyring.set_password("mailctl", "outbox/outbox_password", pg_server.password)
+    r = cli("queue", "list", "--json")
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 1, r.output
+    assert pg_server.password not in r.output

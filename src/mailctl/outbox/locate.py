@@ -80,7 +80,34 @@ def open_outbox(location: str | os.PathLike | None = None, *, settings: Mapping[
         from mailctl.outbox.pg import PgOutbox
 
         kwargs.pop("timeout", None)
+        if "password" not in kwargs:
+            kwargs["password"] = stored_password(found)
         return PgOutbox(found, **kwargs)
     from mailctl.outbox.store import Outbox
 
     return Outbox(found, **kwargs)
+
+
+SECRET_NAME = "outbox"  # the secret store's name for the outbox: MAILCTL_SECRET_OUTBOX_OUTBOX_PASSWORD,
+#                         keyring service "mailctl", user "outbox/outbox_password"
+
+
+def stored_password(url: str) -> str | None:
+    """The PostgreSQL outbox's password from the secret store (kind outbox_password), when the
+    URL carries none; None lets libpq look further (PGPASSWORD, ~/.pgpass, PGSERVICE). A
+    keyring that cannot be used is not an error here: libpq may still find the password."""
+    from types import SimpleNamespace
+    from urllib.parse import urlsplit
+
+    from mailctl.errors import MailctlError
+    from mailctl.secrets import default_resolver
+
+    try:
+        if urlsplit(url).password is not None:
+            return None
+    except ValueError:
+        return None
+    try:
+        return default_resolver().get(SimpleNamespace(name=SECRET_NAME, values={}, chain=[SECRET_NAME]), "outbox_password")
+    except MailctlError:
+        return None

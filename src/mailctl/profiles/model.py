@@ -326,7 +326,8 @@ SETTINGS_FIELDS: tuple[Field, ...] = (
 SETTINGS_BY_NAME: dict[str, Field] = {f.name: f for f in SETTINGS_FIELDS}
 
 # Secrets never live in the TOML: these keys are refused wherever they appear.
-SECRET_KEYS = ("password", "client_secret", "token", "access_token", "refresh_token", "oauth_tokens", "service_account_key", "proxy_password")
+SECRET_KEYS = ("password", "client_secret", "token", "access_token", "refresh_token", "oauth_tokens", "service_account_key", "proxy_password",
+               "outbox_password")
 
 
 def validate_field(name: str, value: Any, *, table: dict[str, Field] = FIELDS_BY_NAME) -> Any:
