@@ -109,3 +109,15 @@ def test_the_password_can_come_from_the_secret_store(cli, isolated_env, pg_url, 
     r = cli("queue", "list", "--json")
     assert r.exit_code == 0 and len(r.stdout.splitlines()) == 1, r.output
     assert pg_server.password not in r.output
+
+
+def test_mailctl_config_names_the_database_without_its_password(cli, isolated_env, monkeypatch):
+    (isolated_env / "profiles.toml").write_text('schema_version = 1\ndefault = "local"\n')
+    monkeypatch.setenv("MAILCTL_OUTBOX", "postgresql://mailctl:sup3r-secret@db.example.com:5432/mail")
+    r = cli("config", "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["outbox"]["path"] == "postgresql://mailctl@db.example.com:5432/mail"
+    assert data["outbox"]["reason"] == "named by $MAILCTL_OUTBOX"
+    r = cli("config")
+    assert "sup3r-secret" not in r.output and "db.example.com" in r.output

@@ -36,10 +36,24 @@ class AppContext:
         return ProfileStore(self.config_path, lookup=self.config_lookup)
 
     def locations(self, outbox_override: str | None = None) -> dict:
-        """What `mailctl config` prints: the files in use and why."""
+        """What `mailctl config` prints: the files in use and why. The outbox as the commands
+        open it (--outbox, $MAILCTL_OUTBOX, [settings] outbox, the data dir); a URL without
+        its password."""
+        from mailctl.errors import MailctlError
+        from mailctl.outbox.locate import display, outbox_location
+
+        try:
+            settings = self.store.load().settings()
+        except MailctlError:  # an unreadable profiles file is reported on its own line
+            settings = {}
+        try:
+            location, why = outbox_location(outbox_override, settings)
+            outbox = {"path": display(location), "reason": why}
+        except MailctlError as err:
+            outbox = {"path": None, "reason": err.message}
         return {
             "profiles": self.config_lookup.to_dict(),
-            "outbox": {"path": str(paths.outbox_path(outbox_override)), "reason": paths.outbox_reason(outbox_override)},
+            "outbox": outbox,
             "data_dir": {"path": str(paths.data_dir()), "reason": paths.data_dir_reason()},
             "maildir": {"path": str(paths.default_maildir()), "reason": "where the built-in local profile delivers"},
         }
