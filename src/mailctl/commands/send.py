@@ -40,11 +40,12 @@ def send(
     from_address: Annotated[Optional[str], typer.Option("--from", metavar="ADDR", help="From address (default: the profile's).")] = None,
     reply_to: Annotated[Optional[str], typer.Option("--reply-to", metavar="ADDR", help="Reply-To address.")] = None,
     queue: Annotated[bool, typer.Option("--queue", help="Only queue it; the next `mailctl queue flush` sends it.")] = False,
+    draft: Annotated[bool, typer.Option("--draft", help="Graph and EWS: create it in the mailbox's Drafts folder instead of sending it (the outbox is not used).")] = False,
     outbox: OutboxOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Send a message now; on a temporary failure it stays queued for `queue flush`.
-    Exit 0 sent (or queued with --queue), 75 queued for retry, 1 rejected by the server."""
+    Exit 0 sent (or queued with --queue, or saved with --draft), 75 queued for retry, 1 rejected by the server."""
     from mailctl.message import build_message, envelope, message_bytes
     from mailctl.outbox import open_outbox
     from mailctl.outbox.service import submit
@@ -63,9 +64,27 @@ def send(
     msg = build_message(resolved, doc.settings(), to=to or [], subject=subject, body=body, cc=cc or [], bcc=bcc or [],
                         attachments=attach or [], from_address=from_address, reply_to=reply_to)
     sender, recipients = envelope(msg)
+    if draft:
+        _save_draft(app, resolved, msg, sender, recipients, queue=queue, json_=json_)
+        return
     with open_outbox(outbox, settings=doc.settings(), clock=app.clock, synchronous="FULL") as box:
         outcome = submit(box, doc, app.secrets, message_bytes(msg), sender, recipients, name, queue_only=queue)
     _finish(app, outcome, json_, str(msg["Message-ID"]))
+
+
+def _save_draft(app, resolved, msg, sender: str, recipients: list[str], *, queue: bool, json_: bool) -> None:
+    """--draft: straight to the mailbox's Drafts folder; nothing is queued, nothing is sent."""
+    from mailctl.message import message_bytes
+    from mailctl.transports import save_draft
+
+    if queue:
+        raise UsageError("--draft and --queue do not go together", hint="a draft is saved in the mailbox, not queued: drop one of them")
+    result = save_draft(resolved, app.secrets, message_bytes(msg), sender, recipients)  # Bcc comes back from the envelope
+    if app.use_json(json_):
+        app.output.json({"outcome": "draft", "profile": resolved.name, "server": result.server, "reply": result.reply,
+                         "message_id": str(msg["Message-ID"])})
+    else:
+        app.output.info(f"Saved as a draft via {result.server}: {result.reply}; nothing was sent.")
 
 
 def _finish(app, outcome, json_: bool, message_id: str | None = None) -> None:

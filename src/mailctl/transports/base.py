@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Protocol, Union
 
-from mailctl.errors import ConfigError, MailctlError
+from mailctl.errors import ConfigError, MailctlError, UsageError
 
 
 @dataclass
@@ -286,3 +286,22 @@ def open_transport(profile, secrets, **options: Any) -> Transport:
     """A transport instance for a ResolvedProfile (not yet connected; use it as a context manager)."""
     cls = get_transport_class(profile.type)
     return cls(profile, secrets, **options)
+
+
+def save_draft(profile, secrets, raw: bytes, sender: str, recipients: list[str]) -> SendResult:
+    """Create the message unsent in the profile's mailbox (Drafts), for transports that have a
+    mailbox (`save_draft`); any other type is a usage error naming the types that can."""
+    cls = get_transport_class(profile.type)
+    if not hasattr(cls, "save_draft"):
+        able = [name for name in _REGISTRY if name != profile.type and _has_drafts(name)]
+        raise UsageError(f"--draft: profile {profile.name!r} is type {profile.type!r}, which has no mailbox to keep a draft in",
+                         hint=f"use a profile of type {' or '.join(able)}, or send without --draft")
+    with cls(profile, secrets) as transport:
+        return transport.save_draft(raw, sender, recipients)
+
+
+def _has_drafts(name: str) -> bool:
+    try:
+        return hasattr(get_transport_class(name), "save_draft")
+    except ConfigError:
+        return False

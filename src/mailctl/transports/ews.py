@@ -234,24 +234,31 @@ class EwsTransport(HttpStaged, SessionTransport):
 
     # --- sending --------------------------------------------------------------
     def send(self, raw: bytes, sender: str, recipients: list[str]) -> SendResult:
+        save = bool(self.profile.values.get("save_to_sent_items", True))
+        disposition = "SendAndSaveCopy" if save else "SendOnly"
+        return self._create(raw, recipients, disposition, f"NoError (CreateItem {disposition})")
+
+    def save_draft(self, raw: bytes, sender: str, recipients: list[str]) -> SendResult:
+        """Create the message, unsent, in the mailbox's Drafts folder (CreateItem SaveOnly)."""
+        return self._create(raw, recipients, "SaveOnly", "saved in Drafts (CreateItem SaveOnly)")
+
+    def _create(self, raw: bytes, recipients: list[str], disposition: str, reply: str) -> SendResult:
         self.open()
         raw = with_envelope_recipients(raw, recipients)
-        save = bool(self.profile.values.get("save_to_sent_items", True))
         t0 = time.monotonic()
         try:
             try:
-                _create_item(self.account, raw, save=save)
+                _create_item(self.account, raw, disposition=disposition)
             except Exception as exc:
                 if not self._can_refresh(exc):
                     raise
                 self._refresh_token()
-                _create_item(self.account, raw, save=save)
+                _create_item(self.account, raw, disposition=disposition)
         except Exception as exc:
             raise self._map_error(exc, stage="CreateItem") from exc
         duration = time.monotonic() - t0
-        disposition = "SendAndSaveCopy" if save else "SendOnly"
         self._emit("CreateItem", f"MessageDisposition={disposition} -> NoError", duration)
-        return SendResult(server=self.url, reply=f"NoError (CreateItem {disposition})", duration=duration)
+        return SendResult(server=self.url, reply=reply, duration=duration)
 
     def check(self) -> str:
         """A harmless authenticated request for diagnostics: GetFolder on the Sent Items folder."""
@@ -314,23 +321,26 @@ def _mime_only_message_class():
     return _MIME_ONLY
 
 
-def _create_item(account, raw: bytes, *, save: bool) -> None:
+def _create_item(account, raw: bytes, *, disposition: str) -> None:
     """One CreateItem request carrying only the MIME content.
 
     Message.send_and_save() would first look up the Sent Items folder (a GetFolder round trip);
-    naming the distinguished folder `sentitems` directly saves it. SendOnly has no folder."""
-    from exchangelib.items import SEND_AND_SAVE_COPY, SEND_ONLY, SEND_TO_NONE
+    naming the distinguished folder (`sentitems`, or `drafts` for SaveOnly) directly saves it.
+    SendOnly has no folder."""
+    from exchangelib.items import SEND_TO_NONE
     from exchangelib.properties import DistinguishedFolderId, Mailbox
     from exchangelib.services import CreateItem
 
+    folders = {"SendAndSaveCopy": "sentitems", "SaveOnly": "drafts", "SendOnly": None}
     message = _mime_only_message_class()(account=account, mime_content=raw)
-    folder = DistinguishedFolderId(id="sentitems", mailbox=Mailbox(email_address=account.primary_smtp_address)) if save else None
+    name = folders[disposition]
+    folder = DistinguishedFolderId(id=name, mailbox=Mailbox(email_address=account.primary_smtp_address)) if name else None
     service = CreateItem(account=account)
     results = service._elems_to_objs(service._chunked_get_elements(
         service.get_payload,
         items=[message],
         folder=folder,
-        message_disposition=SEND_AND_SAVE_COPY if save else SEND_ONLY,
+        message_disposition=disposition,
         send_meeting_invitations=SEND_TO_NONE,
     ))
     for result in results:

@@ -124,8 +124,48 @@ class GraphTransport(HttpStaged, SessionTransport):
                               headers={"Content-Type": "application/json"})
         return _reply_text(response)
 
+    def save_draft(self, raw: bytes, sender: str, recipients: list[str]) -> SendResult:
+        """Create the message, unsent, in the mailbox's Drafts folder (POST /messages: what seed
+        004 calls the permission to create a draft). Large attachments go up as for sending."""
+        self.open()
+        started = time.monotonic()
+        draft_id = self._create_draft(with_envelope_recipients(raw, recipients))[1]
+        self.last_route = "draft"
+        return SendResult(server=self.endpoint, reply=f"saved in Drafts (id {draft_id})", duration=time.monotonic() - started)
+
     def _send_large(self, raw: bytes) -> str:
-        stripped, attachments = split_attachments(raw)
+        draft_url = self._create_draft(raw)[0]
+        try:
+            response = self._call("POST", f"{draft_url}/send", stage="send", data=b"")
+        except BaseException:
+            self._delete_draft(draft_url)
+            raise
+        return _reply_text(response)
+
+    def _create_draft(self, raw: bytes) -> tuple[str, str]:
+        """A draft of `raw` (its attachments uploaded one by one when the whole is over the MIME
+        limit); returns its URL and id. A draft left half-made is deleted."""
+        attachments: list[dict] = []
+        if len(raw) > MIME_LIMIT:
+            raw, attachments = split_attachments(raw)
+            self._check_sizes(raw, attachments)
+        base = f"{self.endpoint}{self.mailbox_path}"
+        response = self._call("POST", f"{base}/messages", stage="draft", data=base64.b64encode(raw),
+                              headers={"Content-Type": "text/plain"})
+        draft_id = _json(response).get("id")
+        if not draft_id:
+            raise ProtocolError("Graph created the draft but returned no id", hint="report this with MAILCTL_DEBUG=1")
+        draft_url = f"{base}/messages/{quote(draft_id, safe='')}"
+        try:
+            for att in attachments:
+                self._attach(draft_url, att)
+        except BaseException:
+            self._delete_draft(draft_url)
+            raise
+        return draft_url, draft_id
+
+    @staticmethod
+    def _check_sizes(stripped: bytes, attachments: list[dict]) -> None:
         for att in attachments:
             if len(att["content"]) > MAX_ATTACHMENT:
                 raise ValidationError(
@@ -137,36 +177,27 @@ class GraphTransport(HttpStaged, SessionTransport):
                 f"the message without its attachments is still {len(stripped)} bytes; Graph accepts at most about {MIME_LIMIT}",
                 hint="shorten the body or move inline content into attachments",
             )
-        base = f"{self.endpoint}{self.mailbox_path}"
-        response = self._call("POST", f"{base}/messages", stage="draft", data=base64.b64encode(stripped),
-                              headers={"Content-Type": "text/plain"})
-        draft_id = _json(response).get("id")
-        if not draft_id:
-            raise ProtocolError("Graph created the draft but returned no id", hint="report this with MAILCTL_DEBUG=1")
-        draft_url = f"{base}/messages/{quote(draft_id, safe='')}"
+
+    def _attach(self, draft_url: str, att: dict) -> None:
+        if len(att["content"]) >= SMALL_ATTACHMENT_LIMIT:
+            self._upload(draft_url, att)
+            return
+        body = {
+            "@odata.type": "#microsoft.graph.fileAttachment",
+            "name": att["name"],
+            "contentType": att["content_type"],
+            "contentBytes": base64.b64encode(att["content"]).decode(),
+            "isInline": att["is_inline"],
+        }
+        if att["content_id"]:
+            body["contentId"] = att["content_id"]
+        self._call("POST", f"{draft_url}/attachments", stage="attachment", json=body)
+
+    def _delete_draft(self, draft_url: str) -> None:
         try:
-            for att in attachments:
-                if len(att["content"]) < SMALL_ATTACHMENT_LIMIT:
-                    body = {
-                        "@odata.type": "#microsoft.graph.fileAttachment",
-                        "name": att["name"],
-                        "contentType": att["content_type"],
-                        "contentBytes": base64.b64encode(att["content"]).decode(),
-                        "isInline": att["is_inline"],
-                    }
-                    if att["content_id"]:
-                        body["contentId"] = att["content_id"]
-                    self._call("POST", f"{draft_url}/attachments", stage="attachment", json=body)
-                else:
-                    self._upload(draft_url, att)
-            response = self._call("POST", f"{draft_url}/send", stage="send", data=b"")
-        except BaseException:
-            try:
-                self._call("DELETE", draft_url, stage="cleanup")
-            except MailctlError:
-                pass
-            raise
-        return _reply_text(response)
+            self._call("DELETE", draft_url, stage="cleanup")
+        except MailctlError:
+            pass
 
     def _upload(self, draft_url: str, att: dict) -> None:
         item = {
