@@ -8,6 +8,7 @@ import base64
 import os
 import socket
 import ssl
+from pathlib import Path
 import subprocess
 import sys
 import warnings
@@ -209,13 +210,13 @@ def store_loads(monkeypatch):
 
     monkeypatch.setattr(net_tls, "_contexts", {})
     calls = []
-    real = ssl.create_default_context
+    real = net_tls._load_system_store
 
     def counting(*a, **kw):
         calls.append(a)
         return real(*a, **kw)
 
-    monkeypatch.setattr(ssl, "create_default_context", counting)
+    monkeypatch.setattr(net_tls, "_load_system_store", counting)
     return calls
 
 
@@ -475,3 +476,38 @@ def test_net_imports_no_heavy_library():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --- a hashed CA directory is read lazily: no 30 ms bundle parse per process (issue #14) ------
+def _hashed_dir(tmp_path, pem_path) -> Path:
+    """A directory like Debian's /etc/ssl/certs: the CA under its subject-hash name."""
+    import subprocess
+
+    name = subprocess.run(["openssl", "x509", "-noout", "-subject_hash", "-in", str(pem_path)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    d = tmp_path / "certs"
+    d.mkdir()
+    (d / f"{name}.0").write_bytes(open(pem_path, "rb").read())
+    return d
+
+
+def test_a_hashed_system_directory_is_used_lazily_and_still_verifies(srv, stranger, ca_pem, tmp_path, monkeypatch, store_loads):
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.setenv("SSL_CERT_DIR", str(_hashed_dir(tmp_path, ca_pem)))
+    ctx, mode = socket_context({}, "p")
+    assert mode == SYSTEM and ctx.cert_store_stats()["x509_ca"] == 0  # nothing parsed up front
+    assert handshake({}, srv.port)[0]  # the issuer is looked up by its hash during the handshake
+    assert not handshake({}, stranger.port)[0]  # and only what the directory holds is trusted
+    ok, err = handshake({}, srv.port, host="wrong.example")
+    assert not ok and "match" in str(err).lower()
+
+
+def test_without_a_hashed_directory_the_bundle_is_loaded(tmp_path, monkeypatch, store_loads):
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "README").write_text("no certificates here")
+    monkeypatch.setenv("SSL_CERT_DIR", str(empty))
+    ctx, _ = socket_context({}, "p")
+    full = ssl.create_default_context()
+    assert ctx.cert_store_stats()["x509_ca"] == full.cert_store_stats()["x509_ca"]

@@ -205,9 +205,43 @@ def _context_key(verifying: bool, ca_file: str) -> tuple | None:
     return (verifying, extra, system)
 
 
+_HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+
+
+def _load_system_store(ctx: ssl.SSLContext) -> None:
+    """The system CAs, as create_default_context() would load them, but lazily where it can.
+
+    OpenSSL reads a hashed directory (Debian's /etc/ssl/certs with its c_rehash links, or
+    $SSL_CERT_DIR) one certificate at a time, only the issuers a handshake asks for; the
+    bundle file costs about 30 ms to parse in every process, most of a one-shot send's TLS
+    cost. Without such a directory (or with $SSL_CERT_FILE set), the usual full load."""
+    if not os.environ.get("SSL_CERT_FILE"):
+        capath = os.environ.get("SSL_CERT_DIR") or ssl.get_default_verify_paths().capath
+        if capath and _is_hashed_dir(capath):
+            ctx.load_verify_locations(capath=capath)
+            return
+    ctx.load_default_certs()
+
+
+def _is_hashed_dir(path: str) -> bool:
+    try:
+        with os.scandir(path) as entries:
+            return any(_HASHED_NAME.fullmatch(e.name) for e in entries)
+    except OSError:
+        return False
+
+
+def _keylog(ctx: ssl.SSLContext) -> None:
+    keylog = os.environ.get("SSLKEYLOGFILE")  # as create_default_context() honours it
+    if keylog and not sys.flags.ignore_environment and hasattr(ctx, "keylog_filename"):
+        ctx.keylog_filename = keylog
+
+
 def _build_context(verifying: bool, ca_file: str) -> ssl.SSLContext:
     if verifying:
-        ctx = ssl.create_default_context()  # CERT_REQUIRED, host name checked, the system CAs
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, host name checked
+        _load_system_store(ctx)
+        _keylog(ctx)
     else:
         # A pin replaces CA verification (the certificate's SHA-256 must match exactly,
         # checked by the caller right after the handshake: matches()); tls_verify = false
@@ -215,9 +249,7 @@ def _build_context(verifying: bool, ca_file: str) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        keylog = os.environ.get("SSLKEYLOGFILE")  # as create_default_context() honours it
-        if keylog and not sys.flags.ignore_environment and hasattr(ctx, "keylog_filename"):
-            ctx.keylog_filename = keylog
+        _keylog(ctx)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca_file:
         # loaded (and so checked) in every mode, as before: a broken ca_file is reported even
@@ -251,6 +283,31 @@ def requests_verify(values: Mapping[str, Any], profile: str = "", *, shared: boo
                     check_pem: bool = True) -> RequestsVerify:
     """requests' `verify=` for this profile (see TlsConfig.requests_verify)."""
     return tls_config(values, profile).requests_verify(shared=shared, check_pem=check_pem)
+
+
+def version_probe_context() -> ssl.SSLContext:
+    """A context that accepts TLS 1.0 and 1.1 and weak keys (OpenSSL security level 0), only
+    to find out what an old server speaks after it refused TLS >= 1.2: the caller completes the
+    handshake, reads version() and the certificate, and closes the connection. Nothing is ever
+    sent over it (the transports' contexts stay TLS >= 1.2, ssl_context())."""
+    import warnings
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():  # TLSVersion.TLSv1 is deprecated: that is the point here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            ctx.set_ciphers("ALL:@SECLEVEL=0")
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
+        except (ssl.SSLError, ValueError):  # pragma: no cover - an OpenSSL built without them
+            pass
+    return ctx
+
+
+# what a refusal of TLS >= 1.2 looks like (ssl.SSLError.reason), from either side
+OLD_PROTOCOL_REASONS = ("UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "NO_PROTOCOLS_AVAILABLE",
+                        "WRONG_SSL_VERSION", "VERSION_TOO_LOW")
 
 
 def _write_bundle(extra: bytes) -> str:
