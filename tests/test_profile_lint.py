@@ -1,6 +1,7 @@
 import json
 
 import keyring
+import pytest
 
 
 def write(home, text):
@@ -66,3 +67,78 @@ def test_rename_without_a_usable_keyring_still_renames_and_warns(cli, isolated_e
     assert "keyring" in res.stderr
     text = (isolated_env / "profiles.toml").read_text()
     assert "[profiles.new]" in text and "[profiles.old]" not in text and 'default = "new"' in text
+
+
+# --- issue #17: From vs login, business vs personal accounts (seeds 000, 001) -------------------
+def _lint(cli, home, text, *names):
+    write(home, text)
+    res = cli("profile", "lint", *names, "--json")
+    return res, {(f["profile"], f["id"]): f for f in json.loads(res.stdout)}
+
+
+def test_m365_from_other_than_the_login_explains_send_as(cli, isolated_env):
+    res, found = _lint(cli, isolated_env,
+                       '[profiles.ops]\nprovider = "microsoft365"\nusername = "robot@contoso.com"\nfrom_address = "sales@contoso.com"\n'
+                       'tenant_id = "contoso.onmicrosoft.com"\nclient_id = "11111111-2222-3333-4444-555555555555"\n'
+                       '[profiles.same]\nprovider = "microsoft365"\nusername = "Robot@Contoso.com"\nfrom_address = "robot@contoso.com"\n'
+                       'tenant_id = "contoso.onmicrosoft.com"\nclient_id = "11111111-2222-3333-4444-555555555555"\n'
+                       '[profiles.shared]\ntype = "graph"\nauth = "client-credentials"\nmailbox = "desk@contoso.com"\n'
+                       'from_address = "desk@contoso.com"\ntenant_id = "contoso.onmicrosoft.com"\nclient_id = "abc"\n')
+    f = found[("ops", "m365.send-as")]
+    assert f["severity"] == "warning"
+    assert "Send As" in f["message"] and "5.2.252" in f["message"] and "robot@contoso.com" in f["message"]
+    assert "Add-RecipientPermission -Identity sales@contoso.com -Trustee robot@contoso.com" in f["fix"]
+    assert ("same", "m365.send-as") not in found  # case does not make another address
+    assert ("shared", "m365.send-as") not in found  # Graph sends as the mailbox it names
+    assert cli("profile", "lint", "ops").exit_code == 0  # a warning: the permission may well be granted
+    assert cli("profile", "lint", "ops", "--strict").exit_code == 1
+
+
+def test_gmail_from_other_than_the_login_explains_send_mail_as(cli, isolated_env):
+    res, found = _lint(cli, isolated_env,
+                       '[profiles.g]\nhost = "smtp.gmail.com"\nauth = "oauth"\nclient_id = "x.apps.googleusercontent.com"\n'
+                       'username = "me@example.org"\nfrom_address = "news@example.org"\nfrom_match = ["*@example.org"]\n'
+                       '[profiles.other]\nhost = "mail.example.net"\nauth = "none"\nusername = "a@example.net"\nfrom_address = "b@example.net"\n')
+    f = found[("g", "gmail.send-mail-as")]
+    assert "Send mail as" in f["message"] and "Send mail as" in f["fix"]
+    assert found[("g", "gmail.send-as-patterns")]["severity"] == "info"
+    assert not [k for k in found if k[0] == "other"]  # other servers have no such rule
+
+
+@pytest.mark.parametrize("login", ["alice@outlook.com", "bob@hotmail.co.uk", "carol@live.fr"])
+def test_personal_microsoft_account_in_a_microsoft365_profile_is_an_error(cli, isolated_env, login):
+    res, found = _lint(cli, isolated_env,
+                       f'[profiles.p]\nprovider = "microsoft365"\nusername = "{login}"\nfrom_address = "{login}"\n'
+                       'tenant_id = "contoso.onmicrosoft.com"\nclient_id = "abc"\n')
+    f = found[("p", "m365.personal-account")]
+    assert f["severity"] == "error" and "work or school" in f["message"] and "AADSTS50020" in f["message"]
+    assert res.exit_code == 1
+
+
+def test_business_accounts_and_personal_gmail_with_oauth_pass(cli, isolated_env):
+    res, found = _lint(cli, isolated_env,
+                       '[profiles.biz]\nprovider = "microsoft365"\nusername = "a@outlook-partners.com"\nfrom_address = "a@outlook-partners.com"\n'
+                       'tenant_id = "contoso.onmicrosoft.com"\nclient_id = "abc"\n'
+                       '[profiles.home]\nprovider = "gmail"\nclient_id = "x.apps.googleusercontent.com"\nusername = "me@gmail.com"\nfrom_address = "me@gmail.com"\n')
+    assert not [k for k in found if k[1].endswith("personal-account")], found
+    assert res.exit_code == 0, res.output
+
+
+def test_personal_gmail_with_a_service_account_is_an_error(cli, isolated_env):
+    res, found = _lint(cli, isolated_env,
+                       '[profiles.sa]\ntype = "gmail-api"\nprovider = "gmail"\nauth = "service-account"\nclient_id = "1234"\n'
+                       'username = "me@gmail.com"\nfrom_address = "me@gmail.com"\n')
+    f = found[("sa", "gmail.personal-account")]
+    assert "Workspace" in f["message"] and "--auth oauth" in f["fix"]
+
+
+def test_the_same_from_address_set_twice_says_which_profile_sendmail_picks(cli, isolated_env):
+    res, found = _lint(cli, isolated_env,
+                       '[profiles.first]\nhost = "a.example"\nauth = "none"\nfrom_address = "ops@example.com"\n'
+                       '[profiles.second]\nhost = "b.example"\nauth = "none"\nfrom_address = "OPS@example.com"\n'
+                       '[profiles.child]\ninherits = "first"\n')
+    f = found[("second", "profile.from-claimed-twice")]
+    assert f["severity"] == "info" and "'first'" in f["message"]
+    assert ("first", "profile.from-claimed-twice") not in found
+    assert ("child", "profile.from-claimed-twice") not in found  # inherited, not set twice
+    assert res.exit_code == 0

@@ -164,7 +164,17 @@ def show(
         rows.append((key, shown, "" if origin == "profile" else origin))
     for kind, state in data["secrets"].items():
         rows.append((kind, "********" if state.startswith("stored") else "", state))
+    if data.get("active_server"):
+        active = data["active_server"]
+        rows.append(("active server", f"{active['server']} (alternate) since {_when(active['since'])}",
+                     f"sticky failover; back with: mailctl profile failback {data['name']}"))
     actx.output.table(("field", "value", "from"), rows, title=title)
+
+
+def _when(ts: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 @profile_app.command("list")
@@ -284,3 +294,117 @@ def lint(
     failing = {"error", "warning"} if strict else {"error"}
     if any(f.severity in failing for f in findings):
         raise typer.Exit(int(ExitCode.PROBLEMS))
+
+
+@profile_app.command("import")
+def import_(
+    ctx: typer.Context,
+    msmtprc: Annotated[str, typer.Option("--msmtprc", metavar="FILE", help="msmtp configuration to import (accounts, defaults, inheritance).")],
+    prefix: Annotated[str, typer.Option("--prefix", metavar="TEXT", help="Put TEXT before every profile name (to avoid clashes).")] = "",
+    skip_passwords: Annotated[bool, typer.Option("--skip-passwords", help="Do not store literal `password` values (set them later with profile edit --password-stdin).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the profiles it would create; write nothing.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Create profiles from an msmtprc (accounts, defaults, inheritance, passwordeval).
+
+    passwordeval becomes secret_command; a literal password goes to the secret store (never
+    the TOML), or with --skip-passwords nowhere."""
+    from mailctl.profiles.msmtp import apply_import, plan_import
+
+    actx = app_context(ctx)
+    plan = plan_import(msmtprc, prefix=prefix)
+    result = plan.to_dict() if dry_run else apply_import(actx.store, actx.secrets, plan, store_passwords=not skip_passwords)
+    if actx.use_json(json_):
+        actx.output.json({**result, "dry_run": dry_run})
+        return
+    for note in result["notes"]:
+        actx.output.warn(note)
+    actx.output.table(("profile", "inherits", "server", "from"), [
+        (name, f.get("inherits", ""), f"{f.get('host', '')}" + (f":{f['port']}" if f.get("port") else ""), f.get("from_address", ""))
+        for name, f in result["profiles"].items()])
+    verb = "Would import" if dry_run else "Imported"
+    actx.output.info(f"{verb} {len(result['profiles'])} profile(s) from {msmtprc}"
+                     + (f"; default {result['default']!r}" if result.get("default") else "")
+                     + (f"; passwords stored for {', '.join(result['passwords_stored'])}" if result.get("passwords_stored") else "")
+                     + (f"; passwords NOT stored for {', '.join(result['passwords_skipped'])}" if result.get("passwords_skipped") else "") + ".")
+
+
+@profile_app.command("export")
+def export(
+    ctx: typer.Context,
+    name: ProfileNameArg,
+    format_: Annotated[str, typer.Option("--format", metavar="msmtp|swaks|env", help="msmtp account, swaks command line, or shell variables.")] = "msmtp",
+) -> None:
+    """Print an smtp profile as an msmtp account, a swaks command line or shell variables.
+
+    Secrets are never included; secret_command is (as msmtp's passwordeval), and an OAuth
+    profile uses `mailctl auth token NAME`."""
+    from mailctl.profiles.msmtp import export_profile
+    from mailctl.profiles.resolve import resolve_profile
+
+    actx = app_context(ctx)
+    text = export_profile(resolve_profile(actx.store.load(), name), format_)
+    for line in text.splitlines():
+        actx.output.line(line)
+
+
+@profile_app.command("discover")
+def discover(
+    ctx: typer.Context,
+    address: Annotated[str, typer.Argument(metavar="ADDRESS", help="The mailbox address to find settings for.")],
+    add_name: Annotated[Optional[str], typer.Option("--add", metavar="NAME", help="Create the proposed profile under NAME.")] = None,
+    client_id: Annotated[Optional[str], typer.Option("--client-id", metavar="ID", help="OAuth application (client) id for a Microsoft 365 / Google proposal.")] = None,
+    nameserver: Annotated[Optional[List[str]], typer.Option("--nameserver", "-n", metavar="IP[:PORT]", help="Nameserver to query (repeatable; default: the system's).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, max=60, help="Seconds for each DNS query and HTTPS step.")] = 5.0,
+    ca_file: Annotated[Optional[str], typer.Option("--ca-file", metavar="FILE", help="Also trust this CA (PEM) for the autoconfig fetch.")] = None,
+    https_port: Annotated[int, typer.Option("--https-port", min=1, max=65535, help="Port of the autoconfig HTTPS fetch (tests, port forwards).")] = 443,
+    json_: JsonOpt = False,
+) -> None:
+    """Propose a profile from the domain's MX, Mozilla autoconfig or SRV records; --add saves it.
+
+    MX names Microsoft 365 and Google Workspace; autoconfig is fetched over verified HTTPS;
+    RFC 6186 SRV gives submission servers. Only the domain is looked up; no password is sent."""
+    from mailctl.dns.autoconfig import DiscoveryNetwork
+    from mailctl.dns.resolver import parse_nameserver
+    from mailctl.profiles.discover import check_addable, discover as run_discovery
+
+    actx = app_context(ctx)
+    servers = [parse_nameserver(n) for n in nameserver or []]
+    with DiscoveryNetwork(nameservers=servers, timeout=timeout, ca_file=ca_file or "", https_port=https_port) as net:
+        found = run_discovery(address, net)
+    if client_id:
+        found.fields["client_id"] = coerce_cli_value("client_id", client_id)
+    data = found.to_dict()
+    if add_name:
+        check_addable(found, add_name)
+        data["added"] = ops.add_profile(actx.store, actx.secrets, add_name, found.fields)
+    if actx.use_json(json_):
+        actx.output.json(data)
+        return
+    actx.output.table(("field", "value"), [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in found.fields.items()],
+                      title=f"{address}: from {found.source}")
+    for note in found.notes:
+        actx.output.info(f"Note: {note}")
+    if add_name:
+        actx.output.info(f"Added profile {add_name!r}." + (f" Store its password: mailctl profile edit {add_name} --password-stdin"
+                                                          if found.fields.get("auth") == "password" else ""))
+    else:
+        actx.output.info(f"Create it with: mailctl profile discover {address} --add NAME")
+
+
+@profile_app.command("failback")
+def failback(
+    ctx: typer.Context,
+    name: Annotated[Optional[str], typer.Argument(metavar="[NAME]", help="Profile (default: --profile or the default).", autocompletion=complete_profile_name)] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Return a sticky-failover profile to its primary server (its next connection tries the primary first)."""
+    actx = app_context(ctx)
+    data = ops.failback(actx.store, name or actx.profile_name)
+    if actx.use_json(json_):
+        actx.output.json(data)
+    elif data["was"]:
+        actx.output.info(f"{data['profile']}: back on the primary {data['primary']} "
+                         f"(the alternate {data['was']['server']} was in use since {_when(data['was']['since'])})")
+    else:
+        actx.output.info(f"{data['profile']}: already on the primary {data['primary']}")

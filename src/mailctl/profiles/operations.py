@@ -217,7 +217,29 @@ def show_profile(store: ProfileStore, secrets, name: str | None) -> dict[str, An
         "values": ordered,
         "origin": {k: p.origin.get(k, "profile") for k in ordered},
         "secrets": secret_state,
+        "active_server": _active_server(p),
     }
+
+
+def _active_server(profile) -> dict[str, Any] | None:
+    """A sticky profile's alternate in use (mailctl.profiles.failover), else None."""
+    from mailctl.profiles.failover import active_for
+
+    active = active_for(profile)
+    return active.to_dict() if active else None
+
+
+def failback(store: ProfileStore, name: str | None) -> dict[str, Any]:
+    """`profile failback`: the profile's next connection starts with its primary again."""
+    from mailctl.profiles.failover import forget, servers_of
+
+    p = resolve_profile(store.load(), name)
+    servers = servers_of(p)
+    if servers is None:
+        raise ConfigError(f"profile {p.name!r} has no alternate_host, so there is nothing to fail back from",
+                          hint=f"failover needs one: mailctl profile edit {p.name} --alternate-host HOST")
+    dropped = forget(p.name)
+    return {"profile": p.name, "primary": servers[0], "was": dropped.to_dict() if dropped else None}
 
 
 def check_inherits(doc, name: str, fields: dict[str, Any]) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
-from mailctl.errors import ConfigError, NotFoundError
+from mailctl.errors import ConfigError, MailctlError, NotFoundError
 from mailctl.profiles.model import DEFAULT_PORTS, FIELDS_BY_NAME, ResolvedProfile
 from mailctl.profiles.presets import graph_endpoint, preset_values
 from mailctl.profiles.store import BUILTIN_LOCAL
@@ -206,3 +207,42 @@ def relevant_secret_kinds(values: dict[str, Any]) -> list[str]:
     if values.get("proxy"):
         kinds.append("proxy_password")
     return kinds
+
+
+def profile_for_sender(doc, name: str | None, addresses) -> str | None:
+    """The profile to send with when none was named, chosen by the sender as msmtp chooses an
+    account by `from`: `name` when given; else, for the first of `addresses` (the envelope
+    sender, then the From header's) that any profile claims, the first profile (file order)
+    whose from_address is that address, else the first whose from_match has a glob matching
+    it; None when no profile claims any of them (the caller then uses the default).
+    Addresses compare without regard to case. A profile that does not resolve is skipped:
+    choosing it would only turn its error into another's."""
+    if name:
+        return name
+    wanted = [a.strip().strip("<>").strip().casefold() for a in addresses if a and "@" in a]
+    if not wanted:
+        return None
+    claims = _sender_claims(doc)
+    for address in wanted:
+        for pname, own, _patterns in claims:
+            if own == address:
+                return pname
+        for pname, _own, patterns in claims:
+            if any(fnmatch.fnmatchcase(address, p) for p in patterns):
+                return pname
+    return None
+
+
+def _sender_claims(doc) -> list[tuple[str, str, list[str]]]:
+    """(profile, its from_address casefolded, its from_match patterns casefolded), file order."""
+    out = []
+    for pname in doc.profile_names():
+        try:
+            values = resolve_profile(doc, pname).values
+        except MailctlError:
+            continue
+        own = str(values.get("from_address") or "").strip().casefold()
+        patterns = [str(p).casefold() for p in values.get("from_match") or []]
+        if own or patterns:
+            out.append((pname, own, patterns))
+    return out
