@@ -1,6 +1,8 @@
-"""Regenerate the README's command reference and exit-code table, and completions/, from the
-app itself. `python scripts/gen_docs.py` writes; `--check` exits 1 when anything is stale
-(tests/test_docs_current.py runs the check)."""
+"""Regenerate, from the app itself: the README's command reference and exit-code table, the
+static shell completion scripts in completions/ (mailctl.commands.shellscripts) and the man
+pages in man/ (mailctl.1 and one mailctl-COMMAND.1 per top-level command, from the same help
+text as the README). `python scripts/gen_docs.py` writes; `--check` exits 1 when anything is
+stale (tests/test_repository.py runs the check)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 COMPLETIONS = ROOT / "completions"
+MAN = ROOT / "man"
 WIDTH = "100"
 
 
@@ -69,15 +72,137 @@ def _replace_block(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda _: f"{begin}\n{body}{end}", text)
 
 
-def completion_scripts() -> dict[str, str]:
-    # Typer renders the same scripts `mailctl --install-completion` installs; we ship them so
-    # packagers need not run the tool. Profile names complete dynamically through the app.
-    from typer._completion_shared import get_completion_script
+def _root():
+    import typer.main
 
-    return {
-        name: get_completion_script(prog_name="mailctl", complete_var="_MAILCTL_COMPLETE", shell=shell).rstrip() + "\n"
-        for name, shell in (("mailctl.bash", "bash"), ("_mailctl.zsh", "zsh"), ("mailctl.fish", "fish"))
-    }
+    from mailctl.cli import app
+
+    return typer.main.get_command(app)
+
+
+def completion_scripts() -> dict[str, str]:
+    """The static scripts `mailctl completion show` prints: shipped so packagers need not run
+    the tool (the wheel installs them where bash-completion, zsh and fish look)."""
+    from mailctl.commands.shellscripts import FILE_NAMES, render
+
+    root = _root()
+    return {FILE_NAMES[shell]: render(root, shell) for shell in FILE_NAMES}
+
+
+# --- man pages ----------------------------------------------------------------------------
+def _roff(text: str) -> str:
+    """Text safe for roff: backslashes, minus signs (so options copy as typed), and a line
+    that would start with a control character."""
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    return "\n".join("\\&" + line if line.startswith((".", "'")) else line for line in text.split("\n"))
+
+
+def _paragraphs(help_text: str) -> list[str]:
+    """Click's help paragraphs as roff: "\\b" blocks keep their lines (.nf), others flow."""
+    out = []
+    for para in (help_text or "").strip().split("\n\n"):
+        if para.startswith("\b\n"):
+            out.append(".PP\n.nf\n" + _roff(para[2:]) + "\n.fi")
+        elif para.strip():
+            out.append(".PP\n" + _roff(" ".join(para.split())))
+    return out
+
+
+def _records(cmd, ctx) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(arguments, options) as --help shows them: (names, help) pairs."""
+    if hasattr(cmd, "option_records"):  # a command with its own option table (sendmail)
+        return [], list(cmd.option_records(ctx))
+    arguments, options = [], []
+    for param in cmd.get_params(ctx):
+        record = param.get_help_record(ctx)
+        if record:
+            (options if param.param_type_name == "option" else arguments).append(record)
+    return arguments, options
+
+
+def _tagged(records: list[tuple[str, str]]) -> list[str]:
+    return [f".TP\n.B {_roff(names)}\n{_roff(help_text)}" for names, help_text in records]
+
+
+def _usage(cmd, ctx) -> str:
+    return f'.B {_roff(ctx.command_path)}\n{_roff(" ".join(cmd.collect_usage_pieces(ctx)))}'
+
+
+def _context(cmd, name: str, parent):
+    return type(parent)(cmd, info_name=name, parent=parent, **cmd.context_settings)  # as Click makes it
+
+
+def _sections(cmd, ctx, heading: str = ".SH") -> list[str]:
+    """ARGUMENTS and OPTIONS of one command (under .SH, or as sub-lists of a .SS entry)."""
+    arguments, options = _records(cmd, ctx)
+    parts = []
+    for title, records in (("ARGUMENTS", arguments), ("OPTIONS", options)):
+        if records:
+            parts.append(f"{heading} {title}" if heading == ".SH" else f'.PP\n{title.capitalize()}:')
+            parts += _tagged(records)
+    return parts
+
+
+def _subcommand_entries(group, ctx) -> list[str]:
+    """Each command under `group` (recursively) as a .SS entry: usage, help, options."""
+    from mailctl.commands.helptext import short_help
+
+    parts = []
+    for name in group.list_commands(ctx):
+        sub = group.get_command(ctx, name)
+        if sub is None or sub.hidden:
+            continue
+        sub_ctx = _context(sub, name, ctx)
+        if hasattr(sub, "list_commands"):
+            parts += _subcommand_entries(sub, sub_ctx)
+            continue
+        usage = f"{sub_ctx.command_path} {' '.join(sub.collect_usage_pieces(sub_ctx))}"
+        parts.append(f'.SS "{_roff(usage)}"')
+        parts += _paragraphs(sub.help) or [".PP\n" + _roff(short_help(sub))]
+        parts += _sections(sub, sub_ctx, heading=".SS")
+    return parts
+
+
+def _man_page(title: str, summary: str, body: list[str]) -> str:
+    from mailctl import __version__
+
+    head = [f'.TH {_roff(title.upper())} 1 "" "mailctl {__version__}" "mailctl manual"',
+            ".\\\" generated by scripts/gen_docs.py from mailctl's --help text; do not edit",
+            ".SH NAME", f"{_roff(title)} \\- {_roff(summary)}"]
+    return "\n".join(head + body) + "\n"
+
+
+def man_pages() -> dict[str, str]:
+    """mailctl.1 (global options, the commands, exit status, the profiles file lookup) and
+    mailctl-COMMAND.1 for each top-level command (every subcommand with its options)."""
+    from mailctl import paths
+    from mailctl.commands.helptext import short_help
+    from mailctl.errors import EXIT_CODE_MEANINGS
+
+    root = _root()
+    pages = {}
+    with root.make_context("mailctl", ["--help"], resilient_parsing=True) as ctx:
+        names = [n for n in root.list_commands(ctx) if not root.get_command(ctx, n).hidden]
+        body = [".SH SYNOPSIS", _usage(root, ctx), ".SH DESCRIPTION", *_paragraphs(root.help)]
+        body += _sections(root, ctx)
+        body.append(".SH COMMANDS")
+        for name in names:
+            body.append(f".TP\n.B {_roff(name)}\n{_roff(short_help(root.get_command(ctx, name)))} See \\fBmailctl\\-{_roff(name)}\\fR(1).")
+        body.append(".SH EXIT STATUS")
+        body += [f".TP\n.B {int(code)}\n{_roff(meaning)}" for code, meaning in EXIT_CODE_MEANINGS.items()]
+        body += [".SH FILES", ".nf", _roff(paths.__doc__.strip()), ".fi"]
+        body += [".SH SEE ALSO", ", ".join(f"\\fBmailctl\\-{_roff(n)}\\fR(1)" for n in names)]
+        pages["mailctl.1"] = _man_page("mailctl", short_help(root).rstrip("."), body)
+        for name in names:
+            cmd = root.get_command(ctx, name)
+            cmd_ctx = _context(cmd, name, ctx)
+            body = [".SH SYNOPSIS", _usage(cmd, cmd_ctx), ".SH DESCRIPTION", *_paragraphs(cmd.help)]
+            body += _sections(cmd, cmd_ctx)
+            if hasattr(cmd, "list_commands"):
+                body += [".SH COMMANDS", *_subcommand_entries(cmd, cmd_ctx)]
+            body += [".SH SEE ALSO", "\\fBmailctl\\fR(1)"]
+            pages[f"mailctl-{name}.1"] = _man_page(f"mailctl-{name}", short_help(cmd).rstrip("."), body)
+    return pages
 
 
 def expected_files() -> dict[Path, str]:
@@ -87,11 +212,21 @@ def expected_files() -> dict[Path, str]:
     files = {README: readme}
     for name, script in completion_scripts().items():
         files[COMPLETIONS / name] = script
+    for name, page in man_pages().items():
+        files[MAN / name] = page
     return files
 
 
+def _leftovers(expected: dict[Path, str]) -> list[Path]:
+    """Files in completions/ and man/ that the generator no longer writes (a renamed script,
+    a removed command's page)."""
+    return sorted(p for d in (COMPLETIONS, MAN) if d.is_dir() for p in d.iterdir() if p.is_file() and p not in expected)
+
+
 def stale_files() -> list[Path]:
-    return [p for p, text in expected_files().items() if not p.exists() or p.read_text(encoding="utf-8") != text]
+    expected = expected_files()
+    stale = [p for p, text in expected.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
+    return stale + _leftovers(expected)
 
 
 def main(argv: list[str]) -> int:
@@ -102,10 +237,15 @@ def main(argv: list[str]) -> int:
             print(f"stale: {p.relative_to(ROOT)} (run: python scripts/gen_docs.py)")
         return 1 if stale else 0
     COMPLETIONS.mkdir(exist_ok=True)
-    for path, text in expected_files().items():
+    MAN.mkdir(exist_ok=True)
+    expected = expected_files()
+    for path, text in expected.items():
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             path.write_text(text, encoding="utf-8")
             print(f"wrote {path.relative_to(ROOT)}")
+    for path in _leftovers(expected):
+        path.unlink()
+        print(f"removed {path.relative_to(ROOT)}")
     return 0
 
 

@@ -133,3 +133,63 @@ def test_startup_path_imports_no_heavy_library(args, isolated_env):
     assert line, proc.stderr
     assert json.loads(line[0][6:]) == [], f"`mailctl {' '.join(args)}` imported {line[0][6:]}"
     assert proc.stdout.strip()
+
+
+def _section(text: str, title: str) -> list[str]:
+    lines = text.split(f"\n{title}:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    return [l for l in lines if l.strip()]
+
+
+def _listed(help_text: str) -> dict[str, str]:
+    """The "Commands:" section of a --help as {name: its text, wrapped lines joined}."""
+    rows: dict[str, str] = {}
+    name = None
+    for line in _section(help_text, "Commands"):
+        if line.startswith("  ") and not line.startswith("   "):
+            name, _, text = line.strip().partition(" ")
+            rows[name] = text.strip()
+        else:
+            rows[name] += " " + line.strip()
+    return rows
+
+
+def test_command_lists_show_each_first_sentence_whole():
+    import typer.main
+    from typer.testing import CliRunner
+
+    from mailctl.cli import app
+    from mailctl.commands.reference import command_tree
+
+    tree = command_tree(typer.main.get_command(app))
+    groups = [c for c in tree if c.subcommands]
+    assert len(groups) >= 7
+    for group in groups:
+        out = CliRunner().invoke(app, [*group.path, "--help"], env={"COLUMNS": "80"}, prog_name="mailctl").output
+        listed = _listed(out)
+        assert list(listed) == group.subcommands, group.key
+        for name, text in listed.items():
+            sub = next(c for c in tree if c.path == group.path + (name,))
+            assert text == sub.help, f"{group.key} {name}: listed {text!r}, first sentence {sub.help!r}"
+            assert text.endswith("."), f"{group.key} {name}: cut mid-phrase: {text!r}"
+    queue = CliRunner().invoke(app, ["queue", "--help"], env={"COLUMNS": "80"}).output
+    assert _listed(queue)["hold"] == "Keep queued/deferred messages from being sent until released (e.g. across maintenance)."
+
+
+def test_sendmail_help_is_one_aligned_option_table():
+    from typer.testing import CliRunner
+
+    from mailctl.cli import app
+    from mailctl.outbox.sendmail import HELP_OPTIONS
+
+    out = CliRunner().invoke(app, ["sendmail", "--help"], env={"COLUMNS": "100"}).output
+    assert out.startswith("Usage: mailctl sendmail [-t] [-i] [-f ADDR] [-F NAME] [-odq]")
+    rows = _section(out, "Options")
+    starts = [l[2:] for l in rows if not l.startswith("   ")]  # a row's first line (others: wrapped help)
+    names = [l.split("  ")[0] for l in starts]
+    assert names == [o for o, _ in HELP_OPTIONS] + ["--help"]
+    columns = {2 + len(n) + len(l[len(n):]) - len(l[len(n):].lstrip()) for n, l in zip(names, starts)}
+    wrapped = {len(l) - len(l.lstrip()) for l in rows if l.startswith("   ")}
+    assert len(columns) == 1 and wrapped <= columns, f"not aligned: {rows}"
+    assert "-odq" in out and "-f, -r ADDR" in out
+    description = out.split("\nOptions:\n")[0].split("\n\n", 1)[1]
+    assert "-F NAME" not in description  # not a hand-aligned block inside the description

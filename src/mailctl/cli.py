@@ -50,11 +50,14 @@ class MailctlGroup(TyperGroup):
     list` neither imports nor builds the queue, dns, test, auth and send commands. Walk it
     with list_commands()/get_command() (Click's API), not the `.commands` dict."""
 
+    def format_commands(self, ctx, formatter):
+        _format_commands(self, ctx, formatter)
+
     def list_commands(self, ctx):
         from mailctl.commands import COMMAND_GROUPS
 
-        names = list(super().list_commands(ctx))
-        return names + [name for name, _ in COMMAND_GROUPS if name not in names]
+        groups = [name for name, _ in COMMAND_GROUPS]  # their order, whichever was loaded first
+        return [name for name in super().list_commands(ctx) if name not in groups] + groups
 
     def get_command(self, ctx, cmd_name):
         cmd = super().get_command(ctx, cmd_name)
@@ -89,6 +92,30 @@ class MailctlGroup(TyperGroup):
             raise typer.Exit(int(ExitCode.PROBLEMS))
 
 
+def _format_commands(group, ctx, formatter) -> None:
+    """The "Commands:" list with each command's first sentence whole (Click cuts it at ~45
+    characters mid-phrase); Click's own list if that fails."""
+    try:
+        from mailctl.commands.helptext import format_commands
+    except ImportError as exc:  # pragma: no cover - a broken install
+        _internals_changed("listing commands", exc)
+        return TyperGroup.format_commands(group, ctx, formatter)
+    format_commands(group, ctx, formatter)
+
+
+def _complete_profile(incomplete: str) -> list[str]:
+    """--profile NAME: the profile names in the profiles file (Typer's dynamic completion; the
+    static scripts in completions/ read the file themselves)."""
+    try:
+        from mailctl.paths import config_path
+        from mailctl.profiles.store import ProfileStore
+
+        names = ProfileStore(config_path()).load().profile_names()
+    except Exception:  # completion must never fail loudly
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
 def _report(message: str, hint: str | None) -> None:
     from mailctl.output import visible  # a server's reply or a file's text must not drive the terminal
 
@@ -104,6 +131,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    add_completion=False,  # static scripts instead: `mailctl completion install` (no Python per Tab)
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -123,7 +151,7 @@ def root(
     ] = None,
     profile: Annotated[
         Optional[str],
-        typer.Option("--profile", "-p", metavar="NAME", envvar="MAILCTL_PROFILE", help="Profile to use instead of the default."),
+        typer.Option("--profile", "-p", metavar="NAME", envvar="MAILCTL_PROFILE", help="Profile to use instead of the default.", autocompletion=_complete_profile),
     ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr.")] = 0,
@@ -156,7 +184,18 @@ def _load_command(name: str):
     except Exception as exc:  # Typer internals moved: build it all, as Typer does
         _internals_changed(f"deferring the commands of {name!r}", exc)
         group = None
-    return group if group is not None else typer.main.get_group(holder).commands.get(name)
+    if group is None:
+        group = typer.main.get_group(holder).commands.get(name)
+        if type(group) is TyperGroup:  # Typer's own build: still list whole first sentences
+            group.__class__ = _ListingGroup
+    return group
+
+
+class _ListingGroup(TyperGroup):
+    """A group Typer built itself (the fallback path), listing its commands as mailctl's do."""
+
+    def format_commands(self, ctx, formatter):
+        _format_commands(self, ctx, formatter)
 
 
 class _LazyGroup(TyperGroup):
@@ -169,6 +208,9 @@ class _LazyGroup(TyperGroup):
     _order: list
     _build: object
     _build_all: object
+
+    def format_commands(self, ctx, formatter):
+        _format_commands(self, ctx, formatter)
 
     def list_commands(self, ctx):
         return list(self._order)
@@ -223,7 +265,21 @@ def _is_default(value) -> bool:
     return type(value).__name__ == "DefaultPlaceholder"
 
 
+def _dynamic_completion() -> None:
+    """Scripts from an older `mailctl --install-completion` call back into mailctl on every Tab
+    (_MAILCTL_COMPLETE=complete_bash ...): keep answering them. Typer registers its shells only
+    with add_completion, which the static scripts replaced."""
+    try:
+        from typer.completion import completion_init
+
+        completion_init()
+    except Exception as exc:  # Typer internals moved: such a Tab completes nothing
+        _internals_changed("answering a dynamic completion request", exc)
+
+
 def main(argv: list[str] | None = None) -> None:
+    if os.environ.get("_MAILCTL_COMPLETE"):
+        _dynamic_completion()
     app(args=argv, prog_name="mailctl")
 
 

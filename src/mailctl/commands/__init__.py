@@ -11,4 +11,5 @@ COMMAND_GROUPS: list[tuple[str, str]] = [
     ("send", "send"),
     ("sendmail", "send"),
     ("config", "config"),
+    ("completion", "completion"),
 ]

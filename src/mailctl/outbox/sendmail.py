@@ -15,6 +15,19 @@ if TYPE_CHECKING:
 # options that take a value, as separate word or glued (-fADDR)
 _WITH_VALUE = {"f", "r", "F", "B", "N", "R", "V", "X", "C", "L", "h", "q"}
 
+# The options parse_sendmail_args acts on, as `mailctl sendmail --help` and the man page list
+# them (one aligned table with --help); the rest of sendmail(8)'s are accepted and ignored.
+HELP_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("-t", "Also take recipients from the To, Cc and Bcc headers (Bcc is removed)."),
+    ("-i, -oi", "A line with a single '.' does not end the message."),
+    ("-f, -r ADDR", "Envelope sender: a bare name gets the From domain (-f root); -f '<>' or -f '' is the "
+                    "null sender (default: Sender/From, else the profile's)."),
+    ("-F NAME", "Full name for the From header added when the message has none (default: the profile's "
+                "sender_name)."),
+    ("-odq", "Only queue; the next `mailctl queue flush` sends it (default: try once now)."),
+)
+HELP_USAGE = "[-t] [-i] [-f ADDR] [-F NAME] [-odq] [--] [RECIPIENT]... < MESSAGE"
+
 
 @dataclass
 class SendmailOptions:
@@ -98,16 +111,17 @@ def read_until_dot(data: bytes) -> bytes:
     return b"\n".join(out)
 
 
-def prepare_sendmail_message(data: bytes, opts: SendmailOptions, doc: Any, profile_name: str | None) -> tuple[bytes, str, list[str], str]:
+def prepare_sendmail_message(data: bytes, opts: SendmailOptions, doc: Any, profile_name: str | None) -> tuple[bytes, str, list[str], str | None]:
     """-> (raw CRLF bytes with Bcc removed and missing From/Date/Message-ID added, envelope
-    sender, recipients, profile name). Every address is checked (ValidationError, 65, naming
+    sender, recipients, the profile to send with: the one named, else the one the -f sender or
+    the From address chooses (profiles.resolve.profile_for_sender), else None for the default). Every address is checked (ValidationError, 65, naming
     it); a NUL in the message is refused (65); line ends become CRLF (bare CR too)."""
     from email.utils import formatdate, make_msgid
 
     from mailctl.addresses import check_address, is_address
     from mailctl.message import check_header_value, format_mailbox, postmaster_address, wire_bytes
     from mailctl.outbox.envelope import header_mailboxes, parse_message, raw_header_values, set_from, strip_bcc_bytes
-    from mailctl.profiles.resolve import resolve_profile
+    from mailctl.profiles.resolve import profile_for_sender, resolve_profile
 
     if opts.dot_ends:
         data = read_until_dot(data)
@@ -119,6 +133,7 @@ def prepare_sendmail_message(data: bytes, opts: SendmailOptions, doc: Any, profi
         first = raw.split(b"\r\n", 1)[0]
         raw = raw + b"\r\n" if b":" in first else b"\r\n" + raw
     msg = parse_message(raw)
+    profile_name = profile_for_sender(doc, profile_name, [opts.sender or ""] + [a for _h, _n, a in header_mailboxes(msg, "From")])
     profile = resolve_profile(doc, profile_name)
     postmaster = postmaster_address(doc.settings())
 
@@ -154,7 +169,7 @@ def prepare_sendmail_message(data: bytes, opts: SendmailOptions, doc: Any, profi
         domain = (sender or header_from or own or "localhost").rpartition("@")[2] or "localhost"
         extra.append(f"Message-ID: {make_msgid(domain=domain)}\r\n".encode())
     raw = b"".join(extra) + strip_bcc_bytes(raw)
-    return raw, sender, recipients, profile.name
+    return raw, sender, recipients, profile_name
 
 
 def _recipients(opts: SendmailOptions, msg) -> list[str]:

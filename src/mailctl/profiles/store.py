@@ -27,7 +27,8 @@ TOP_LEVEL_KEYS = ("schema_version", "default", "settings", "profiles")
 NEW_FILE_HEADER = """\
 # mailctl profiles. Secrets (passwords, client secrets, tokens) are never stored here:
 # they live in the OS keyring, a secret_command, or MAILCTL_SECRET_<PROFILE>_<KIND>.
-# Reference: profiles.example.toml in the mailctl repository.
+# Reference: profiles.example.toml, installed in share/doc/mailctl/ under mailctl's prefix
+# (/usr/local, ~/.local, the virtualenv) and in the mailctl repository; also: man mailctl-profile.
 """
 
 _HEADER_RE = re.compile(r"^\s*\[\s*([^\]\[]+?)\s*\]\s*(?:#.*)?$")
