@@ -8,6 +8,7 @@ It speaks the wire protocol only; behaviour is scripted through attributes:
     idp.device_script = ["authorization_pending", "slow_down", "approve"]
     idp.device_terminal = "expired_token" | "access_denied" (replaces "approve")
     idp.refresh_error = {"error": "invalid_grant", "error_description": "AADSTS700082: ..."}
+    idp.jwt_error = {"error": "invalid_client", "error_description": "The OAuth client was not found."}
 
 Every access token issued is recorded so an SMTP authenticator can check it:
 `idp.check_access_token(token, user)`.
@@ -62,6 +63,7 @@ class FakeIdP:
         self.client_secret = CLIENT_SECRET
         self.google_client_secret = GOOGLE_CLIENT_SECRET
         self.service_account_public_pem: bytes | None = None
+        self.jwt_error: dict | None = None  # the JWT-bearer grant's reply instead of a token
         # records
         self.access_tokens: dict[str, dict] = {}
         self.refresh_tokens: dict[str, dict] = {}
@@ -284,6 +286,9 @@ class FakeIdP:
 
             def _jwt_bearer(self, form):
                 import jwt
+
+                if idp.jwt_error:
+                    return self._send(401 if idp.jwt_error.get("error") == "invalid_client" else 400, idp.jwt_error)
 
                 try:
                     claims = jwt.decode(

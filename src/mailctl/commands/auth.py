@@ -14,7 +14,7 @@ from mailctl.commands._common import JsonOpt, ProfileArg, app_context
 from mailctl.errors import ExitCode
 
 auth_app = typer.Typer(
-    help="OAuth sign-in for Microsoft 365 and Google (device code, paste/loopback, client credentials, service accounts).",
+    help="OAuth sign-in for Microsoft 365, Google and any OAuth 2.0 server (device code, paste/loopback, client credentials, service accounts).",
     no_args_is_help=True,
 )
 
@@ -118,16 +118,16 @@ def _isatty(stream) -> bool:
 def login(
     ctx: typer.Context,
     profile: ProfileArg = None,
-    flow: Annotated[Optional[str], typer.Option("--flow", metavar="FLOW", help="Google: paste (default without a browser), browser, device. Microsoft: device.")] = None,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="Google paste flow for scripts: print the URL and exit; finish with --redirect-url.")] = False,
-    redirect_url: Annotated[Optional[str], typer.Option("--redirect-url", metavar="URL", help="Finish a --no-wait Google sign-in with the address the browser ended on.")] = None,
-    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Loopback port for the Google redirect (fixed, for ssh -L).")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=1, max=86400, help="Seconds to wait for a Google redirect.")] = 600,
+    flow: Annotated[Optional[str], typer.Option("--flow", metavar="FLOW", help="Google and generic: paste (default without a browser), browser, device (generic: the default when device_authorization_url is set and no browser opens). Microsoft: device.")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Paste flow for scripts (Google, generic): print the URL and exit; finish with --redirect-url.")] = False,
+    redirect_url: Annotated[Optional[str], typer.Option("--redirect-url", metavar="URL", help="Finish a --no-wait sign-in with the address the browser ended on.")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Loopback port for the redirect (fixed, for ssh -L).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, max=86400, help="Seconds to wait for the redirect.")] = 600,
     client_secret_stdin: Annotated[bool, typer.Option("--client-secret-stdin", help="Read the OAuth client secret (first line of stdin) and store it in the keyring first.")] = False,
     service_account_key: Annotated[Optional[str], typer.Option("--service-account-key", metavar="FILE", help="Google service account key JSON to store in the keyring first ('-' reads stdin).")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Sign in and store the tokens (Microsoft: device code; Google: paste/loopback, browser or device; app-only profiles: check the credentials)."""
+    """Sign in and store the tokens (Microsoft: device code; Google and generic: paste/loopback, browser or device; app-only profiles: check the credentials)."""
     from mailctl.errors import UsageError
     from mailctl.oauth import flows
 
@@ -170,11 +170,15 @@ def status(
     ctx: typer.Context,
     profile: ProfileArg = None,
     no_check: Annotated[bool, typer.Option("--no-check", help="Only read what is stored; do not contact the identity provider.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Also try the access token at the mail server (SMTP AUTH, or the Graph/EWS request of `test connect`); one it rejects is refreshed.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Whether each OAuth profile has access: account, scopes, token expiry, refresh token age, warnings. Exit 77 when a login is needed."""
+    from mailctl.errors import UsageError
     from mailctl.oauth import flows
 
+    if check and no_check:
+        raise UsageError("--check and --no-check contradict each other", hint="give one of them")
     app = app_context(ctx)
     name = profile or app.profile_name
     if name:
@@ -182,6 +186,10 @@ def status(
     else:
         profiles = flows.oauth_profiles(app.store.load())
     rows = [flows.status(p, app.secrets, check=not no_check) for p in profiles]
+    if check:
+        for prof, row in zip(profiles, rows):
+            if row["access"]:
+                _with_server_check(row, _try_at_server(prof, app.secrets))
     needs = any(r["needs_login"] for r in rows)
     if app.use_json(json_):
         app.output.json({"profiles": rows, "needs_login": needs})
@@ -196,8 +204,65 @@ def status(
         raise typer.Exit(codes[0])
 
 
+def _try_at_server(prof, secrets) -> dict[str, Any]:
+    """Use the token as a send would: SMTP AUTH (then QUIT), or the harmless request of `test
+    connect` for Graph and EWS. A token the server rejects is refreshed once and tried again
+    by the transport itself; oauth.forced_refreshes() tells whether that happened. The
+    identity provider alone cannot know that a server dropped a token early."""
+    from mailctl.diagnostics.probe import probe
+    from mailctl.errors import AuthError
+    from mailctl.oauth import forced_refreshes, get_access_token
+
+    quit_after = "auth" if prof.type == "smtp" else None
+    with forced_refreshes() as refreshed:
+        report = probe(prof, secrets, quit_after=quit_after, transcript=False)
+        result: dict[str, Any] = {"server": report.server or report.target or None, "tried": True, "accepted": report.ok,
+                                  "refreshed": False, "needs_login": False, "error": None, "hint": None}
+        if _rejected(report) and not refreshed:
+            # the server rejected the token and the transport could not refresh it (`test
+            # connect`'s Graph/EWS request does not try; an SMTP refresh that failed): try here
+            try:
+                get_access_token(prof, secrets, force_refresh=True)
+            except AuthError as exc:  # the refresh token is dead too
+                why = exc.message.removeprefix(f"profile {prof.name!r}: ")
+                result.update(accepted=False, needs_login=True, error=why, hint=exc.hint, exit_code=int(exc.exit_code))
+                return result
+            report = probe(prof, secrets, quit_after=quit_after, transcript=False)
+    result.update(accepted=report.ok, refreshed=bool(refreshed))
+    failed = report.failed_stage
+    if report.ok:
+        return result
+    error = failed.error if failed else report.error
+    hint = (failed.explanation.fix if failed and failed.explanation else None) or report.hint
+    result.update(tried=_rejected(report), error=error, hint=hint, exit_code=failed.exit_code if failed else report.exit_code)
+    return result
+
+
+def _rejected(report) -> bool:
+    """The server answered and refused the credentials (not: could not be reached)."""
+    failed = report.failed_stage
+    return failed is not None and failed.name in ("auth", "request", "response") and failed.exit_code == int(ExitCode.NOPERM)
+
+
+def _with_server_check(row: dict[str, Any], result: dict[str, Any]) -> None:
+    """Fold the server's verdict into a status row: rejected even after a refresh means no access."""
+    row["server_check"] = result
+    if result["accepted"]:
+        if result["refreshed"]:
+            row["warnings"].append(f"{result['server']} rejected the stored access token; a new one was fetched and accepted")
+        return
+    if result["needs_login"]:
+        row.update(access=False, needs_login=True, error=f"{result['server']} rejected the access token, and {result['error']}",
+                   hint=result["hint"])
+    elif result["tried"]:
+        row.update(access=False, error=f"{result['server']} rejects the access token, even a fresh one: {result['error']}",
+                   hint=result["hint"], error_exit_code=result["exit_code"])
+    else:
+        row["warnings"].append(f"the token could not be tried at the mail server: {result['error']}")
+
+
 def _render_status(out, row: dict) -> None:
-    state = "yes" if row["access"] else ("NEEDS LOGIN" if row["needs_login"] else "unknown")
+    state = "yes" if row["access"] else ("NEEDS LOGIN" if row["needs_login"] else ("no" if row.get("server_check") else "unknown"))
     out.line(f"{row['profile']} ({row['provider']}, {row.get('flow') or row.get('auth')})")
     out.line(f"  access:               {state}")
     out.line(f"  account:              {row.get('account') or '-'}")
@@ -208,6 +273,9 @@ def _render_status(out, row: dict) -> None:
         out.line(f"  refresh token:        present" + (f", {age:g} days since last renewal" if age is not None else ""))
     else:
         out.line("  refresh token:        none")
+    checked = row.get("server_check")
+    if checked and checked["accepted"]:
+        out.line(f"  mail server:          accepted the token ({checked['server']})")
     if row.get("error"):
         out.line(f"  problem:              {row['error']}")
     if row.get("hint"):
@@ -220,10 +288,10 @@ def _render_status(out, row: dict) -> None:
 def logout(
     ctx: typer.Context,
     profile: ProfileArg = None,
-    local_only: Annotated[bool, typer.Option("--local-only", help="Google: remove the tokens here without revoking them.")] = False,
+    local_only: Annotated[bool, typer.Option("--local-only", help="Google, generic: remove the tokens here without revoking them.")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Remove the profile's stored tokens; for Google also revoke them (unless --local-only)."""
+    """Remove the profile's stored tokens; for Google, and generic profiles with revocation_url, also revoke them (unless --local-only)."""
     from mailctl.oauth import flows
 
     app, prof = _load(ctx, profile)
@@ -233,7 +301,8 @@ def logout(
     if not result["removed"]:
         app.output.line(f"Profile {prof.name}: no tokens were stored.")
     else:
-        app.output.line(f"Profile {prof.name}: tokens removed" + (" and revoked at Google." if result.get("revoked") else "."))
+        where = "Google" if result.get("provider") == "google" else "the authorization server"
+        app.output.line(f"Profile {prof.name}: tokens removed" + (f" and revoked at {where}." if result.get("revoked") else "."))
     for key in ("warning", "note"):
         if result.get(key):
             app.output.warn(result[key])
@@ -244,9 +313,23 @@ def token(
     ctx: typer.Context,
     profile: ProfileArg = None,
     force_refresh: Annotated[bool, typer.Option("--force-refresh", help="Get a new access token even if the stored one is still valid.")] = False,
+    no_check: Annotated[bool, typer.Option("--no-check", help="Print the stored token without trying it at the mail server first.")] = False,
 ) -> None:
-    """Print a fresh access token and nothing else (for msmtp's passwordeval or scripts)."""
+    """Print a fresh access token and nothing else (for msmtp's passwordeval or scripts). The token is first tried at the mail server (SMTP AUTH, a Graph/EWS request) and refreshed if the server rejects it."""
+    from mailctl.errors import AuthError
     from mailctl.oauth import get_access_token
 
     app, prof = _load(ctx, profile)
-    app.output.line(get_access_token(prof, app.secrets, force_refresh=force_refresh))
+    value = get_access_token(prof, app.secrets, force_refresh=force_refresh)
+    if not (no_check or force_refresh):
+        result = _try_at_server(prof, app.secrets)
+        if result["needs_login"]:
+            raise AuthError(f"profile {prof.name!r}: {result['server']} rejected the access token, and {result['error']}",
+                            hint=result["hint"])
+        if not result["accepted"] and result["tried"]:
+            raise AuthError(f"profile {prof.name!r}: {result['server']} rejects the access token, even a fresh one: {result['error']}",
+                            hint=result["hint"] or f"run: mailctl auth login {prof.name}")
+        if not result["accepted"]:
+            app.output.warn(f"the token was not tried at the mail server ({result['error']}); printing it anyway")
+        value = get_access_token(prof, app.secrets)  # a new one when the server rejected the stored one
+    app.output.line(value)

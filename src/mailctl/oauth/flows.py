@@ -10,7 +10,7 @@ from typing import Any, Callable, Protocol
 from mailctl.errors import UsageError
 from mailctl.oauth.scopes import app_only, provider_of, uses_oauth
 
-GOOGLE_FLOWS = ("paste", "browser", "device")
+GOOGLE_FLOWS = ("paste", "browser", "device")  # the generic provider's too
 MICROSOFT_FLOWS = ("device",)
 
 
@@ -65,8 +65,11 @@ def login(
             f"profile {profile.name!r} uses auth={profile.values.get('auth') or 'none'}, not OAuth",
             hint=f"switch it: mailctl profile edit {profile.name} --auth oauth",
         )
-    if provider_of(profile) == "microsoft":
+    provider = provider_of(profile)
+    if provider == "microsoft":
         return _microsoft(profile, secrets, ui, flow=flow, no_wait=no_wait, redirect_url=redirect_url)
+    if provider == "generic":
+        return _generic(profile, secrets, ui, flow=flow, no_wait=no_wait, redirect_url=redirect_url, port=port, timeout=timeout)
     return _google(profile, secrets, ui, flow=flow, no_wait=no_wait, redirect_url=redirect_url, port=port, timeout=timeout)
 
 
@@ -80,12 +83,7 @@ def _microsoft(profile, secrets, ui, *, flow, no_wait, redirect_url) -> dict[str
             "Microsoft sign-in uses the device code flow (--flow device): it works on a headless server",
             hint=f"run: mailctl auth login {profile.name}",
         )
-    pending = microsoft.start_device_login(profile, secrets)
-    import time
-
-    ui.device_code(verification_uri=pending.verification_uri, user_code=pending.user_code, message=pending.message,
-                   expires_in=max(0.0, pending.expires_at - time.time()))
-    return microsoft.finish_device_login(pending, on_tick=ui.tick).to_dict()
+    return _device(microsoft.start_device_login(profile, secrets), microsoft.finish_device_login, ui)
 
 
 def _google(profile, secrets, ui, *, flow, no_wait, redirect_url, port, timeout) -> dict[str, Any]:
@@ -102,31 +100,65 @@ def _google(profile, secrets, ui, *, flow, no_wait, redirect_url, port, timeout)
     if flow not in GOOGLE_FLOWS:
         raise UsageError(f"unknown flow {flow!r} for Google: use one of {', '.join(GOOGLE_FLOWS)}")
     if flow == "device":
-        import time
+        return _device(google.start_device_login(profile, secrets), google.finish_device_login, ui)
+    return _code_flow(google, google.start_loopback_login(profile, secrets, port=port, listen=not no_wait, flow_name=flow),
+                      ui, flow=flow, no_wait=no_wait, timeout=timeout)
 
-        pending = google.start_device_login(profile, secrets)
-        ui.device_code(verification_uri=pending.verification_uri, user_code=pending.user_code, message=pending.message,
-                       expires_in=max(0.0, pending.expires_at - time.time()))
-        return google.finish_device_login(pending, on_tick=ui.tick).to_dict()
-    pending = google.start_loopback_login(profile, secrets, port=port, listen=not no_wait, flow_name=flow)
+
+def _generic(profile, secrets, ui, *, flow, no_wait, redirect_url, port, timeout) -> dict[str, Any]:
+    """Any OAuth 2.0 server: the code flow (paste / browser) or the device flow."""
+    from mailctl.oauth import generic, loopback
+
+    generic.check_auth(profile)
+    if redirect_url:
+        result = generic.complete_login(generic.load_pending(profile, secrets), redirect_url)
+        loopback.clear_pending(profile)
+        return result.to_dict()
+    flow = flow or ("paste" if no_wait else generic.default_flow(profile, browser_available()))
+    if flow not in GOOGLE_FLOWS:
+        raise UsageError(f"unknown flow {flow!r}: use one of {', '.join(GOOGLE_FLOWS)}")
+    if flow == "device" and no_wait:
+        raise UsageError("--no-wait is for the paste flow; the device flow waits for the sign-in",
+                         hint=f"run: mailctl auth login {profile.name} --flow device")
+    if flow == "device":
+        return _device(generic.start_device_login(profile, secrets), generic.finish_device_login, ui)
+    return _code_flow(generic, generic.start_code_login(profile, secrets, port=port, listen=not no_wait, flow_name=flow),
+                      ui, flow=flow, no_wait=no_wait, timeout=timeout)
+
+
+def _device(pending, finish, ui) -> dict[str, Any]:
+    import time
+
+    ui.device_code(verification_uri=pending.verification_uri, user_code=pending.user_code, message=pending.message,
+                   expires_in=max(0.0, pending.expires_at - time.time()))
+    return finish(pending, on_tick=ui.tick).to_dict()
+
+
+def _code_flow(module, pending, ui, *, flow: str, no_wait: bool, timeout: float) -> dict[str, Any]:
+    """The authorization-code flow after the URL is built: --no-wait keeps the pending sign-in
+    for --redirect-url; otherwise wait for the listener or a pasted address."""
+    profile = pending.profile
     if no_wait:
-        google.save_pending(pending)
+        module.save_pending(pending)
         ui.authorization_url(url=pending.authorization_url, redirect_uri=pending.redirect_uri, port=pending.port,
                              listening=False, note=None, wait=False)
-        return {"profile": profile.name, "provider": "google", "flow": "paste", "pending": True,
+        return {"profile": profile.name, "provider": provider_of(profile), "flow": "paste", "pending": True,
                 "redirect_uri": pending.redirect_uri,
-                "next": f"mailctl auth login {profile.name} --redirect-url 'http://localhost...'"}
-    opened = ui.open_browser(pending.authorization_url) if flow == "browser" else False
+                "next": f"mailctl auth login {profile.name} --redirect-url '{pending.redirect_uri}...'"}
+    if flow == "browser":
+        ui.open_browser(pending.authorization_url)  # not opened: the URL is shown; pasting still works
     ui.authorization_url(url=pending.authorization_url, redirect_uri=pending.redirect_uri, port=pending.port,
                          listening=pending.listener is not None, note=pending.listen_error, wait=True)
-    if flow == "browser" and not opened:
-        pass  # the URL is shown; pasting or a forwarded port still work
-    final = google.wait_for_redirect(pending, read_line=ui.read_line, timeout=timeout, on_tick=ui.tick,
+    final = module.wait_for_redirect(pending, read_line=ui.read_line, timeout=timeout, on_tick=ui.tick,
                                      on_rejected=getattr(ui, "rejected", None))
-    return google.complete_login(pending, final).to_dict()
+    return module.complete_login(pending, final).to_dict()
 
 
 def status(profile, secrets, *, check: bool = True) -> dict[str, Any]:
+    if provider_of(profile) == "generic":
+        from mailctl.oauth import generic
+
+        return generic.status(profile, secrets, check=check)
     if provider_of(profile) == "google":
         from mailctl.oauth import google
 
@@ -137,6 +169,10 @@ def status(profile, secrets, *, check: bool = True) -> dict[str, Any]:
 
 
 def logout(profile, secrets, *, revoke: bool = True) -> dict[str, Any]:
+    if provider_of(profile) == "generic":
+        from mailctl.oauth import generic
+
+        return generic.logout(profile, secrets, revoke=revoke)
     if provider_of(profile) == "google":
         from mailctl.oauth import google
 

@@ -9,22 +9,21 @@ from __future__ import annotations
 import json
 import os
 import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
-from mailctl.errors import AuthError, ConfigError, UnavailableError, UsageError
-from mailctl.oauth import store
+from mailctl.errors import AuthError, ConfigError, UnavailableError
+from mailctl.oauth import loopback, store
 from mailctl.oauth.hints import google_error, needs_login
 from mailctl.oauth.result import LoginResult, _iso
 from mailctl.oauth.scopes import GOOGLE_MAIL_SCOPE, google_endpoints, scopes_for
 
 EARLY_REFRESH = 300  # refresh when under 5 minutes are left (MSAL's rule too)
 TESTING_DAYS = 7
-PENDING_TTL = 900
+PENDING_TTL = loopback.PENDING_TTL
 
 FLOWS_THAT_WORK = (
     "use --flow paste (the default on a server: open the URL on any machine, then paste the final "
@@ -56,42 +55,8 @@ def _network(profile, doing: str, fn: Callable[[], Any]) -> Any:
     return network_call(profile, doing, fn, peer="Google")
 
 
-# --- loopback / paste ---------------------------------------------------------------
-class _Listener:
-    """A one-shot HTTP listener on 127.0.0.1 that catches the OAuth redirect."""
-
-    def __init__(self, port: int, path: str, got: "queue.Queue[str]") -> None:
-        from http.server import BaseHTTPRequestHandler, HTTPServer
-
-        listener = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                parts = urlsplit(self.path)
-                query = parse_qs(parts.query)
-                if "code" not in query and "error" not in query:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                body = b"mailctl: sign-in received. You can close this window and return to the terminal.\n"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                got.put(f"http://localhost:{listener.port}{self.path}")
-
-        self.server = HTTPServer(("127.0.0.1", port), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+# --- loopback / paste (the listener and the wait are provider-neutral: oauth.loopback) ---
+wait_for_redirect = loopback.wait_for_redirect
 
 
 @dataclass
@@ -104,7 +69,7 @@ class GoogleLogin:
     code_verifier: str
     scopes: list[str]
     flow_name: str
-    listener: _Listener | None = None
+    listener: loopback.Listener | None = None
     listen_error: str | None = None
     # redirect addresses, from the listener or pasted (wait_for_redirect reads them)
     redirects: "queue.Queue[str]" = field(default_factory=lambda: queue.Queue())
@@ -140,84 +105,12 @@ def _flow(profile, secrets, redirect_uri: str, *, code_verifier: str | None = No
 def start_loopback_login(profile, secrets, *, port: int | None = None, listen: bool = True, flow_name: str = "paste") -> GoogleLogin:
     """Build the authorization URL (offline access, consent, PKCE) and, with listen=True,
     listen on the loopback port for the redirect."""
-    configured = profile.values.get("redirect_uri") or ""
-    if configured:
-        parts = urlsplit(configured)
-        if parts.scheme != "http" or parts.hostname not in ("localhost", "127.0.0.1"):
-            raise ConfigError(f"profile {profile.name!r}: redirect_uri must be http://localhost:PORT/ or http://127.0.0.1:PORT/ for this flow")
-        port = port or parts.port or 80
-    got: "queue.Queue[str]" = queue.Queue()
-    listener = None
-    listen_error = None
-    if listen:
-        try:
-            listener = _Listener(port or 0, "/", got)
-            port = listener.port
-        except OSError as exc:
-            listen_error = f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); paste the address instead"
-    if not port:
-        port = _free_port()
-    redirect_uri = configured or f"http://localhost:{port}/"
+    redirect_uri, listener, listen_error, got = loopback.listen(
+        profile, profile.values.get("redirect_uri") or "", port=port, listen=listen)
     flow = _flow(profile, secrets, redirect_uri)
     url, state = flow.authorization_url(access_type="offline", prompt="consent", include_granted_scopes="true")
     return GoogleLogin(profile, secrets, url, redirect_uri, state, flow.code_verifier, scopes_for(profile), flow_name,
                        listener, listen_error, got)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_redirect(
-    login: GoogleLogin,
-    *,
-    read_line: Callable[[], str] | None = None,
-    timeout: float = 600,
-    clock: Callable[[], float] = time.monotonic,
-    on_tick: Callable[[float], None] | None = None,
-    on_rejected: Callable[[str], None] | None = None,
-) -> str:
-    """The final redirect address: from the listener (browser on this machine or an SSH
-    forward) or pasted (read_line, run in a thread so both can happen)."""
-    got = login.redirects
-    if read_line is not None:
-        def reader():
-            while True:
-                try:
-                    line = read_line()
-                except (EOFError, OSError, ValueError):
-                    return
-                if not line:
-                    return  # EOF: keep waiting for the listener
-                line = line.strip()
-                if "code=" in line or "error=" in line:
-                    got.put(line)
-                    return
-                if line and on_rejected:
-                    on_rejected(line)
-
-        threading.Thread(target=reader, daemon=True).start()
-    deadline = clock() + timeout
-    try:
-        while True:
-            left = deadline - clock()
-            if left <= 0:
-                raise AuthError(
-                    f"profile {login.profile.name!r}: no sign-in arrived within {timeout:.0f} s",
-                    hint=f"start again: mailctl auth login {login.profile.name}",
-                )
-            if on_tick:
-                on_tick(left)
-            try:
-                return got.get(timeout=min(1.0, left))
-            except queue.Empty:
-                continue
-    finally:
-        login.close()
 
 
 def complete_login(login: GoogleLogin, redirect_url: str) -> LoginResult:
@@ -231,22 +124,9 @@ def complete_login(login: GoogleLogin, redirect_url: str) -> LoginResult:
 
 
 def _code_from_redirect(profile, redirect_url: str, state: str) -> str:
-    parts = urlsplit(redirect_url.strip())
-    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-    if not query and "code=" not in redirect_url:
-        raise UsageError(
-            "that is not the address the browser ended on (expected http://localhost...?state=...&code=...)",
-            hint="copy the whole address from the browser's address bar, even if the page says it cannot be reached",
-        )
-    if query.get("state") != state:
-        raise AuthError(
-            f"profile {profile.name!r}: the pasted address belongs to another sign-in (state does not match)",
-            hint=f"start again: mailctl auth login {profile.name}",
-        )
+    query = loopback.redirect_query(profile, redirect_url, state)
     if "error" in query:
         raise google_error(query["error"], query.get("error_description", ""), profile.name, doing="Google sign-in")
-    if not query.get("code"):
-        raise UsageError("the address has no code parameter", hint="copy the whole address from the browser's address bar")
     return query["code"]
 
 
@@ -279,43 +159,19 @@ def _save_user_tokens(profile, secrets, token: dict, flow_name: str) -> LoginRes
 
 
 # --- two-step paste for scripts -----------------------------------------------------
-def _pending_path(profile):
-    from mailctl import paths
-
-    return paths.data_dir() / "oauth-pending" / f"{profile.name}.json"
-
-
 def save_pending(login: GoogleLogin) -> None:
     """Keep state + PKCE verifier so a later `auth login --redirect-url URL` can finish."""
-    path = _pending_path(login.profile)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    data = {"state": login.state, "code_verifier": login.code_verifier, "redirect_uri": login.redirect_uri,
-            "scopes": login.scopes, "created_at": time.time()}
-    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
+    loopback.save_pending(login.profile, {"provider": "google", "state": login.state, "code_verifier": login.code_verifier,
+                                          "redirect_uri": login.redirect_uri, "scopes": login.scopes})
 
 
 def load_pending(profile, secrets) -> GoogleLogin:
-    path = _pending_path(profile)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = None
-    if not data or time.time() - float(data.get("created_at", 0)) > PENDING_TTL:
-        raise UsageError(
-            f"no Google sign-in in progress for profile {profile.name!r} (or it is older than {PENDING_TTL // 60} minutes)",
-            hint=f"start one with: mailctl auth login {profile.name} --no-wait, open the URL, then pass the final address with --redirect-url",
-        )
-    login = GoogleLogin(profile, secrets, "", data["redirect_uri"], data["state"], data["code_verifier"], data["scopes"], "paste")
-    return login
+    data = loopback.load_pending(profile, "google")
+    return GoogleLogin(profile, secrets, "", data["redirect_uri"], data["state"], data["code_verifier"], data["scopes"], "paste")
 
 
 def clear_pending(profile) -> None:
-    try:
-        _pending_path(profile).unlink()
-    except OSError:
-        pass
+    loopback.clear_pending(profile)
 
 
 # --- device flow (RFC 8628) ---------------------------------------------------------

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 
-from mailctl.errors import AuthError, ConfigError, ExitCode, MailctlError
+from typing import Any
+
+from mailctl.errors import AuthError, ConfigError, ExitCode, MailctlError, ProtocolError, TemporaryFailure
 
 # code -> (what happened, what to do); "{name}" is the profile name.
 ENTRA_CODES: dict[int, tuple[str, str]] = {}
@@ -83,7 +85,15 @@ def entra_error(result: dict, profile_name: str, *, doing: str) -> MailctlError:
 
 def google_error(error: str, description: str, profile_name: str, *, doing: str, service_account: bool = False) -> MailctlError:
     description = _first_line(description)
-    if service_account and error in ("invalid_grant", "unauthorized_client", "access_denied"):
+    if service_account and error == "invalid_client":
+        # A service account has no client secret: the key (or the account) is what Google refused.
+        return AuthError(
+            f"profile {profile_name!r}: {doing} failed: Google does not accept this service account key "
+            f"(invalid_client" + (f": {description}" if description else "") + "); the key or the account was deleted or disabled",
+            hint="create a new JSON key (IAM & Admin > Service accounts > the account > Keys > Add key) and store it: "
+            f"mailctl auth login {profile_name} --service-account-key key.json",
+        )
+    if service_account:
         return AuthError(
             f"profile {profile_name!r}: {doing} failed: Google refused the service account ({error}"
             + (f": {description}" if description else "") + ")",
@@ -110,9 +120,66 @@ def google_error(error: str, description: str, profile_name: str, *, doing: str,
     return cls(f"profile {profile_name!r}: {doing} failed: {meaning}{detail}", hint=hint.format(name=profile_name))
 
 
+# RFC 6749 5.2 / RFC 8628 3.5 error codes -> (what happened, what to do, exit class).
+OAUTH_ERRORS: dict[str, tuple[str, str, type]] = {
+    "invalid_grant": ("the sign-in is no longer valid (the refresh token expired or was revoked, or the code was used "
+                      "already or expired)", LOGIN, AuthError),
+    "invalid_client": ("the authorization server rejected the client (client_id unknown, or the client secret wrong or missing)",
+                       "check the client id (mailctl profile edit {name} --client-id ID) and store the secret again: "
+                       "mailctl auth login {name} --client-secret-stdin", AuthError),
+    "unauthorized_client": ("this client is not allowed to use this grant", "allow the grant (authorization code, device "
+                            "code, refresh token) for the client at the authorization server, then: mailctl auth login {name}", ConfigError),
+    "unsupported_grant_type": ("the server does not support this grant", "use another flow (mailctl auth login {name} --flow "
+                               "paste), or check that token_url is the token endpoint", ConfigError),
+    "invalid_scope": ("the server refused the requested scopes", "set the scopes it issues: mailctl profile edit {name} "
+                      "--scopes 'SCOPE ...', then: mailctl auth login {name}", ConfigError),
+    "invalid_request": ("the server rejected the request as malformed", "check token_url / authorization_url (mailctl profile "
+                        "show {name}), then: mailctl auth login {name}", ConfigError),
+    "redirect_uri_mismatch": ("the redirect URI is not one registered for the client", "register it at the authorization "
+                              "server, or set the registered one: mailctl profile edit {name} --redirect-uri URI", ConfigError),
+    "access_denied": ("the sign-in was declined", "start again: mailctl auth login {name}", AuthError),
+    "expired_token": ("the code expired before the sign-in finished", "start again: mailctl auth login {name}", AuthError),
+    "server_error": ("the authorization server failed", "retry later", TemporaryFailure),
+    "temporarily_unavailable": ("the authorization server is temporarily unavailable", "retry later", TemporaryFailure),
+}
+
+
+def _clean(text: Any, limit: int = 200) -> str:
+    """A server-supplied string fit for a one-line message: first line, printable, bounded."""
+    if not isinstance(text, str):
+        return ""
+    line = _first_line(text)
+    line = "".join(c for c in line if c.isprintable())
+    return line[:limit] + ("..." if len(line) > limit else "")
+
+
+def oauth_error(error: Any, description: Any, profile_name: str, *, doing: str, status: int | None = None,
+                server: str | None = None) -> MailctlError:
+    """A token, device or authorization endpoint's error (RFC 6749 5.2) -> one line with the
+    fix. With no error code the HTTP status decides (404: wrong URL; 5xx: retry later)."""
+    code = _clean(error, 60)
+    detail = _clean(description)
+    where = f" ({server})" if server else ""
+    if code in OAUTH_ERRORS:
+        meaning, hint, cls = OAUTH_ERRORS[code]
+        text = f"profile {profile_name!r}: {doing} failed: {meaning} ({code}" + (f": {detail}" if detail else "") + ")"
+        return cls(text, hint=hint.format(name=profile_name))
+    if code:
+        return AuthError(f"profile {profile_name!r}: {doing} failed: {code}" + (f": {detail}" if detail else ""),
+                         hint=LOGIN.format(name=profile_name))
+    if status is not None and status >= 500:
+        return TemporaryFailure(f"profile {profile_name!r}: {doing}: the server{where} answered HTTP {status}", hint="retry later")
+    if status in (404, 405):
+        return ConfigError(f"profile {profile_name!r}: {doing}: nothing answers OAuth at that URL{where} (HTTP {status})",
+                           hint=f"check the endpoint URLs: mailctl profile show {profile_name}")
+    return ProtocolError(f"profile {profile_name!r}: {doing}: the server{where} answered HTTP {status} without an OAuth "
+                         "reply (no access_token, no error)",
+                         hint=f"check that the endpoint URLs are the OAuth server's: mailctl profile show {profile_name}")
+
+
 def needs_login(profile_name: str, why: str) -> AuthError:
     return AuthError(f"profile {profile_name!r}: {why}", hint=f"run: mailctl auth login {profile_name}").with_context(
         failure_id="login-needed")
 
 
-__all__ = ["ENTRA_CODES", "entra_error", "google_error", "needs_login", "ExitCode"]
+__all__ = ["ENTRA_CODES", "OAUTH_ERRORS", "entra_error", "google_error", "oauth_error", "needs_login", "ExitCode"]

@@ -9,12 +9,13 @@ import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from mailctl.errors import AuthError, ConfigError, TemporaryFailure
 from mailctl.oauth import store
 from mailctl.oauth.result import LoginResult, _iso
 from mailctl.oauth.hints import entra_error, needs_login
-from mailctl.oauth.scopes import app_only, microsoft_authority, scopes_for
+from mailctl.oauth.scopes import app_only, identity_provider_url, microsoft_authority, scopes_for
 
 RESERVED = {"openid", "profile", "offline_access"}  # MSAL adds these itself and refuses them
 RT_INACTIVITY_DAYS = 90
@@ -30,7 +31,8 @@ def _guard(profile, doing: str, fn: Callable[[], Any]) -> Any:
 
     from mailctl.oauth.http import network_call
 
-    authority = profile.values.get("authority") or "the Microsoft login endpoint"
+    # name the login host itself (login.microsoftonline.us for usgov): not the Graph host
+    authority = urlsplit(identity_provider_url(profile)).hostname or "the Microsoft login endpoint"
     try:
         return network_call(profile, doing, fn, peer=authority)
     except MsalServiceError as exc:

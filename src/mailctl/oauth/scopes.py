@@ -29,8 +29,11 @@ def uses_oauth(profile) -> bool:
 
 
 def provider_of(profile) -> str:
-    """'google' or 'microsoft'."""
+    """'generic', 'google' or 'microsoft': oauth_provider when set, else guessed from the
+    provider preset, the auth type and the host."""
     v = profile.values
+    if v.get("oauth_provider"):
+        return v["oauth_provider"]
     if v.get("provider") == "gmail" or v.get("auth") == "service-account" or profile.type == "gmail-api":
         return "google"
     if v.get("provider") == "microsoft365":
@@ -56,10 +59,15 @@ def scopes_for(profile) -> list[str]:
     if own:
         return list(own)
     cloud = profile.values.get("cloud") or "global"
-    if provider_of(profile) == "google":
+    provider = provider_of(profile)
+    if provider == "generic":
+        return []  # the server's default scopes: only the profile knows better
+    if provider == "google":
         return [GOOGLE_SEND_SCOPE] if profile.type == "gmail-api" else [GOOGLE_MAIL_SCOPE]
     smtp_host, ews_host = OUTLOOK_HOSTS.get(cloud, OUTLOOK_HOSTS["global"])
-    graph = graph_endpoint(cloud, profile.values.get("graph_endpoint") or None)
+    # The token is for the cloud's Graph resource; graph_endpoint only says where requests go
+    # (a proxy, a gateway, a test double), and a token for its host is refused (AADSTS500011).
+    graph = graph_endpoint(cloud)
     if app_only(profile):
         if profile.type == "graph":
             return [f"{graph}/.default"]
@@ -106,3 +114,17 @@ def google_endpoints(profile) -> dict[str, str]:
         "device": f"{base}/device/code",
         "revoke": f"{base}/revoke",
     }
+
+
+def identity_provider_url(profile) -> str:
+    """Where the profile's tokens come from (for messages: which host to blame when it cannot
+    be reached): the Microsoft authority, Google's or the generic server's token endpoint."""
+    provider = provider_of(profile)
+    v = profile.values
+    if provider == "generic":
+        return v.get("token_url") or ""
+    if provider == "google":
+        return google_endpoints(profile)["token"]
+    if v.get("authority"):
+        return v["authority"].rstrip("/")
+    return f"{login_host(v.get('cloud'))}/{v.get('tenant_id') or 'organizations'}"

@@ -72,8 +72,30 @@ def explain_http(profile, err: MailctlError, stage: str) -> Explanation | None:
     if known is not None and (code or status):
         return Explanation(f"{profile.type}-{known.code}", known.meaning[0].upper() + known.meaning[1:] + ".",
                            (err.hint or known.hint).replace("PROFILE", profile.name), known.exit_code)
+    if stage == "token" and isinstance(err, UnavailableError):
+        return _identity_provider_unreachable(profile)
     host = urlsplit(profile.values.get("graph_endpoint") or profile.values.get("ews_url") or "").hostname
     return explain(err, stage=stage, context={"profile": profile.name, "host": host, "port": 443})
+
+
+def _identity_provider_unreachable(profile) -> Explanation:
+    """The token stage talks to the identity provider (login.microsoftonline.us for usgov),
+    not to the Graph or EWS host: blame that host, and never suggest --host."""
+    from mailctl.errors import ExitCode
+    from mailctl.oauth.scopes import identity_provider_url
+
+    host = urlsplit(identity_provider_url(profile)).hostname or "the identity provider"
+    cloud = profile.values.get("cloud") or "global"
+    where = (f"the login host follows cloud = {cloud} unless authority is set" if not profile.values.get("oauth_provider") == "generic"
+             else "it is the token_url's host")
+    return Explanation(
+        "oauth-provider-unreachable",
+        f"The identity provider {host} cannot be reached (DNS, network, firewall or proxy), so no token was "
+        f"fetched; the {profile.type} host was not contacted.",
+        f"Check that this machine resolves and reaches {host} (getent hosts {host}; {where}); if the network "
+        f"needs a proxy: mailctl profile edit {profile.name} --proxy URL.",
+        ExitCode.UNAVAILABLE,
+    )
 
 
 class _Plan:
@@ -126,7 +148,10 @@ class _Plan:
                 "client credentials (app-only)" if auth == "client-credentials" else "delegated token from `auth login`")
             return StageInfo(f"{kind}; token acquired (not shown)", {"auth": auth, "static": static})
 
-        return self.stage("token", token, describe)
+        from mailctl.oauth.scopes import identity_provider_url
+
+        # the token comes from the identity provider: that is the server of this stage
+        return self.stage("token", token, describe, server=_host_of(identity_provider_url(profile)) or self.target)
 
     # --- connect and TLS ----------------------------------------------------------------
     def tls_stages(self, url: str):
@@ -296,6 +321,11 @@ class _Plan:
 def plan(transport, message=None):
     """The stages of a graph or ews transport (see the module's docstring)."""
     return _Plan(transport, message).stages()
+
+
+def _host_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 443}" if parts.hostname else ""
 
 
 def _unverified_chain(host: str, port: int, timeout: float) -> list[dict[str, Any]]:
