@@ -13,6 +13,8 @@ gets `mailctl test` for free."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
 from typing import Any
 
@@ -23,10 +25,30 @@ from mailctl.transports.base import Failover, Reached, Stage, StageInfo, Transcr
 
 __all__ = ["ProbeMessage", "ProbeReport", "StageResult", "probe", "QUIT_AFTER_CHOICES", "SMTP_STAGES", "HTTP_QUIT_AFTER"]
 
-SMTP_STAGES = ("resolve", "connect", "tls", "banner", "ehlo", "starttls", "ehlo_tls", "auth", "mail", "rcpt", "data", "quit")
+SMTP_STAGES = ("resolve", "connect", "tls", "banner", "ehlo", "starttls", "ehlo_tls", "secret", "auth", "mail", "rcpt", "data", "quit")
 QUIT_AFTER_CHOICES = ("resolve", "connect", "tls", "banner", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "token")
 # Graph/EWS stages one can stop after; the SMTP names stop an HTTP probe before its request.
 HTTP_QUIT_AFTER = ("token", "connect", "tls")
+
+# "run `mailctl test connect NAME --transcript`": advice to run a probe again, which should
+# name the probe that is running (a test send is run again as a test send, with its --to)
+_RERUN = re.compile(r"`mailctl test (connect|send) (\S+?)( --transcript)?`")
+
+
+def for_this_probe(text: str | None, sending: bool) -> str | None:
+    """`text` with its advice to re-run a probe naming this one: `test send` hints speak of
+    test send, `test connect` hints of test connect."""
+    if not text or "`mailctl test " not in text:
+        return text
+    want = "send" if sending else "connect"
+
+    def rerun(m: re.Match[str]) -> str:
+        if m.group(1) == want:
+            return m.group(0)
+        words = ["mailctl", "test", want, m.group(2)] + (["--to", "ADDR"] if sending else []) + (["--transcript"] if m.group(3) else [])
+        return "`" + " ".join(words) + "`"  # (joined: not a command line of its own for test_hint_commands)
+
+    return _RERUN.sub(rerun, text)
 
 
 def probe(profile, secrets, *, message: ProbeMessage | None = None, quit_after: str | None = None, transcript: bool = True) -> ProbeReport:
@@ -91,6 +113,7 @@ class _Runner:
                 explanation = stage.explain(err)
             else:
                 explanation = err.explanation or explain(err, context=self._context(stage))
+            explanation = self._for_this_probe(explanation)
             report.stages.append(StageResult(stage.name, "failed", duration, stage.server, stage.detail, error=err.message,
                                              explanation=explanation, exit_code=int(err.exit_code), data=reply_data(err)))
             self.failed.add(id(err))
@@ -126,11 +149,18 @@ class _Runner:
             report.exit_code = int(ExitCode.PROBLEMS)
             report.error = f"{len(refused)} of {len(self.message.recipients)} recipients refused"
 
+    def _for_this_probe(self, explanation):
+        sending = self.message is not None
+        if explanation is None or not hasattr(explanation, "fix"):
+            return explanation
+        return dataclasses.replace(explanation, cause=for_this_probe(explanation.cause, sending),
+                                   fix=for_this_probe(explanation.fix, sending))
+
     def _fail(self, err: MailctlError) -> None:
         report = self.report
         report.exit_code = int(err.exit_code)
         report.error = err.message
-        report.hint = err.hint
+        report.hint = for_this_probe(err.hint, self.message is not None)
         failed = report.failed_stage
         if failed and failed.explanation and not report.hint:
             report.hint = failed.explanation.fix

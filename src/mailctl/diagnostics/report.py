@@ -58,6 +58,8 @@ class ProbeReport:
     tls: dict[str, Any] | None = None
     certificates: list[dict[str, Any]] = field(default_factory=list)
     capabilities: dict[str, Any] | None = None
+    # where the connection came from: local address, proxy, the address the server saw (EHLO)
+    client: dict[str, Any] | None = None
     transcript: list[dict[str, Any]] | None = None
     result: dict[str, Any] | None = None
     server: str | None = None  # the server that answered (primary or alternate)
@@ -96,6 +98,7 @@ class ProbeReport:
             "tls": self.tls,
             "certificates": self.certificates,
             "capabilities": self.capabilities,
+            "client": self.client,
             "result": self.result,
             "transcript": self.transcript if transcript else None,
         }
