@@ -109,3 +109,12 @@ def test_unicode_subject_and_body_roundtrip():
     parsed = parse(message_bytes(msg))
     assert parsed["Subject"] == "Résumé ✓" and parsed.get_content().startswith("Grüße")
     assert parsed["From"].addresses[0].display_name == "Équipe Ops"
+
+
+def test_a_signature_that_starts_with_the_delimiter_gets_no_second_one():
+    """profiles.example.toml writes signature = "-- \nExample Ltd": one delimiter line only (#17)."""
+    for signature in ("-- \nExample Ltd operations", "--\nExample Ltd operations", "Example Ltd operations"):
+        body = build_message(prof(signature=signature), {}, to=["bob@example.net"], subject="s", body="Hello").get_content()
+        assert body == "Hello\n-- \nExample Ltd operations\n", signature
+    kept = build_message(prof(signature="--- a rule\nme"), {}, to=["b@example.net"], subject="s", body="x").get_content()
+    assert kept == "x\n-- \n--- a rule\nme\n"  # only an exact delimiter line is dropped

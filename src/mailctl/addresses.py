@@ -12,7 +12,8 @@ An address is an RFC 5321 mailbox, `local-part@domain`:
 * no spaces outside quotes, no control characters, no line breaks; 254 octets in all.
 
 `check_address()` returns the normalised address or raises ValidationError (exit 65) naming
-the address and what is wrong with it. `parse_address_list()` reads a header value
+the address and what is wrong with it. `envelope_address()` is the form for MAIL FROM / RCPT TO
+(IDNA domain), and `needs_smtputf8()` says whether it can go there only with SMTPUTF8. `parse_address_list()` reads a header value
 (``Name <a@x>, b@y (Bob), group: c@z;``) into (display name, address) pairs without the
 stdlib's lossy fallbacks (``email.utils.getaddresses("not an address")`` is ``[('', 'not')]``).
 
@@ -64,6 +65,22 @@ def check_sender(value: object, field: str = "sender") -> str:
 
 def is_null_sender(value: str | None) -> bool:
     return value is not None and value.strip() in ("", "<>")
+
+
+def needs_smtputf8(address: str) -> bool:
+    """Whether the address can go into MAIL FROM / RCPT TO only with SMTPUTF8 (RFC 6531): its
+    local part is not ASCII. A non-ASCII domain does not count: it has an ASCII form (IDNA,
+    envelope_address())."""
+    return not address.isascii() and not address.rpartition("@")[0].isascii()
+
+
+def envelope_address(address: str, field: str = "address") -> str:
+    """The address as it goes into the envelope: the domain in ASCII (IDNA), the local part
+    as it is. ASCII addresses come back untouched, unchecked (the fast path of a transport);
+    others are checked like check_address()."""
+    if address.isascii():
+        return address
+    return check_address(address, field)
 
 
 def _check(value: object) -> tuple[str, str | None]:
@@ -302,4 +319,4 @@ def _unquote(text: str) -> str:
 
 
 __all__ = ["check_address", "check_sender", "is_address", "address_problem", "is_null_sender",
-           "parse_address_list", "HINT"]
+           "parse_address_list", "needs_smtputf8", "envelope_address", "HINT"]

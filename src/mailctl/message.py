@@ -137,6 +137,21 @@ def _domain(addr: str) -> str:
     return addr.rpartition("@")[2] or "localhost"
 
 
+def append_signature(text: str, signature: str) -> str:
+    """The body with the profile's signature after an RFC 3676 delimiter line ("-- ").
+    A signature that already begins with the delimiter (as the example file writes it, or
+    "--" without the trailing space, which editors strip) gets no second one."""
+    if not signature:
+        return text
+    if text and not text.endswith("\n"):
+        text += "\n"
+    first, _, rest = signature.partition("\n")
+    if first.rstrip(" \r") == SIGNATURE_SEPARATOR.rstrip():
+        signature = rest  # the delimiter is written below, in its exact form
+    body = signature if signature.endswith("\n") or not signature else signature + "\n"
+    return text + f"{SIGNATURE_SEPARATOR}\n" + body
+
+
 def build_message(
     profile: Any,
     settings: Mapping[str, Any] | None,
@@ -208,12 +223,7 @@ def build_message(
     msg["Message-ID"] = make_msgid(domain=_domain(from_addr))
     msg["MIME-Version"] = "1.0"
 
-    text = body or ""
-    signature = _value(profile, "signature")
-    if signature:
-        if text and not text.endswith("\n"):
-            text += "\n"
-        text += f"{SIGNATURE_SEPARATOR}\n{signature}\n"
+    text = append_signature(body or "", _value(profile, "signature"))
     if "\x00" in text:  # NUL may not go on the wire as it is: quoted-printable carries it as =00
         msg.set_content(text, cte="quoted-printable")
     else:
@@ -291,5 +301,147 @@ def strip_bcc(raw: bytes) -> bytes:
     return new_head if end < 0 else new_head + raw[end + 2:]
 
 
+# --- a complete message from a file (swaks' --data) -----------------------------------------
+def message_from_file(path: str, profile: Any, *, to: Sequence[str], from_address: str | None = None) -> tuple[bytes, str, list[str]]:
+    """(raw bytes, envelope sender, recipients) for a message file sent as it is ('-': stdin).
+    The envelope comes from `to` and `from_address` (else the profile's from_address), never
+    from the file's headers. NotFoundError (66) for a missing file; ValidationError (65) for
+    NUL bytes, a file with no header, or a bad address."""
+    import sys
+
+    if path == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        file = Path(path).expanduser()
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"--data: message file not found: {file}") from None
+        except IsADirectoryError:
+            raise ValidationError(f"--data: {file} is a directory, not a message file", field="data") from None
+        except PermissionError:
+            raise NotFoundError(f"--data: message file not readable (permission denied): {file}") from None
+    raw = wire_bytes(data)
+    first = raw.split(b"\r\n", 1)[0]
+    if not raw.strip() or b":" not in first or first[:1] in (b" ", b"\t"):
+        raise ValidationError(f"--data {path}: not a message (it must begin with a header line 'Name: value')",
+                              field="data", hint="give a complete RFC 5322 message: headers, an empty line, the body")
+    sender = from_address or _value(profile, "from_address") or (_value(profile, "username") if "@" in _value(profile, "username") else "")
+    if not sender:
+        name = getattr(profile, "name", "?")
+        raise ConfigError(f"profile {name!r} has no from_address", hint="pass --from ADDR for the envelope sender")
+    found = parse_address_list(_no_crlf("from", sender))
+    if len(found) != 1:
+        raise ValidationError(f"from: {sender!r} is not one email address", field="from")
+    recipients = [_addr_spec(a) for a in _split_addresses("to", to)]
+    return raw, check_address(found[0][1], "from"), list(dict.fromkeys(recipients))
+
+
+# --- extra headers (swaks' --header) ---------------------------------------------------------
+_FIELD_NAME_RE = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII but ':'
+
+
+def parse_header_option(text: str, option: str = "--header") -> tuple[str, str]:
+    """'Name: value' -> (name, value); ValidationError (65) naming the option when the name is
+    not a header field name or the value holds a line break."""
+    name, sep, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not _FIELD_NAME_RE.fullmatch(name):
+        raise ValidationError(f"{option}: {text!r} is not 'Name: value' (a header name is printable ASCII without spaces or ':')",
+                              field=option, hint=f'e.g. {option} "X-Test: 1"')
+    return name, _no_crlf(f"{option} {name}", value)
+
+
+def set_headers(raw: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
+    """The message (CRLF line ends) with these headers set, as swaks' --header does: every
+    header of the same name is removed (with its continuation lines) and the given ones go at
+    the top, in the order given (one name given twice: both kept). A non-ASCII value is
+    RFC 2047-encoded. The envelope does not change (a To: header adds no recipient)."""
+    if not headers:
+        return raw
+    from email.header import Header
+
+    names = {name.lower() for name, _ in headers}
+    end = raw.find(b"\r\n\r\n")
+    head, body = (raw, b"") if end < 0 else (raw[:end + 2], raw[end + 2:])
+    kept: list[bytes] = []
+    dropping = False
+    for line in head.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = line.split(b":", 1)[0].strip().decode("ascii", "replace").lower() in names
+        if not dropping:
+            kept.append(line)
+    new = []
+    for name, value in headers:
+        shown = value if value.isascii() else Header(value, "utf-8", header_name=name).encode()
+        new.append(f"{name}: {shown}\r\n".encode("ascii"))
+    return b"".join(new + kept) + body
+
+
+# --- 8BITMIME downgrade ------------------------------------------------------------------
+_SEVEN_BIT_CTES = ("", "7bit", "8bit", "binary")
+
+
+def seven_bit(raw: bytes) -> bytes:
+    """The message for a server that does not offer 8BITMIME (RFC 6152): every body part with
+    8-bit bytes re-encoded, text as quoted-printable and the rest as base64 (what Postfix's
+    8BITMIME downgrade does). Headers, structure and 7-bit parts stay as they were; a message
+    without MIME headers becomes text/plain (charset utf-8 when it decodes so, else
+    unknown-8bit). Line ends CRLF."""
+    import email
+    from email import policy as _policy
+    from email.generator import BytesGenerator
+    from io import BytesIO
+
+    msg = email.message_from_bytes(raw, policy=_policy.compat32)
+    changed = False
+    for part in msg.walk():
+        cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+        if part.is_multipart():
+            if cte in ("8bit", "binary"):  # a container holds only encoded parts now
+                part.replace_header("Content-Transfer-Encoding", "7bit")
+            continue
+        if cte not in _SEVEN_BIT_CTES:
+            continue  # quoted-printable, base64: 7-bit already
+        data = part.get_payload(decode=True)
+        if not isinstance(data, bytes) or data.isascii():
+            continue
+        _reencode(part, data, cte)
+        changed = True
+    if not changed:
+        return to_crlf(raw)
+    out = BytesIO()
+    BytesGenerator(out, mangle_from_=False, maxheaderlen=0, policy=_policy.compat32.clone(linesep="\r\n")).flatten(msg)
+    return to_crlf(out.getvalue())
+
+
+def _reencode(part: Any, data: bytes, cte: str) -> None:
+    import base64
+    from email import quoprimime
+
+    if "Content-Type" not in part:  # not MIME: say what it is, so the encoding means something
+        try:
+            data.decode("utf-8")
+            charset = "utf-8"
+        except UnicodeDecodeError:
+            charset = "unknown-8bit"
+        if "MIME-Version" not in part:
+            part["MIME-Version"] = "1.0"
+        part["Content-Type"] = f"text/plain; charset={charset}"
+    if part.get_content_maintype() == "text":
+        encoded, name = quoprimime.body_encode(data.decode("latin-1")), "quoted-printable"  # byte for byte
+    else:
+        encoded, name = base64.encodebytes(data).decode("ascii"), "base64"
+    part.set_payload(encoded)
+    if cte:
+        part.replace_header("Content-Transfer-Encoding", name)
+    else:
+        part["Content-Transfer-Encoding"] = name
+
+
 __all__ = ["build_message", "envelope", "message_bytes", "strip_bcc", "to_crlf", "wire_bytes", "format_mailbox",
-           "postmaster_address", "check_header_value"]
+           "postmaster_address", "check_header_value", "seven_bit", "set_headers", "parse_header_option",
+           "message_from_file"]

@@ -10,6 +10,7 @@ import sys
 from typing import Annotated, List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from mailctl.commands._common import JsonOpt, OutboxOpt, app_context, complete_profile_name
 from mailctl.errors import UsageError
@@ -23,6 +24,7 @@ def register(app: typer.Typer, name: str) -> None:
             "sendmail",
             context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["--help"]},
             add_help_option=True,
+            cls=SendmailCommand,
         )(sendmail)
     else:  # pragma: no cover - registration table mistake
         raise ValueError(name)
@@ -39,6 +41,7 @@ def send(
     attach: Annotated[Optional[List[str]], typer.Option("--attach", "-a", metavar="FILE", help="Attach a file (repeatable).")] = None,
     from_address: Annotated[Optional[str], typer.Option("--from", metavar="ADDR", help="From address (default: the profile's).")] = None,
     reply_to: Annotated[Optional[str], typer.Option("--reply-to", metavar="ADDR", help="Reply-To address.")] = None,
+    header: Annotated[Optional[List[str]], typer.Option("--header", metavar="'NAME: VALUE'", help="Set a header (repeatable); it replaces a header of that name. The recipients do not change.")] = None,
     queue: Annotated[bool, typer.Option("--queue", help="Only queue it; the next `mailctl queue flush` sends it.")] = False,
     draft: Annotated[bool, typer.Option("--draft", help="Graph and EWS: create it in the mailbox's Drafts folder instead of sending it (the outbox is not used).")] = False,
     outbox: OutboxOpt = None,
@@ -46,10 +49,11 @@ def send(
 ) -> None:
     """Send a message now; on a temporary failure it stays queued for `queue flush`.
     Exit 0 sent (or queued with --queue, or saved with --draft), 75 queued for retry, 1 rejected by the server."""
-    from mailctl.message import build_message, envelope, message_bytes
+    from mailctl.message import build_message, envelope, message_bytes, parse_header_option
     from mailctl.outbox import open_outbox
     from mailctl.outbox.service import submit
-    from mailctl.profiles.resolve import resolve_profile
+    from mailctl.addresses import parse_address_list
+    from mailctl.profiles.resolve import profile_for_sender, resolve_profile
 
     app = app_context(ctx)
     if not to and not cc and not bcc:
@@ -58,12 +62,15 @@ def send(
         if app.output.stdin_is_terminal:
             raise UsageError("no body", hint="give --body TEXT or pipe the body on stdin")
         body = sys.stdin.read()
-    name = profile or app.profile_name
     doc = app.store.load()
+    name = profile_for_sender(doc, profile or app.profile_name, [a for _n, a in parse_address_list(from_address or "")])
     resolved = resolve_profile(doc, name)
     msg = build_message(resolved, doc.settings(), to=to or [], subject=subject, body=body, cc=cc or [], bcc=bcc or [],
                         attachments=attach or [], from_address=from_address, reply_to=reply_to)
     sender, recipients = envelope(msg)
+    for hname, hvalue in [parse_header_option(h) for h in header or []]:  # after envelope(): a To: header adds no recipient
+        del msg[hname]
+        msg[hname] = hvalue
     if draft:
         _save_draft(app, resolved, msg, sender, recipients, queue=queue, json_=json_)
         return
@@ -125,27 +132,38 @@ def _render(out, outcome) -> None:
 
 
 # --- sendmail -----------------------------------------------------------------------------
-# "\b" keeps click from re-wrapping the paragraph that follows it (the option table)
+# its options are sendmail's, parsed by mailctl.outbox.sendmail: SendmailCommand lists them
 SENDMAIL_HELP = """A sendmail-compatible entry for programs and cron's MAILTO.
 
-\b
-mailctl sendmail [-t] [-i] [-f SENDER] [-F NAME] [-odq] [RECIPIENT...] < message
-mailctl-sendmail ...   the same, as its own program (link it as /usr/sbin/sendmail)
+`mailctl-sendmail` is the same as its own program: link it as /usr/sbin/sendmail, or point
+cron's MAILER at it.
 
-\b
--t        also take recipients from the To, Cc and Bcc headers (Bcc is removed)
--i, -oi   a line with a single '.' does not end the message
--f ADDR   envelope sender (also -r): a bare name gets the From domain (-f root);
-          -f '<>' or -f '' is the null sender; default: Sender/From, else the profile's
--F NAME   full name for the From header added when the message has none
-          (default: the profile's sender_name)
--odq      only queue; the next `mailctl queue flush` sends it (default: try once now)
-
-\b
 Other sendmail options (-oX, -B, -N, -R, -V, -X, -v, -bm, -odi, -odb) are accepted and ignored.
+
 Exit 0 once the message is queued or sent (also when delivering it now fails on the
 configuration: it stays queued, the reason goes to stderr); 1 if the server rejected it;
 2 usage; 65 bad message or address; 78 configuration problem before it was queued."""
+
+
+class SendmailCommand(TyperCommand):
+    """`mailctl sendmail --help`: sendmail's own options (mailctl.outbox.sendmail.HELP_OPTIONS)
+    in the one aligned Options table with --help, and sendmail's usage line."""
+
+    def collect_usage_pieces(self, ctx):
+        from mailctl.outbox.sendmail import HELP_USAGE
+
+        return [HELP_USAGE]
+
+    def option_records(self, ctx) -> list[tuple[str, str]]:
+        """(option, help) rows: sendmail's, then Click's own (--help); the man page uses them too."""
+        from mailctl.outbox.sendmail import HELP_OPTIONS
+
+        own = [p.get_help_record(ctx) for p in self.get_params(ctx)]
+        return list(HELP_OPTIONS) + [r for r in own if r]
+
+    def format_options(self, ctx, formatter) -> None:
+        with formatter.section("Options"):
+            formatter.write_dl(self.option_records(ctx))
 
 
 def sendmail(ctx: typer.Context) -> None:
@@ -159,7 +177,7 @@ def sendmail(ctx: typer.Context) -> None:
     data = sys.stdin.buffer.read()
     raw, sender, recipients, profile_name = prepare_sendmail_message(data, opts, doc, app.profile_name)
     with open_outbox(None, settings=doc.settings(), clock=app.clock, synchronous="FULL") as box:
-        outcome = submit(box, doc, app.secrets, raw, sender, recipients, app.profile_name, queue_only=opts.queue_only,
+        outcome = submit(box, doc, app.secrets, raw, sender, recipients, profile_name, queue_only=opts.queue_only,
                          accept_once_queued=True)
     if outcome.delivery_error is not None:
         # queued safely: exit 0 (a caller that retried would queue it twice), but say why it did not go out

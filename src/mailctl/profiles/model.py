@@ -18,11 +18,13 @@ FINGERPRINT_RE = re.compile(r"^(?:[0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}$")
 GUID_RE = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
 
-TYPES = ("smtp", "graph", "ews", "file", "gmail-api")
+TYPES = ("smtp", "graph", "ews", "file", "gmail-api", "lmtp")
 PROVIDERS = ("microsoft365", "gmail", "custom")
 SECURITIES = ("none", "starttls", "tls")
 AUTHS = ("none", "password", "oauth", "client-credentials", "service-account")
 CLOUDS = ("global", "usgov", "usgov-dod", "china")
+FAILOVER_MODES = ("per-connection", "sticky")  # mailctl.profiles.failover
+OAUTH_PROVIDERS = ("microsoft", "google", "generic")
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 
 
@@ -90,6 +92,18 @@ def _choice(choices: Sequence[str]) -> Callable[[str, Any], str]:
             raise ValidationError(f"{name}: must be one of {', '.join(choices)} (got {value!r})", field=name)
         return value
 
+    check.choices = tuple(choices)  # type: ignore[attr-defined]  # shell completion offers them
+    return check
+
+
+def _optional_choice(choices: Sequence[str]) -> Callable[[str, Any], str]:
+    """One of the choices, or empty (the default decides)."""
+    def check(name: str, value: Any) -> str:
+        if value != "" and value not in choices:
+            raise ValidationError(f"{name}: must be one of {', '.join(choices)} or empty (got {value!r})", field=name)
+        return value
+
+    check.choices = tuple(choices)  # type: ignore[attr-defined]  # shell completion offers them
     return check
 
 
@@ -138,6 +152,16 @@ def _days(name: str, value: Any) -> int:
     return _non_negative_int(name, value, MAX_DAYS)
 
 
+MAX_CONNECTIONS = 64  # queue flush --connections, max_connections
+
+
+def _connections(name: str, value: Any) -> int:
+    value = _non_negative_int(name, value, MAX_CONNECTIONS)
+    if value < 1:
+        raise ValidationError(f"{name}: expected a whole number from 1 to {MAX_CONNECTIONS} (got {value!r})", field=name)
+    return value
+
+
 def _bool(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -152,6 +176,38 @@ def _address(name: str, value: Any) -> str:
 
     if value and not is_address(value):
         raise ValidationError(f"{name}: not an email address (expected user@domain, got {value!r})", field=name)
+    return value
+
+
+AUTH_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER")
+
+
+def _source_address(name: str, value: Any) -> str:
+    """An IPv4 or IPv6 address (no brackets, no port): the client end of the connection."""
+    value = _line(64)(name, value).strip()
+    if value:
+        import ipaddress
+
+        try:
+            value = str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValidationError(f"{name}: not an IP address (got {value!r})", field=name,
+                                  hint="give one of this machine's addresses, e.g. 192.0.2.10 or 2001:db8::10") from None
+    return value
+
+
+def _auth_mechanism(name: str, value: Any) -> str:
+    value = _line(20)(name, value).strip().upper()
+    if value and value not in AUTH_MECHANISMS:
+        raise ValidationError(f"{name}: must be one of {', '.join(AUTH_MECHANISMS)} (got {value!r})", field=name)
+    return value
+
+
+def _socket_path(name: str, value: Any) -> str:
+    value = _line(4096)(name, value)
+    if value and not value.startswith(("/", "~")):
+        raise ValidationError(f"{name}: expected an absolute path to a Unix socket (got {value!r})", field=name,
+                              hint="e.g. /var/run/dovecot/lmtp")
     return value
 
 
@@ -232,6 +288,18 @@ def _scopes(name: str, value: Any) -> list[str]:
     return list(value)
 
 
+def _from_patterns(name: str, value: Any) -> list[str]:
+    """Sender patterns (fnmatch globs: * ? [...]) for choosing a profile by the envelope sender or
+    From, as msmtp chooses an account by `from`. Comma or space separated on the command line."""
+    if isinstance(value, str):
+        value = [s for s in re.split(r"[\s,]+", value) if s]
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(s, str) and s and len(s) <= 320 and not any(c.isspace() for c in s) for s in value):
+        raise ValidationError(f"{name}: expected a list of address patterns without spaces (e.g. [\"*@example.com\"])",
+                              field=name)
+    return list(value)
+
+
 def _duration(name: str, value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value != value or value in (float("inf"), float("-inf")):
@@ -276,18 +344,23 @@ PROFILE_FIELDS: tuple[Field, ...] = (
     Field("username", "str", _line(320), "Login name (for OAuth: the mailbox UPN).", "", "USER"),
     Field("mailbox", "str", _address, "Graph/EWS: the mailbox to send as when it is not the login (a shared mailbox; an EWS DOMAIN\\user login). Default: username.", "", "ADDR"),
     Field("from_address", "str", _address, "Sender address (From).", "", "ADDR"),
+    Field("from_match", "list", _from_patterns, "Glob patterns (e.g. *@example.com) of sender addresses that choose this profile when send/sendmail get no profile.", [], "PATTERNS"),
     Field("sender_name", "str", _line(200), "Display name in From.", "", "NAME"),
     Field("reply_to", "str", _address, "Reply-To address.", "", "ADDR"),
     Field("signature", "str", _str(250), "Signature appended to text bodies (<= 250 characters).", "", "TEXT"),
     Field("description", "str", _str(1000), "Free text description (<= 1000 characters).", "", "TEXT"),
     Field("alternate_host", "str", _host, "Failover server used when the primary cannot be reached.", "", "HOST"),
     Field("alternate_port", "int", _optional_port, "Failover server port (0: same as port).", 0, "PORT"),
+    Field("failover", "str", _choice(FAILOVER_MODES), "per-connection: every connection tries the primary first; sticky: after a failover keep the alternate until `mailctl profile failback`.", "per-connection", "MODE"),
     Field("proxy", "str", _url(("socks5", "socks5h", "http")), "Proxy URL: socks5://host:port or http://host:port (credentials come from the secret store).", "", "URL"),
     Field("tls_verify", "bool", _bool, "Verify TLS certificates (default true).", True, "BOOL"),
     Field("ca_file", "str", _line(4096), "Extra CA bundle (PEM) for every TLS connection of this profile.", "", "FILE"),
     Field("tls_fingerprint", "str", _fingerprint, "SHA-256 pin of the server certificate.", "", "SHA256"),
     Field("allow_insecure_auth", "bool", _bool, "Allow AUTH on an unencrypted connection (default false).", False, "BOOL"),
     Field("ehlo_name", "str", _host, "Name sent in EHLO (default: this machine's name).", "", "NAME"),
+    Field("source_address", "str", _source_address, "SMTP/LMTP: the local IP address to connect from (msmtp's source_ip; default: the system's choice).", "", "IP"),
+    Field("auth_mechanism", "str", _auth_mechanism, "SMTP: the AUTH mechanism to use: " + " | ".join(AUTH_MECHANISMS) + " (default: the best one the server offers).", "", "MECH"),
+    Field("socket_path", "str", _socket_path, "LMTP: a Unix socket to connect to instead of host:port (e.g. /var/run/dovecot/lmtp).", "", "PATH"),
     Field("timeout", "float", _positive_number, "Connect and command timeout in seconds (default 30).", 30, "SECONDS"),
     Field("tenant_id", "str", _tenant, "Microsoft Entra tenant id (GUID or domain).", "", "TENANT"),
     Field("client_id", "str", _client_id, "OAuth application (client) id.", "", "ID"),
@@ -297,12 +370,16 @@ PROFILE_FIELDS: tuple[Field, ...] = (
     Field("token_url", "str", _url(("https", "http")), "Override the OAuth token endpoint.", "", "URL"),
     Field("scopes", "list", _scopes, "OAuth scopes (empty: the preset's scopes for this transport).", [], "SCOPES"),
     Field("redirect_uri", "str", _url(("http", "https")), "Loopback redirect URI for browser/paste OAuth flows.", "", "URL"),
+    Field("oauth_provider", "str", _optional_choice(OAUTH_PROVIDERS), "Identity provider: " + " | ".join(OAUTH_PROVIDERS) + " (generic: any OAuth 2.0 server at authorization_url / token_url; empty: from provider and host).", "", "IDP"),
+    Field("device_authorization_url", "str", _url(("https",)), "Generic OAuth: the device authorization endpoint (RFC 8628); enables --flow device.", "", "URL"),
+    Field("revocation_url", "str", _url(("https",)), "Generic OAuth: the token revocation endpoint (RFC 7009) used by auth logout.", "", "URL"),
     Field("graph_endpoint", "str", _url(("https", "http")), "Microsoft Graph endpoint (empty: from cloud).", "", "URL"),
     Field("ews_url", "str", _url(("https", "http")), "Exchange Web Services URL (https://host/EWS/Exchange.asmx).", "", "URL"),
     Field("autodiscover", "bool", _bool, "EWS: find the service URL by autodiscover (slow; default false).", False, "BOOL"),
     Field("save_to_sent_items", "bool", _bool, "Graph/EWS: keep a copy in Sent Items (default true).", True, "BOOL"),
     Field("maildir", "str", _line(4096), "file transport: the Maildir to deliver into.", "", "DIR"),
     Field("rate_limit_per_minute", "int", _non_negative_int, "Outbox: at most this many messages a minute (0: the global setting).", 0, "N"),
+    Field("max_connections", "int", _connections, "Outbox: at most this many sessions at once for `queue flush --connections N` (default 1: Microsoft 365 and Gmail throttle parallel sessions).", 1, "N"),
     Field("secret_command", "str", _line(4096), "Command whose stdout is the secret (used instead of the keyring).", "", "COMMAND"),
 )
 
@@ -395,7 +472,9 @@ class ResolvedProfile:
 
     @property
     def server(self) -> str:
-        if self.type in ("smtp",):
+        if self.type == "lmtp" and self.values.get("socket_path"):
+            return f"unix:{self.values['socket_path']}"
+        if self.type in ("smtp", "lmtp"):
             host = self.values.get("host") or ""
             port = self.values.get("port") or ""
             return f"{host}:{port}" if host else ""

@@ -130,6 +130,11 @@ def resolve_profile(doc, name: str | None = None, *, allow_builtin_local: bool =
         if not values.get("auth"):
             values["auth"] = "password" if values.get("username") else "none"
             origin["auth"] = "default"
+    if transport == "lmtp":  # RFC 2033: port 24, usually local and unencrypted (transports/lmtp.py)
+        for key, value in (("security", "none"), ("port", 24), ("auth", "password" if values.get("username") else "none")):
+            if not values.get(key):
+                values[key] = value
+                origin[key] = "default for lmtp"
     if transport == "graph" and not values.get("graph_endpoint"):
         values["graph_endpoint"] = graph_endpoint(values.get("cloud"))
         origin["graph_endpoint"] = f"default for cloud={values.get('cloud') or 'global'}"

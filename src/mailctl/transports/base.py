@@ -261,6 +261,7 @@ _REGISTRY: dict[str, str] = {
     "graph": "mailctl.transports.graph:GraphTransport",
     "ews": "mailctl.transports.ews:EwsTransport",
     "gmail-api": "mailctl.transports.gmail_api:GmailApiTransport",
+    "lmtp": "mailctl.transports.lmtp:LmtpTransport",
 }
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
+import errno
 import io
 import re
 import smtplib
@@ -27,7 +28,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from mailctl.errors import (
     AuthError,
@@ -38,9 +39,18 @@ from mailctl.errors import (
     ProtocolError,
     UnavailableError,
 )
+from mailctl.addresses import envelope_address, needs_smtputf8
 from mailctl.message import strip_bcc
-from mailctl.oauth import xoauth2_string
-from mailctl.net.tls import fingerprint_of, format_fingerprint, normalise_fingerprint, socket_context
+from mailctl.oauth import oauthbearer_string, xoauth2_string
+from mailctl.profiles.failover import active_for, address as server_address
+from mailctl.net.tls import (
+    OLD_PROTOCOL_REASONS,
+    fingerprint_of,
+    format_fingerprint,
+    normalise_fingerprint,
+    socket_context,
+    version_probe_context,
+)
 from mailctl.transports.base import (
     Failover,
     Reached,
@@ -83,6 +93,16 @@ _LEADING_DOT = re.compile(rb"(?m)^\.")  # dot-stuffing (RFC 5321 4.5.2), as smtp
 # email.utils.parseaddr() that costs more than the rest of a pipelined envelope.
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
                             r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*")
+
+
+_SMTPUTF8_TEXT = ("the address's local part is not ASCII, which needs SMTPUTF8 (RFC 6531), and {server} "
+                  "does not offer SMTPUTF8; mailctl did not send it")
+
+
+def _header_block(raw: bytes) -> bytes:
+    """The message's header lines (all of it when there is no empty line)."""
+    end = raw.find(b"\r\n\r\n")
+    return raw if end < 0 else raw[:end]
 
 
 def _quote_address(address: str) -> str:
@@ -133,7 +153,7 @@ class Server:
 
     @property
     def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return server_address(self.host, self.port)
 
 
 # Bounds on one server reply (docs/smtp.md, "Hostile and broken servers"). A real EHLO reply has
@@ -161,13 +181,15 @@ class ReplyTooLong(smtplib.SMTPServerDisconnected):
 
 class ReplyTimeout(smtplib.SMTPServerDisconnected, TimeoutError):
     """The reply's deadline passed before it was complete; the session closed the connection.
-    `received`: bytes of the reply that had come (0: no answer at all)."""
+    `received`: bytes of the reply that had come (0: no answer at all); `waited`: seconds
+    since the reply (or the stage whose deadline it had) began."""
 
-    def __init__(self, received: int, lines: list[bytes], code: bytes = b""):
+    def __init__(self, received: int, lines: list[bytes], code: bytes = b"", waited: float = 0.0):
         super().__init__("timed out")
         self.received = received
         self.lines = lines
         self.code = code.decode("ascii", "replace")
+        self.waited = waited
 
 
 class _DeadlineReader(socket.SocketIO):
@@ -251,8 +273,10 @@ class SmtpSession(smtplib.SMTP):
                 line = readline(MAX_LINE_BYTES + 1)
             except TimeoutError as exc:
                 received = reader.received
+                # the reply (or its stage) began `timeout` before its deadline: no clock read on the hot path
+                waited = _monotonic() - (self.reply_deadline - self.timeout)
                 self.close()
-                raise ReplyTimeout(received, resp, code) from exc
+                raise ReplyTimeout(received, resp, code, waited) from exc
             except OSError as exc:
                 self.close()
                 raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed: " + str(exc)) from exc
@@ -355,8 +379,9 @@ def default_ehlo_name() -> str:
 
 
 def _oauth_token(profile, secrets, *, force_refresh: bool = False) -> str:
-    """An XOAUTH2 bearer token: a stored static access_token when there is one and no refresh
-    is asked for; otherwise from mailctl.oauth (delegated cache or client credentials)."""
+    """A bearer token for XOAUTH2 / OAUTHBEARER: a stored static access_token when there is one
+    and no refresh is asked for; otherwise from mailctl.oauth (delegated cache, client
+    credentials, a service account or a generic OAuth 2.0 server)."""
     from mailctl.oauth import get_access_token
 
     static = secrets.get(profile, "access_token") if secrets is not None else None
@@ -365,9 +390,35 @@ def _oauth_token(profile, secrets, *, force_refresh: bool = False) -> str:
     return get_access_token(profile, secrets, force_refresh=force_refresh)
 
 
+# AUTH mechanisms for auth = password, best first; a bearer token (auth = oauth,
+# client-credentials, service-account) goes over XOAUTH2, else OAUTHBEARER (RFC 7628)
+PASSWORD_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
+TOKEN_MECHANISMS = ("XOAUTH2", "OAUTHBEARER")
+
+
+def check_auth_mechanism(name: str, auth: str, field: str = "auth_mechanism") -> str:
+    """An AUTH mechanism (upper-cased) that can carry `auth`; ConfigError (78) naming the
+    field and the mechanisms that can."""
+    mech = name.strip().upper()
+    usable = PASSWORD_MECHANISMS if auth == "password" else TOKEN_MECHANISMS
+    if mech not in usable:
+        raise ConfigError(f"{field}: AUTH {mech} cannot carry auth = {auth}",
+                          hint=f"for auth = {auth} use one of: {', '.join(usable)}")
+    return mech
+
+
 class SmtpTransport:
     name = "smtp"
     records_transcript = True  # the constructor takes recorder= (test connect/send --transcript)
+    session_class: type[SmtpSession] = SmtpSession  # LMTP: sessions that say LHLO
+    recording_session_class: type[SmtpSession] = RecordingSmtpSession
+    # Set on the copy that takes a second look at a refused certificate or an old TLS server
+    # (it never diagnoses further itself).
+    second_look = False
+    _fetched_secret: str | None = None  # fetched by the "secret" stage, used once by authenticate()
+    secret_source = ""  # where the secret came from ("keyring:corp", "env:corp", "OAuth token")
+    _refused: dict[str, Any] | None = None  # what a refused TLS handshake showed (chain, problem, version)
+    _client: dict[str, Any] | None = None  # the local address, and the one the server saw (EHLO reply)
 
     def __init__(self, profile, secrets, *, recorder: TranscriptRecorder | None = None, **options: Any) -> None:
         self.profile = profile
@@ -388,6 +439,16 @@ class SmtpTransport:
         self.timeout = float(profile.get("timeout") or 30)
         self.ehlo_name = profile.get("ehlo_name") or default_ehlo_name()
         self.auth_method = profile.get("auth") or ("password" if profile.get("username") else "none")
+        # swaks' --auth / msmtp's `auth MECH`: one mechanism, or None for the best one offered
+        self.auth_choice = (check_auth_mechanism(profile.get("auth_mechanism"), self.auth_method)
+                            if profile.get("auth_mechanism") and self.auth_method != "none" else None)
+        # msmtp's source_ip / swaks' --local-interface: bind the client end before connecting
+        self.source_address = profile.get("source_address") or None
+        # 8BITMIME downgrade (message.seven_bit) of the message being sent: (original, re-encoded)
+        self._downgraded: tuple[bytes, bytes] | None = None
+        if self.source_address and profile.get("proxy"):
+            raise ConfigError(f"profile {profile.name!r}: source_address and proxy do not go together "
+                              "(the proxy makes the connection)", hint="drop one of them")
         self.servers = [Server(host, port)]
         alt = profile.get("alternate_host")
         if alt:
@@ -464,11 +525,82 @@ class SmtpTransport:
                    f"{self.timeout:g}s (it had sent {exc.received} bytes of it, too slowly)")
             failure = "reply-too-slow"
         elif isinstance(exc, (TimeoutError, socket.timeout)):
-            msg = f"{server.address} did not answer within {self.timeout:g}s during {stage.upper()}"
+            waited = exc.waited if isinstance(exc, ReplyTimeout) else self.timeout
+            msg = f"{server.address} did not answer within {self.timeout:g}s during {stage.upper()} (timed out after {waited:.1f} s)"
+            err = DeliveryError(msg, permanent=False, server=server.address, stage=stage, exit_code=ExitCode.TEMPFAIL)
+            return self._timed_out(self._error(err, stage, exc), stage, waited)
         else:
             msg = f"connection to {server.address} lost during {stage.upper()}: {self.redactor.redact(str(exc))}"
         err = DeliveryError(msg, permanent=False, server=server.address, stage=stage, exit_code=ExitCode.TEMPFAIL)
         return self._error(err, stage, exc, failure_id=failure)
+
+    # --- exact explanations (mailctl.knowledge.tls): what was seen, not what usually happens ---
+    def _explained(self, err: MailctlError, explanation) -> MailctlError:
+        """Replace the knowledge base's general explanation by an exact one (same id); its
+        fix becomes the hint. The exit code stays the error's."""
+        err.explanation = dataclasses.replace(explanation, exit_code=err.exit_code)
+        err.hint = explanation.fix
+        return err
+
+    def _timed_out(self, err: MailctlError, stage: str, waited: float) -> MailctlError:
+        from mailctl.knowledge.tls import timeout_explanation
+
+        server = self.server or self.servers[0]
+        return self._explained(err, timeout_explanation(stage, waited, self.timeout, self._context(server)))
+
+    def _pin_mismatch(self, server: Server, stage: str, der: bytes, got: str, want: str) -> None:
+        """The pinned certificate is not the one shown: both fingerprints, and the certificate."""
+        from mailctl.knowledge.tls import pin_mismatch_explanation
+        from mailctl.net.certs import peer_chain
+
+        chain = peer_chain(self.session.sock) or [der]
+        self._drop()
+        got_text = format_fingerprint(bytes.fromhex(got))
+        want_text = format_fingerprint(bytes.fromhex(want)) if want and len(want) % 2 == 0 else want
+        err = UnavailableError(f"TLS certificate of {server.address} does not match the pinned fingerprint "
+                               f"(got SHA-256 {got_text}, pinned {want_text})")
+        err = self._error(err, stage, failure_id="tls-fingerprint-mismatch")
+        self._refused = {"chain": chain}
+        raise self._explained(err, pin_mismatch_explanation(got_text, want_text, self._context(server)))
+
+    def _refused_certificate(self, server: Server, err: MailctlError, exc: ssl.SSLCertVerificationError) -> None:
+        """A certificate failed verification: fetch it again without verifying (a second
+        connection; nothing but EHLO/STARTTLS is sent) and say exactly why it was refused."""
+        if self.second_look:
+            return
+        from mailctl.knowledge.tls import certificate_explanation
+        from mailctl.net.certs import certificate_problem
+
+        _version, chain = self._second_look(server)
+        self._refused = {"chain": chain}
+        if not chain:
+            return
+        ca_file = str(self.profile.get("ca_file") or "") if self.tls_mode == "ca_file" else ""
+        problem = certificate_problem(exc.verify_code, exc.verify_message or "", chain, server.host, ca_file=ca_file)
+        self._refused["problem"] = problem.to_dict()
+        self._explained(err, certificate_explanation(problem.to_dict(), self._context(server)))
+
+    def _old_protocol(self, server: Server, err: MailctlError) -> None:
+        """The handshake failed: find out whether the server speaks only TLS 1.0/1.1 (or only
+        weak TLS) with a handshake that allows them (closed at once, nothing sent) and say so.
+        When that fails too, the error stays as it is."""
+        if self.second_look:
+            return
+        from mailctl.knowledge.tls import old_protocol_explanation, weak_tls_explanation
+
+        version, chain, cipher = self._second_look(server, version_probe_context(), with_cipher=True)
+        if not version:
+            return
+        self._refused = {"chain": chain, "version": version}
+        if version in ("TLSv1.2", "TLSv1.3"):  # the version was fine: what it needed was weak
+            err.message = f"{err.message} (the server completes a handshake only with weak settings: {cipher})"
+            err.args = (err.message,)
+            self._explained(err, weak_tls_explanation(version, cipher, self._context(server)))
+            return
+        err.message = f"{err.message} (the server offers only {version}; mailctl requires TLS 1.2 or newer)"
+        err.args = (err.message,)
+        self._explained(err, old_protocol_explanation(version, self._context(server)))
+
 
     def _too_long(self, stage: str, exc: ReplyTooLong) -> MailctlError:
         self._drop()
@@ -521,15 +653,18 @@ class SmtpTransport:
         except MailctlError as err:
             raise self._error(err, "connect", server=server)
         except OSError as exc:
-            what = "timed out" if isinstance(exc, (TimeoutError, socket.timeout)) else (exc.strerror or str(exc))
-            err = UnavailableError(f"cannot connect to {server.address}: {what}")
-            raise self._error(err, "connect", exc, server=server) from exc
+            timed_out = isinstance(exc, (TimeoutError, socket.timeout))
+            what = f"timed out after {self.timeout:g}s" if timed_out else (exc.strerror or str(exc))
+            err = self._error(UnavailableError(f"cannot connect to {server.address}: {what}"), "connect", exc, server=server)
+            if timed_out:
+                self._timed_out(err, "connect", self.timeout)
+            raise err from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
         sock.settimeout(self.timeout)
-        cls = RecordingSmtpSession if self.recorder is not None else SmtpSession
+        cls = self.recording_session_class if self.recorder is not None else self.session_class
         session = cls(local_hostname=self.ehlo_name, timeout=self.timeout, recorder=self.recorder)
         session.attach(sock, server.host)
         self.session = session
@@ -545,8 +680,12 @@ class SmtpTransport:
     def _connect_first(self, addrs: list[tuple]) -> socket.socket:
         last: OSError | None = None
         deadline = time.monotonic() + self.timeout
+        if self.source_address:
+            addrs = self._source_family(addrs)
         for family, socktype, proto, _canon, sockaddr in addrs:
             sock = socket.socket(family, socktype, proto)
+            if self.source_address:
+                self._bind_source(sock)
             sock.settimeout(max(0.05, deadline - time.monotonic()))
             try:
                 sock.connect(sockaddr)
@@ -558,42 +697,76 @@ class SmtpTransport:
                     break
         raise last or OSError("no address to connect to")
 
+    def _source_family(self, addrs: list[tuple]) -> list[tuple]:
+        """The server's addresses of the source address's family (an IPv4 source cannot reach
+        an IPv6 address); ConfigError when there is none."""
+        family = socket.AF_INET6 if ":" in self.source_address else socket.AF_INET
+        same = [a for a in addrs if a[0] == family]
+        if not same:
+            kind = "IPv6" if family == socket.AF_INET6 else "IPv4"
+            raise ConfigError(f"source_address {self.source_address} is {kind}, but {self.server.host} has no {kind} address",
+                              hint="give a source address of the server's family, or none")
+        return same
+
+    def _bind_source(self, sock: socket.socket) -> None:
+        """Bind the client end to source_address (any port) before connecting; ConfigError
+        when it is not an address of this machine."""
+        try:
+            sock.bind((self.source_address, 0))
+        except OSError as exc:
+            sock.close()
+            why = "it is not an address of this machine" if exc.errno == errno.EADDRNOTAVAIL else (exc.strerror or str(exc))
+            raise ConfigError(f"source_address {self.source_address}: cannot send from it: {why}",
+                              hint="give one of this machine's addresses (ip -brief address), or none") from exc
+
     def tls_handshake(self, stage: str = "tls") -> None:
-        """Wrap the socket in TLS (implicit TLS at connect, or after STARTTLS's 220)."""
+        """Wrap the socket in TLS (implicit TLS at connect, or after STARTTLS's 220). A refused
+        certificate or an old server gets a second look (_refused_certificate, _old_protocol)
+        so that the error says exactly what is wrong."""
         session = self.session
         server = self.server
+        started = _monotonic()
+        self._refused = None
         try:
             session.sock = self.tls_context.wrap_socket(session.sock, server_hostname=server.host)
         except ssl.SSLCertVerificationError as exc:
             self._drop()
             err = UnavailableError(f"TLS certificate of {server.address} not accepted: {exc.verify_message or exc.reason}")
-            raise self._error(err, stage, exc) from exc
+            err = self._error(err, stage, exc)
+            self._refused_certificate(server, err, exc)
+            raise err from exc
         except ssl.SSLError as exc:
             self._drop()
             err = UnavailableError(f"TLS handshake with {server.address} failed: {exc.reason or exc}")
-            raise self._error(err, stage, exc) from exc
+            err = self._error(err, stage, exc)
+            # a plaintext port answers TLS with SMTP; anything else may be an old or weak server
+            # (an alert, or a server that just closes: UNEXPECTED_EOF_WHILE_READING)
+            if exc.reason in OLD_PROTOCOL_REASONS or getattr(err.explanation, "id", "") != "tls-to-plaintext-port":
+                self._old_protocol(server, err)
+            raise err from exc
         except (OSError, EOFError) as exc:
             self._drop()
-            what = "timed out" if isinstance(exc, (TimeoutError, socket.timeout)) else str(exc) or type(exc).__name__
-            err = UnavailableError(f"TLS handshake with {server.address} failed: {what}")
-            raise self._error(err, stage, exc) from exc
+            timed_out = isinstance(exc, (TimeoutError, socket.timeout))
+            waited = _monotonic() - started
+            what = f"no answer within {self.timeout:g}s (waited {waited:.1f} s)" if timed_out else str(exc) or type(exc).__name__
+            err = self._error(UnavailableError(f"TLS handshake with {server.address} failed: {what}"), stage, exc)
+            if timed_out:
+                self._timed_out(err, stage, waited)
+            raise err from exc
         session.file = None
         if self.tls_mode == "fingerprint":
             der = session.sock.getpeercert(binary_form=True) or b""
             got = fingerprint_of(der)
             want = normalise_fingerprint(self.profile.get("tls_fingerprint"))
             if got != want:
-                self._drop()
-                err = UnavailableError(
-                    f"TLS certificate of {server.address} does not match the pinned fingerprint (got SHA-256 {format_fingerprint(bytes.fromhex(got))})"
-                )
-                raise self._error(err, stage, failure_id="tls-fingerprint-mismatch")
+                self._pin_mismatch(server, stage, der, got, want)
         self.encrypted = True
         if self.recorder is not None:
             s = session.sock
             self.recorder.add("*", f"TLS established: {s.version()} {s.cipher()[0]} (verification: {self.tls_mode})")
 
     def banner(self) -> tuple[int, str]:
+        started = _monotonic()
         try:
             code, msg = self.session.getreply()  # one reply: its deadline is the stage's
         except ReplyTooLong as exc:
@@ -602,15 +775,20 @@ class SmtpTransport:
             self._drop()
             server = self.server
             failure = None
+            waited = _monotonic() - started
+            timed_out = isinstance(exc, (TimeoutError, socket.timeout))  # ReplyTimeout too: it timed out, it did not close
             if isinstance(exc, ReplyTimeout) and exc.received:
                 what = (f"no complete greeting from {server.address} within {self.timeout:g}s "
                         f"(it had sent {exc.received} bytes of it, too slowly)")
                 failure = "reply-too-slow"
-            elif isinstance(exc, (TimeoutError, socket.timeout)):
-                what = f"no greeting from {server.address} within {self.timeout:g}s"
+            elif timed_out:
+                what = f"no greeting from {server.address} within {self.timeout:g}s (timed out after {waited:.1f} s; the connection stayed open)"
             else:
-                what = f"{server.address} closed the connection before its greeting"
-            raise self._error(UnavailableError(what), "banner", exc, failure_id=failure) from exc
+                what = f"{server.address} closed the connection {waited:.1f} s after accepting it, without a greeting"
+            err = self._error(UnavailableError(what), "banner", exc, failure_id=failure)
+            if timed_out and failure is None:
+                self._timed_out(err, "banner", waited)
+            raise err from exc
         if code != 220:
             err = self._reply_error("banner", code, msg, what="session")
             self._drop()
@@ -682,10 +860,12 @@ class SmtpTransport:
             err.hint = f"set it with: mailctl profile edit {self.profile.name} --username USER"
             raise self._error(err, "auth")
         offered = self.auth_mechanisms()
-        if method == "password":
-            mech = next((m for m in ("PLAIN", "LOGIN", "CRAM-MD5") if m in offered), None)
-        else:  # oauth, client-credentials, service-account: a bearer token over XOAUTH2
-            mech = "XOAUTH2" if "XOAUTH2" in offered else None
+        if self.auth_choice is not None:
+            mech = self._chosen_mechanism(offered)
+        elif method == "password":
+            mech = next((m for m in PASSWORD_MECHANISMS if m in offered), None)
+        else:  # oauth, client-credentials, service-account: a bearer token over XOAUTH2, else OAUTHBEARER (RFC 7628)
+            mech = next((m for m in TOKEN_MECHANISMS if m in offered), None)
         if mech is None:
             if not offered:
                 detail = "offers no AUTH" + (" before STARTTLS" if not self.encrypted else "")
@@ -704,7 +884,7 @@ class SmtpTransport:
             try:
                 self._auth_once(session, mech, username, secret)
             except smtplib.SMTPAuthenticationError as exc:
-                if mech == "XOAUTH2" and exc.smtp_code == 535:
+                if mech in TOKEN_MECHANISMS and exc.smtp_code == 535:
                     if self.recorder is not None:
                         self.recorder.add("*", "token refused; refreshing it once and retrying AUTH")
                     try:
@@ -734,13 +914,46 @@ class SmtpTransport:
         self.auth_mechanism = mech
         return mech
 
+    def _chosen_mechanism(self, offered: list[str]) -> str:
+        """The mechanism auth_mechanism (--auth-mechanism) asks for, when the server offers it;
+        otherwise an AuthError (77: the login cannot happen as asked) naming what it offers."""
+        choice = self.auth_choice
+        if choice in offered:
+            return choice
+        what = f"offers AUTH {' '.join(offered)}" if offered else "offers no AUTH" + ("" if self.encrypted else " before STARTTLS")
+        err = AuthError(f"{self.server.address} does not offer AUTH {choice} (auth_mechanism): it {what}",
+                        hint=(f"pick one it offers (--auth-mechanism {offered[0]}, or auth_mechanism in the profile), "
+                              "or leave it out to use the best one offered") if offered
+                        else "leave auth_mechanism out, or check security: servers offer AUTH only after STARTTLS")
+        raise self._error(err, "auth", failure_id="auth-mechanism-not-offered")
+
     def _credential(self, method: str, *, force_refresh: bool = False) -> str:
+        """The password or token for AUTH: the one the "secret" stage fetched (once), else
+        fetched now. secret_source says where it came from (never the value)."""
+        fetched = self._fetched_secret
+        if fetched is not None and not force_refresh:
+            self._fetched_secret = None
+            return fetched
         if method == "password":
-            value = self.secrets.require(self.profile, "password")
+            lookup = getattr(self.secrets, "lookup", None)
+            value, where = lookup(self.profile, "password") if lookup is not None else (None, None)
+            if value is None:
+                value = self.secrets.require(self.profile, "password")  # raises: not stored
+            self.secret_source = f"password from {where}" if where else "password"
         else:
             value = _oauth_token(self.profile, self.secrets, force_refresh=force_refresh)
+            self.secret_source = "OAuth access token" + (" (refreshed)" if force_refresh else "")
         self.redactor.add(value)
         return value
+
+    def fetch_secret(self) -> str:
+        """The "secret" stage: fetch the password or token before AUTH, so that a slow keyring,
+        secret_command or token endpoint is timed as itself and not as the server's AUTH."""
+        try:
+            self._fetched_secret = self._credential(self.auth_method)
+        except MailctlError as err:
+            raise self._error(err, "secret")
+        return self.secret_source
 
     def _masked(self, exc: smtplib.SMTPResponseException) -> smtplib.SMTPResponseException:
         """A reply exception with the secrets masked, kept as __cause__ instead of the original
@@ -761,6 +974,12 @@ class SmtpTransport:
                 redactor.add(f"n,a={username},\x01auth=Bearer {secret}\x01\x01")  # OAUTHBEARER's form of the token
                 # On failure Google sends a 334 with a JSON error; the answer is an empty line.
                 session.auth("XOAUTH2", lambda challenge=None: payload if challenge is None else "", initial_response_ok=True)
+            elif mech == "OAUTHBEARER":
+                server = self.server
+                payload = oauthbearer_string(username, secret, host=server.host, port=server.port)
+                redactor.add(payload)
+                # RFC 7628 3.2.3: a failure comes as a 334 with a JSON status; the answer is one ^A.
+                session.auth("OAUTHBEARER", lambda challenge=None: payload if challenge is None else "\x01", initial_response_ok=True)
             else:
                 session.user, session.password = username, secret
                 redactor.add(f"\0{username}\0{secret}")  # AUTH PLAIN
@@ -809,10 +1028,25 @@ class SmtpTransport:
             "auth": self.auth_method,
             "username": self.profile.get("username") or None,
             "ehlo_name": self.ehlo_name,
+            "auth_mechanism": self.auth_choice,
+            "source_address": self.source_address,
             "timeout": self.timeout,
             "proxy": self._proxy_display(),
             "alternate": self.servers[1].address if len(self.servers) > 1 else None,
+            "failover": self._failover_display(),
         }
+
+    def _failover_display(self) -> str | None:
+        """"sticky: using the alternate X since ..." / the mode; None without an alternate."""
+        if len(self.servers) < 2:
+            return None
+        if not self._sticky():
+            return "per-connection"
+        active = active_for(self.profile)
+        if active is None:
+            return "sticky (on the primary)"
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(active.since))
+        return f"sticky: using the alternate {active.server} since {since} (mailctl profile failback {self.profile.name})"
 
     def _proxy_display(self) -> str | None:
         try:
@@ -824,14 +1058,16 @@ class SmtpTransport:
     def stages(self, message=None, *, combine_failures: bool = False):
         """The session as named stages: resolve, connect, tls, banner, ehlo, starttls,
         ehlo_tls (per server, failing over to the alternate when one cannot be reached), then
-        auth, and with a message (sender, recipients, raw) mail, rcpt and data.
+        secret (the password or token, fetched on its own so that AUTH times the server alone)
+        and auth, and with a message (sender, recipients, raw) mail, rcpt and data.
 
         combine_failures: when every server fails, raise the primary's error with all the
         failures in its message (open()); otherwise the last server's error (test)."""
         self.proxy_spec()  # a bad proxy URL is a configuration error before any stage
         self.attempts = []
         failures: list[MailctlError] = []
-        for index, server in enumerate(self.servers):
+        order = self._server_order()
+        for index, server in enumerate(order):
             try:
                 yield from self._connection_stages(server)
                 break
@@ -839,7 +1075,7 @@ class SmtpTransport:
                 failures.append(err)
                 self.attempts.append({"server": server.address, "stage": err.stage, "error": err.message})
                 self._drop()
-                if index + 1 == len(self.servers):
+                if index + 1 == len(order):
                     if not combine_failures:
                         raise
                     first = failures[0]
@@ -847,15 +1083,43 @@ class SmtpTransport:
                         first.message = "; ".join(f.message for f in failures)
                         first.args = (first.message,)
                     raise first from None
-                yield Failover(f"failing over to the alternate server {self.servers[index + 1].address}")
+                following = order[index + 1]
+                yield Failover(f"failing over to the {'alternate' if following.alternate else 'primary'} server {following.address}")
+        self._note_reached(server, failures)
         yield Reached(server.address, server.alternate)
         address = server.address
         if self.auth_method == "none":
             yield Stage("auth", server=address, skipped="auth = none", alternate=server.alternate)
         else:
+            yield Stage("secret", self.fetch_secret, lambda where: StageInfo(where, {"source": where}), address,
+                        stop_names=(), alternate=server.alternate)
             yield Stage("auth", self.authenticate, self._describe_auth, address, alternate=server.alternate)
         if message is not None:
             yield from self._message_stages(server, message)
+
+    def _server_order(self) -> list[Server]:
+        """Primary first; with failover = "sticky" and the alternate remembered as the active
+        server (mailctl.profiles.failover), the alternate first, the primary after it."""
+        if not self._sticky() or active_for(self.profile) is None:
+            return list(self.servers)
+        primary, alternate = self.servers
+        return [alternate, primary]
+
+    def _sticky(self) -> bool:
+        return len(self.servers) > 1 and self.profile.get("failover") == "sticky"
+
+    def _note_reached(self, server: Server, failures: list[MailctlError]) -> None:
+        """Sticky: the alternate reached is remembered; the primary reached after the
+        remembered alternate failed ends the record (back on the primary)."""
+        if not self._sticky():
+            return
+        from mailctl.profiles import failover
+
+        primary, alternate = self.servers
+        if server.alternate:
+            failover.remember(self.profile.name, primary.address, alternate.address, failures[0].message if failures else "")
+        elif failures:
+            failover.forget(self.profile.name)
 
     def _connection_stages(self, server: Server):
         address, alt = server.address, server.alternate
@@ -916,15 +1180,26 @@ class SmtpTransport:
 
     # --- what each stage says (test connect/send) ------------------------------------------
     def _describe_peer(self) -> StageInfo:
+        """The peer, and the local address the connection came from (what a mail admin
+        allow-lists; through a proxy, the proxy's address is what the server sees)."""
+        sock = self.session.sock
         try:
-            peer = self.session.sock.getpeername()
+            peer = sock.getpeername()
             text = f"{peer[0]}:{peer[1]}"
         except (OSError, AttributeError):
             text = ""
+        try:
+            here = sock.getsockname()
+            local = f"[{here[0]}]:{here[1]}" if ":" in here[0] else f"{here[0]}:{here[1]}"
+        except (OSError, AttributeError, TypeError, IndexError):
+            local = ""
         proxy = self.proxy_spec()
+        self._client = {"local": local or None, "proxy": proxy.display if proxy is not None else None, "seen_by_server": None}
+        facts = {"client": dict(self._client)}
         if proxy is not None:
-            return StageInfo(f"through {proxy.display}", {"proxy": proxy.display, "peer": text})
-        return StageInfo(text, {"peer": text})
+            return StageInfo(f"through {proxy.display}" + (f", from {local}" if local else ""),
+                             {"proxy": proxy.display, "peer": text, "local": local}, facts)
+        return StageInfo(text + (f" from {local}" if local else ""), {"peer": text, "local": local}, facts)
 
     def _verification_text(self) -> str:
         mode = self.tls_mode
@@ -947,38 +1222,58 @@ class SmtpTransport:
                          {"tls": info, "certificates": certificates})
 
     def _describe_caps(self, before_tls: dict[str, Any]) -> StageInfo:
+        """What this EHLO said (after STARTTLS: the second EHLO, which no longer offers
+        STARTTLS); `before_tls` keeps the first EHLO's capabilities for the report's note."""
         caps = capabilities_of(self.session)
-        if before_tls.get("starttls"):
-            caps["starttls"] = True  # offered before TLS; a server stops advertising it afterwards
-        before_tls.clear()
-        before_tls.update(caps)
+        if before_tls and self.encrypted and self.security == "starttls":
+            caps["after_starttls"] = True
+            caps["starttls_before_tls"] = bool(before_tls.get("starttls"))
+        else:
+            before_tls.clear()
+            before_tls.update(caps)
+        facts: dict[str, Any] = {"capabilities": caps}
+        seen = seen_address(self.session)
+        if seen and self._client is not None:
+            self._client["seen_by_server"] = seen
+            facts["client"] = dict(self._client)
         names = []
         if caps.get("size") is not None:
             names.append(f"SIZE {caps['size']}")
         if caps["auth"]:
             names.append("AUTH " + " ".join(caps["auth"]))
         names += [k.upper() for k in ("starttls", "pipelining", "smtputf8", "8bitmime", "chunking") if caps.get(k)]
-        return StageInfo(", ".join(names), {"capabilities": {k: v for k, v in caps.items() if k != "all"}},
-                         {"capabilities": caps})
+        return StageInfo(", ".join(names), {"capabilities": {k: v for k, v in caps.items() if k != "all"}}, facts)
 
     def _describe_auth(self, mech) -> StageInfo:
         return StageInfo(f"authenticated as {self.authenticated_as} with {mech}",
                          {"mechanism": mech, "username": self.authenticated_as})
 
     def _failed_certificate_facts(self, server: Server, err: MailctlError) -> dict[str, Any]:
-        """After a verification failure: the certificate the server showed, fetched again
-        without verifying (nothing but EHLO/STARTTLS is sent on that connection)."""
-        if not isinstance(err.__cause__, ssl.SSLCertVerificationError) and err.failure_id != "tls-fingerprint-mismatch":
+        """After a refused handshake: the certificate the server showed (fetched again without
+        verifying when the handshake itself did not show it; tls_handshake keeps it in
+        self._refused), why it was refused, and the TLS version an old server speaks."""
+        refused = self._refused or {}
+        if not refused and not isinstance(err.__cause__, ssl.SSLCertVerificationError):
             return {}
         from mailctl.net.certs import describe_certificate
 
-        chain = self._unverified_chain(server)
-        if not chain:
+        chain = refused.get("chain")
+        if chain is None:
+            chain = self._unverified_chain(server)
+        if not chain and not refused.get("version"):
             return {}
-        return {"certificates": [describe_certificate(der) for der in chain],
-                "tls": {"version": None, "cipher": None, "bits": None, "verification": f"FAILED: {err.message}"}}
+        tls = {"version": refused.get("version"), "cipher": None, "bits": None, "verification": f"FAILED: {err.message}"}
+        if refused.get("problem"):
+            tls["problem"] = refused["problem"]
+        return {"certificates": [describe_certificate(der) for der in chain or []], "tls": tls}
 
     def _unverified_chain(self, server: Server) -> list[bytes]:
+        return self._second_look(server)[1]
+
+    def _second_look(self, server: Server, context: ssl.SSLContext | None = None, *, with_cipher: bool = False):
+        """(TLS version, the peer's chain[, cipher]) of a second connection that does not
+        verify (or uses `context`), to describe what a refused handshake was shown; it sends
+        nothing but EHLO and STARTTLS, and is closed at once. (None, []) when it fails too."""
         from mailctl.net.certs import peer_chain
 
         values = dict(self.profile.values)
@@ -986,9 +1281,12 @@ class SmtpTransport:
         try:
             copy = dataclasses.replace(self.profile, values=values)
         except TypeError:  # pragma: no cover - not a dataclass
-            return []
+            return None, []
         transport = SmtpTransport(copy, self.secrets)
+        transport.second_look = True
         transport.timeout = min(transport.timeout, 10.0)
+        if context is not None:
+            transport._tls_ctx, transport.tls_mode = context, "none"
         try:
             transport.connect(server, None if transport.proxy_spec() else transport.resolve(server))
             if transport.security == "tls":
@@ -997,28 +1295,119 @@ class SmtpTransport:
                 transport.banner()
                 transport.ehlo()
                 transport.starttls()
-            return peer_chain(transport.session.sock)
+            sock = transport.session.sock
+            if with_cipher:
+                return sock.version(), peer_chain(sock), (sock.cipher() or ("?",))[0]
+            return sock.version(), peer_chain(sock)
         except Exception:
-            return []
+            return (None, [], None) if with_cipher else (None, [])
         finally:
             transport._drop()
 
+    # --- internationalised mail (RFC 6531 SMTPUTF8, RFC 6152 8BITMIME) ----------------------
+    def _smtputf8(self) -> bool:
+        return self.session.does_esmtp and self.session.has_extn("smtputf8")
+
+    def _utf8_envelope(self, sender: str, recipients: list[str]) -> tuple[str, list[str], dict[str, str]]:
+        """The envelope with IDNA domains, and the recipients that cannot be sent to (a
+        non-ASCII local part to a server without SMTPUTF8), as refusals. Raises when the
+        sender cannot go, or no recipient can (nothing is sent then)."""
+        sender = self._utf8_sender(sender) if not sender.isascii() else sender
+        sendable, unsendable = self._utf8_recipients(recipients)
+        return sender, sendable, unsendable
+
+    def _utf8_sender(self, sender: str) -> str:
+        sender = envelope_address(sender, "sender")
+        if needs_smtputf8(sender) and not self._smtputf8():
+            raise self._needs_smtputf8("mail", [sender], sender=True)
+        return sender
+
+    def _utf8_recipients(self, recipients: list[str], *, reset: bool = False) -> tuple[list[str], dict[str, str]]:
+        """(the recipients to send RCPT TO for, domains in IDNA; those that need SMTPUTF8 the
+        server does not offer -> the refusal shown). All of them unsendable: raises (after
+        RSET, with reset=True: MAIL FROM was accepted)."""
+        recipients = [envelope_address(r, "recipient") for r in recipients]
+        if self._smtputf8():
+            return recipients, {}
+        bad = [r for r in recipients if needs_smtputf8(r)]
+        if not bad:
+            return recipients, {}
+        if len(bad) == len(recipients):
+            err = self._needs_smtputf8("rcpt", bad)
+            if reset:
+                self._reset_transaction()
+            raise err
+        refusal = f"553 5.6.7 {_SMTPUTF8_TEXT.format(server=self.server.address)}"
+        return [r for r in recipients if r not in bad], {r: refusal for r in bad}
+
+    def _needs_smtputf8(self, stage: str, addresses: list[str], *, sender: bool = False) -> MailctlError:
+        """Mail that cannot be sent as it is: a permanent DeliveryError (exit 1, the message
+        fails at once instead of being retried until it expires) naming SMTPUTF8."""
+        server = self.server or self.servers[0]
+        text = _SMTPUTF8_TEXT.format(server=server.address)
+        who = "the sender " if sender else ""
+        err = DeliveryError(f"not sent to {server.address}: {who}{', '.join(addresses)}: {text}", permanent=True,
+                            code=553, enhanced="5.6.7", text=text, server=server.address, stage=stage,
+                            exit_code=ExitCode.PROBLEMS)
+        err.failure_id = "smtputf8-not-offered"
+        err.hint = "send from/to an ASCII address, or through a server that offers SMTPUTF8"
+        if not sender:
+            err.refused = {a: f"553 5.6.7 {text}" for a in addresses}
+        return err
+
+    def _reset_transaction(self) -> None:
+        """RSET after MAIL FROM when the transaction cannot go on; drop a connection that cannot."""
+        try:
+            self.session.rset()
+        except (smtplib.SMTPException, OSError):
+            self._drop()
+
+    def _for_wire(self, raw: bytes) -> bytes:
+        """The message as this server can take it: with 8-bit bytes and no 8BITMIME offered,
+        re-encoded to 7 bits (message.seven_bit); the result is kept for the stages of the
+        same message (MAIL FROM's SIZE, then DATA)."""
+        if raw.isascii():
+            return raw
+        session = self.session
+        if session.does_esmtp and session.has_extn("8bitmime"):
+            return raw
+        cached = self._downgraded
+        if cached is not None and (cached[0] is raw or cached[1] is raw):
+            return cached[1]
+        from mailctl.message import seven_bit
+
+        out = seven_bit(raw)
+        self._downgraded = (raw, out)
+        if self.recorder is not None and out != raw:
+            self.recorder.add("*", f"{self.server.address} does not offer 8BITMIME: the 8-bit parts of the message "
+                                   "re-encoded (quoted-printable / base64)")
+        return out
+
     def _mail_options(self, sender: str, raw: bytes, recipients: list[str]) -> list[str]:
-        """The MAIL FROM parameters the server's extensions call for (SIZE, BODY, SMTPUTF8)."""
+        """The MAIL FROM parameters the server's extensions call for (SIZE, BODY, SMTPUTF8).
+        SMTPUTF8 (RFC 6531): for an address with a non-ASCII local part, or UTF-8 in the
+        message's headers (RFC 6532); an IDNA domain alone needs none."""
         session = self.session
         opts: list[str] = []
         if session.does_esmtp:
             if session.has_extn("size"):
                 opts.append(f"SIZE={len(raw)}")
-            if not raw.isascii() and session.has_extn("8bitmime"):
+            eightbit = not raw.isascii()
+            if eightbit and session.has_extn("8bitmime"):
                 opts.append("BODY=8BITMIME")
-            if not (sender.isascii() and all(r.isascii() for r in recipients)) and session.has_extn("smtputf8"):
+            if session.has_extn("smtputf8") and (
+                    (not (sender.isascii() and all(map(str.isascii, recipients)))
+                     and (needs_smtputf8(sender) or any(map(needs_smtputf8, recipients))))
+                    or (eightbit and not _header_block(raw).isascii())):
                 opts.append("SMTPUTF8")
         return opts
 
     def mail_from(self, sender: str, raw: bytes, recipients: list[str],
                   while_waiting: Callable[[], None] | None = None) -> tuple[int, str]:
         session = self.session
+        if not sender.isascii():
+            sender = self._utf8_sender(sender)
+        raw = self._for_wire(raw)
         opts = self._mail_options(sender, raw, recipients)
         session.before_next_reply = while_waiting
         try:
@@ -1037,6 +1426,9 @@ class SmtpTransport:
         """RCPT TO for each recipient; returns the refused ones (raises when all are refused)."""
         session = self.session
         refused: dict[str, tuple[int, bytes]] = {}
+        unsendable: dict[str, str] = {}
+        if not all(map(str.isascii, recipients)):
+            recipients, unsendable = self._utf8_recipients(recipients, reset=True)
         try:
             for rcpt in recipients:
                 code, resp = session.rcpt(rcpt)
@@ -1044,7 +1436,13 @@ class SmtpTransport:
                     refused[rcpt] = (code, resp)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise self._lost("rcpt", exc) from exc
-        return self._judge_refusals(recipients, refused)
+        try:
+            shown = self._judge_refusals(recipients, refused)
+        except MailctlError as err:
+            if unsendable:
+                err.refused = {**unsendable, **(err.refused or {})}
+            raise
+        return {**unsendable, **shown} if unsendable else shown
 
     def _judge_refusals(self, recipients: list[str], refused: dict[str, tuple[int, bytes]], *,
                         data_open: bool = False) -> dict[str, str]:
@@ -1084,16 +1482,24 @@ class SmtpTransport:
         # smtplib's send (encodes with the session's command_encoding; OSError: disconnected)
         smtplib.SMTP.send(session, "".join(commands))
 
-    def _write_data(self, raw: bytes) -> tuple[int, str]:
+    def _write_data(self, raw: bytes, recipients: Sequence[str] = (), refused: dict[str, str] | None = None) -> tuple[int, str]:
         """The message data after DATA's 354 (dot-stuffed, ended by CRLF.CRLF, as smtplib's
-        data() sends it) and the final reply."""
+        data() sends it) and the final reply. recipients / refused (the RCPT TO refusals): for
+        LMTP, which replies once per accepted recipient."""
         session = self.session
         data = _LEADING_DOT.sub(b"..", raw) if (b"\n." in raw or raw[:1] == b".") else raw
         if data[-2:] != b"\r\n":
             data += b"\r\n"
         try:
             session.send(data + b".\r\n")
-            code, resp = session.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise self._lost("data", exc) from exc
+        return self._data_reply(recipients, refused)
+
+    def _data_reply(self, recipients: Sequence[str], refused: dict[str, str] | None) -> tuple[int, str]:
+        """The server's reply to the message data (LMTP: one per recipient, LmtpTransport)."""
+        try:
+            code, resp = self.session.getreply()
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise self._lost("data", exc) from exc
         if code != 250:
@@ -1154,10 +1560,11 @@ class SmtpTransport:
         shown = self._judge_refusals(recipients, refused, data_open=data_open)  # all refused: raises
         if not data_open:
             raise self._fail_message("data", data_code, data_resp, "DATA")
-        code, text = self._write_data(raw)
+        code, text = self._write_data(raw, recipients, shown)
         return shown, code, text
 
     def send_data(self, raw: bytes) -> tuple[int, str]:
+        raw = self._for_wire(raw)
         try:
             code, resp = self.session.data(raw)
         except smtplib.SMTPResponseException as exc:  # a non-354 answer to DATA
@@ -1185,12 +1592,23 @@ class SmtpTransport:
         start = time.perf_counter()
         raw = strip_bcc(raw)
         session = self.session
-        if session.does_esmtp and "pipelining" in session.esmtp_features:
-            refused, code, text = self._send_pipelined(raw, sender, recipients, while_waiting)
-        else:
-            self.mail_from(sender, raw, recipients, while_waiting)
-            refused = self.rcpt_to(recipients)
-            code, text = self.send_data(raw)
+        unsendable = None
+        if not (sender.isascii() and all(map(str.isascii, recipients))):
+            sender, recipients, unsendable = self._utf8_envelope(sender, recipients)  # raises when nothing can go
+        raw = self._for_wire(raw)
+        try:
+            if session.does_esmtp and "pipelining" in session.esmtp_features:
+                refused, code, text = self._send_pipelined(raw, sender, recipients, while_waiting)
+            else:
+                self.mail_from(sender, raw, recipients, while_waiting)
+                refused = self.rcpt_to(recipients)
+                code, text = self.send_data(raw)
+        except MailctlError as err:
+            if unsendable and err.refused:  # every other recipient refused too
+                err.refused = {**unsendable, **err.refused}
+            raise
+        if unsendable:
+            refused = {**unsendable, **refused}
         return SendResult(
             server=self.server.address,
             reply=f"{code} {text}".replace("\n", " "),
@@ -1236,6 +1654,25 @@ def capabilities_of(session) -> dict[str, Any]:
         caps[key] = key in features
     caps["all"] = {k: v for k, v in features.items()}
     return caps
+
+
+_SEEN_ADDRESS = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]+)\]")
+
+
+def seen_address(session) -> str | None:
+    """The client address the server's EHLO reply shows ('250-mx Hello [203.0.113.7]', Gmail's
+    'at your service, [203.0.113.7]'): the address that server saw, NAT and proxies included.
+    None when the first line names none (Postfix does not)."""
+    import ipaddress
+
+    resp = getattr(session, "ehlo_resp", None) or getattr(session, "helo_resp", None) or b""
+    first = _decode(resp).split("\n", 1)[0]
+    for match in _SEEN_ADDRESS.finditer(first):
+        try:
+            return str(ipaddress.ip_address(match.group(1)))
+        except ValueError:
+            continue
+    return None
 
 
 def _describe_addrs(addrs) -> StageInfo:
