@@ -15,6 +15,8 @@ from mailctl.errors import ExitCode
 from smtpserver import PASSWORD, USER, assert_no_secret, closed_port, make_pki, silent_listener, smtp_server, store_secret, write_profiles
 
 REPLY_ENTRIES = [e for e in KNOWLEDGE if e.example]
+# every real wording an entry knows (its example and the other servers' texts in `also`)
+REPLY_CASES = [(e, ex) for e in KNOWLEDGE for ex in ([e.example] if e.example else []) + list(e.also)]
 STAGE_DEFAULT_5XX = {"banner": 69, "ehlo": 76, "auth": 77, "mail": 1, "rcpt": 1, "data": 1}
 
 
@@ -43,14 +45,21 @@ def test_every_issue_failure_has_an_entry():
         "m365-basic-auth-retired", "m365-smtp-auth-disabled", "not-authenticated", "m365-tenant-attribution",
         "m365-send-as-denied", "m365-concurrent-connections", "rate-limited", "too-many-logins",
         "sender-unauthenticated", "relay-denied", "unknown-recipient",
+        # issue #15: the production refusals of Postfix, Exim, Sendmail, Exchange Online, Gmail, Outlook.com
+        "sender-login-mismatch", "sender-not-logged-in", "client-host-rejected", "helo-rejected", "sender-policy-rejected",
+        "recipient-access-denied", "greylisted", "message-too-big", "connection-limit", "message-rate-limit",
+        "server-timeout", "too-many-errors", "service-closing", "send-as-no-permission", "m365-recipient-not-found",
+        "m365-recipient-restricted", "m365-bad-outbound-sender", "m365-unregistered-domain", "m365-banned-ip",
+        "gmail-ip-rate-limited", "gmail-low-reputation", "gmail-web-login-required", "recipient-disabled",
+        "outlook-basic-auth-disabled", "outlook-rate-limited", "outlook-policy-block", "exim-administrative-prohibition",
     }
     assert required <= ids, required - ids
     assert len(ids) == len(KNOWLEDGE)
 
 
-@pytest.mark.parametrize("entry", REPLY_ENTRIES, ids=[e.id for e in REPLY_ENTRIES])
-def test_scripted_reply_is_explained(cli, isolated_env, entry: KnownFailure):
-    stage, reply = entry.example
+@pytest.mark.parametrize("entry,example", REPLY_CASES, ids=[f"{e.id}-{i}" for i, (e, _) in enumerate(REPLY_CASES)])
+def test_scripted_reply_is_explained(cli, isolated_env, entry: KnownFailure, example):
+    stage, reply = example
     extra = {}
     if stage == "auth":
         store_secret("kb", "password", PASSWORD)
@@ -170,7 +179,49 @@ def test_explain_replies_and_placeholders():
     e = explain(Reply(550, "5.7.1 Relay access denied", stage="rcpt"), context={"profile": "corp"})
     assert e.id == "relay-denied" and "profile edit corp" in e.fix
     assert explain(Reply(451, "4.7.512 temporary", stage="mail")).id == "m365-temporary-restriction"
-    assert explain(Reply(599, "boom", stage="data")).id == "smtp-generic-5xx"
+    generic = explain(Reply(599, "boom", stage="data"))
+    assert generic.id == "smtp-generic-5xx" and generic.status is None and "(5xx)" in generic.cause
+    assert "550 Requested action not taken" in explain(Reply(550, "no", stage="data")).cause
+
+
+def test_the_two_replies_of_issue_15():
+    """The two everyday refusals that got the generic answer now get their own cause and 77."""
+    e = explain(Reply(553, "5.7.1 <ceo@example.com>: Sender address rejected: not owned by user alice@example.com", stage="rcpt"),
+                context={"profile": "corp"})
+    assert (e.id, e.exit_code) == ("sender-login-mismatch", ExitCode.NOPERM)
+    assert "--from-address" in e.fix and "profile edit corp" in e.fix
+    assert e.status == "5.7.1 Delivery not authorized, message refused (RFC 3463)"
+    e = explain(Reply(554, "5.7.1 <unknown[192.0.2.10]>: Client host rejected: Access denied", stage="banner"))
+    assert (e.id, e.exit_code) == ("client-host-rejected", ExitCode.NOPERM)
+
+
+def test_exit_codes_follow_the_class_of_the_refusal():
+    """Temporary replies are 75 whatever the entry; sender policy 77; recipient refusals 1."""
+    for entry in KNOWLEDGE:
+        for stage, reply in ([entry.example] if entry.example else []) + list(entry.also):
+            e = explain(Reply(int(reply[:3]), reply[4:], stage=stage))
+            if reply.startswith("4"):
+                assert e.exit_code in (ExitCode.TEMPFAIL, None), (entry.id, reply)
+            elif e.exit_code == ExitCode.TEMPFAIL:
+                pytest.fail(f"{entry.id}: a permanent reply is explained as temporary: {reply}")
+    for reply, want in [
+        ("550 5.7.1 <bob@example.com>: Recipient address rejected: Access denied", None),  # recipient: stage default 1
+        ("554 5.7.1 <spammer@example.org>: Sender address rejected: Access denied", ExitCode.NOPERM),
+        ("554 5.7.1 <someone@example.net>: Relay access denied", ExitCode.NOPERM),
+        ("454 4.7.1 <someone@example.net>: Relay access denied", ExitCode.TEMPFAIL),  # temporary first
+    ]:
+        assert explain(Reply(int(reply[:3]), reply[4:], stage="rcpt")).exit_code == want, reply
+    # the words of a refusal for good, with a 4xx code: temporary, whatever the entry says
+    e = explain(Reply(451, "4.2.0 SendAsDenied; try again later", stage="data"))
+    assert (e.id, e.exit_code) == ("m365-send-as-denied", ExitCode.TEMPFAIL)
+
+
+def test_starttls_temporary_failure():
+    """Postfix answers STARTTLS with 454 when it cannot load its certificate (the scripted
+    server cannot refuse STARTTLS, so this one is explained directly)."""
+    e = explain(Reply(454, "4.7.0 TLS not available due to local problem", stage="starttls"))
+    assert (e.id, e.exit_code) == ("starttls-temporary", ExitCode.TEMPFAIL)
+    assert explain(Reply(454, "4.7.0 TLS not available due to local problem", stage="rcpt")).id != "starttls-temporary"
 
 
 def test_register_for_other_transports(monkeypatch):

@@ -656,6 +656,166 @@ def running_postfix() -> Iterator[PostfixServer]:
             shutil.rmtree(root, ignore_errors=True)
 
 
+# --- a Postfix configured the way production relays refuse (issue #15) ----------------
+# Each listener carries one production restriction; tests/integration/test_postfix_refusals.py
+# checks that mailctl names the cause of each refusal and exits with the code of its class.
+REFUSAL_LISTENERS = """\
+{host}:{senderlogin} inet n - n - - smtpd
+  -o syslog_name=postfix/senderlogin
+  -o smtpd_sender_login_maps=texthash:{root}/etc/sender_logins
+  -o smtpd_sender_restrictions=reject_sender_login_mismatch
+{host}:{clientdenied} inet n - n - - smtpd
+  -o syslog_name=postfix/clientdenied
+  -o smtpd_tls_security_level=none
+  -o smtpd_sasl_auth_enable=no
+  -o smtpd_delay_reject=no
+  -o smtpd_client_restrictions=check_client_access,texthash:{root}/etc/client_access
+{host}:{policy} inet n - n - - smtpd
+  -o syslog_name=postfix/policy
+  -o smtpd_tls_security_level=none
+  -o smtpd_sasl_auth_enable=no
+  -o smtpd_sender_restrictions=check_sender_access,texthash:{root}/etc/sender_access
+  -o smtpd_recipient_restrictions=check_recipient_access,texthash:{root}/etc/policy_recipients,permit
+{host}:{helo} inet n - n - - smtpd
+  -o syslog_name=postfix/helo
+  -o smtpd_tls_security_level=none
+  -o smtpd_sasl_auth_enable=no
+  -o smtpd_helo_required=yes
+  -o smtpd_helo_restrictions=reject_non_fqdn_helo_hostname
+{host}:{small} inet n - n - - smtpd
+  -o syslog_name=postfix/small
+  -o smtpd_tls_security_level=none
+  -o smtpd_sasl_auth_enable=no
+  -o message_size_limit={size_limit}
+{host}:{conncount} inet n - n - - smtpd
+  -o syslog_name=postfix/conncount
+  -o smtpd_tls_security_level=none
+  -o smtpd_sasl_auth_enable=no
+  -o smtpd_client_connection_count_limit=1
+  -o smtpd_client_event_limit_exceptions=192.0.2.1
+{host}:{msgrate} inet n - n - - smtpd
+  -o syslog_name=postfix/msgrate
+  -o smtpd_tls_security_level=none
+  -o smtpd_sasl_auth_enable=no
+  -o smtpd_client_message_rate_limit=1
+  -o smtpd_client_event_limit_exceptions=192.0.2.1
+"""
+REFUSAL_PORTS = ("senderlogin", "clientdenied", "policy", "helo", "small", "conncount", "msgrate")
+NOT_OWNED = f"ceo@{DOMAIN}"  # an address alice's login does not own (sender login maps)
+BLOCKED_SENDER = f"blocked@{DOMAIN}"  # refused by check_sender_access
+DENIED_RCPT = f"denied@{DOMAIN}"  # refused by check_recipient_access (REJECT)
+GREY_RCPT = f"grey@{DOMAIN}"  # deferred the way postgrey words it
+SIZE_LIMIT = 4096
+
+
+@dataclass
+class RefusalPostfix:
+    """A private Postfix whose listeners refuse as production relays do (see REFUSAL_LISTENERS)."""
+
+    root: Path
+    host: str
+    ports: dict[str, int]
+    ca_file: Path
+    username: str
+    password: str
+    domain: str
+    accept: str
+    not_owned: str
+    blocked_sender: str
+    denied_rcpt: str
+    grey_rcpt: str
+    defer_rcpt: str
+    size_limit: int
+    maildir: Path
+    maillog: Path
+
+    def log(self) -> str:
+        return self.maillog.read_text(errors="replace") if self.maillog.exists() else ""
+
+    def message_count(self) -> int:
+        return sum(1 for sub in ("new", "cur") if (self.maildir / sub).is_dir() for p in (self.maildir / sub).iterdir())
+
+
+def wait_for_greeting(port: int, timeout: float, proc: subprocess.Popen, what: str) -> bytes:
+    """Like wait_for_port, but any greeting counts (a listener may refuse in its greeting)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5) as s:
+                s.settimeout(2)
+                banner = s.recv(512)
+                if banner[:3].isdigit():
+                    s.sendall(b"QUIT\r\n")
+                    return banner
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} is not answering on {HOST}:{port} after {timeout}s")
+
+
+def _write_refusal_maps(root: Path) -> None:
+    etc = root / "etc"
+    (etc / "sender_logins").write_text(f"{USER} {USER}\n")
+    (etc / "client_access").write_text(f"{HOST} REJECT\n")
+    (etc / "sender_access").write_text(f"{BLOCKED_SENDER} REJECT\n")
+    (etc / "policy_recipients").write_text(
+        f"{DENIED_RCPT} REJECT\n"
+        f"{GREY_RCPT} 450 4.2.0 Greylisted, see http://postgrey.schweikert.ch/help/{DOMAIN}.html\n"
+        f"{DEFER} 450 4.2.0 Try again later (mailctl test)\n"
+    )
+
+
+@contextlib.contextmanager
+def running_refusal_postfix() -> Iterator[RefusalPostfix]:
+    """Start Dovecot (SASL) and a private Postfix whose listeners refuse as production relays
+    do; stop both by PID on exit. Its own directory, ports and PIDs: independent of
+    running_postfix()."""
+    root = private_tempdir("mailctl-postfix-refusals-")
+    procs: list[subprocess.Popen] = []
+    watchdog = None
+    try:
+        tls = make_ca_and_certs(root)
+        ports = {name: free_port() for name in ("submission", "selfsigned", "plainauth", "notls", *REFUSAL_PORTS)}
+        _write_postfix(root, tls, ports)  # main.cf, maps; master.cf is replaced below
+        tail_services = MASTER_CF[MASTER_CF.index("cleanup "):]
+        (root / "etc" / "master.cf").write_text(
+            REFUSAL_LISTENERS.format(host=HOST, root=root, size_limit=SIZE_LIMIT, **ports) + tail_services)
+        _write_refusal_maps(root)
+        conf = _write_dovecot(root, ports["senderlogin"])
+        dovecot = spawn([DOVECOT, "-F", "-c", str(conf)], stdin=subprocess.DEVNULL,
+                        stdout=open(root / "dovecot.out", "wb"), stderr=subprocess.STDOUT)
+        procs.append(dovecot)
+        try:
+            wait_for_path(root / "sasl" / "auth", 15, dovecot, "dovecot")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{tail(root / 'dovecot.out')}\n{tail(root / 'dovecot.log')}") from None
+        master = spawn([str(POSTFIX_MASTER), "-c", str(root / "etc"), "-d"], stdin=subprocess.DEVNULL,
+                       stdout=open(root / "master.out", "wb"), stderr=subprocess.STDOUT, cwd=str(root / "spool"))
+        procs.append(master)
+        watchdog = start_watchdog(procs)
+        try:
+            for name in REFUSAL_PORTS:
+                wait_for_greeting(ports[name], 20, master, f"postfix master ({name})")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{tail(root / 'master.out')}\n{tail(root / 'maillog')}") from None
+        yield RefusalPostfix(
+            root=root, host=HOST, ports={n: ports[n] for n in REFUSAL_PORTS}, ca_file=tls["ca"], username=USER,
+            password=PASSWORD, domain=DOMAIN, accept=ACCEPT, not_owned=NOT_OWNED, blocked_sender=BLOCKED_SENDER,
+            denied_rcpt=DENIED_RCPT, grey_rcpt=GREY_RCPT, defer_rcpt=DEFER, size_limit=SIZE_LIMIT,
+            maildir=root / "mail" / "inbox", maillog=root / "maillog",
+        )
+    finally:
+        stop_watchdog(watchdog)
+        for proc in reversed(procs):
+            stop_pid(proc)
+        if os.environ.get("MAILCTL_KEEP_SERVICES"):
+            print(f"\n[mailctl] refusal Postfix's files kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 # --- mailctl profiles against the test server ------------------------------------
 def write_profiles(home: Path, profiles: dict[str, dict], default: str | None = None, settings: dict | None = None) -> Path:
     """Write $MAILCTL_HOME/profiles.toml directly (the profile store reads it like any file)."""
