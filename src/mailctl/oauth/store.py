@@ -37,6 +37,8 @@ def load(profile, secrets, *, required: bool = False) -> dict[str, Any] | None:
                 return None
             if isinstance(doc, dict) and doc.get("version") == VERSION:
                 doc["_source"] = store.name
+                if hasattr(secrets, "found"):  # mailctl -v: which store held the tokens
+                    secrets.found(profile.name, KIND, store)
                 return doc
             return None
     return None

@@ -5,7 +5,7 @@ From, Date and Message-ID when they are missing)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from mailctl.errors import ExitCode, UsageError, ValidationError
 
@@ -111,11 +111,13 @@ def read_until_dot(data: bytes) -> bytes:
     return b"\n".join(out)
 
 
-def prepare_sendmail_message(data: bytes, opts: SendmailOptions, doc: Any, profile_name: str | None) -> tuple[bytes, str, list[str], str | None]:
+def prepare_sendmail_message(data: bytes, opts: SendmailOptions, doc: Any, profile_name: str | None, *,
+                             on_choice: Callable[[str], None] | None = None) -> tuple[bytes, str, list[str], str | None]:
     """-> (raw CRLF bytes with Bcc removed and missing From/Date/Message-ID added, envelope
     sender, recipients, the profile to send with: the one named, else the one the -f sender or
     the From address chooses (profiles.resolve.profile_for_sender), else None for the default). Every address is checked (ValidationError, 65, naming
-    it); a NUL in the message is refused (65); line ends become CRLF (bare CR too)."""
+    it); a NUL in the message is refused (65); line ends become CRLF (bare CR too). on_choice
+    hears why the sender chose the profile (mailctl -v)."""
     from email.utils import formatdate, make_msgid
 
     from mailctl.addresses import check_address, is_address
@@ -133,7 +135,8 @@ def prepare_sendmail_message(data: bytes, opts: SendmailOptions, doc: Any, profi
         first = raw.split(b"\r\n", 1)[0]
         raw = raw + b"\r\n" if b":" in first else b"\r\n" + raw
     msg = parse_message(raw)
-    profile_name = profile_for_sender(doc, profile_name, [opts.sender or ""] + [a for _h, _n, a in header_mailboxes(msg, "From")])
+    profile_name = profile_for_sender(doc, profile_name, [opts.sender or ""] + [a for _h, _n, a in header_mailboxes(msg, "From")],
+                                      on_choice=on_choice)
     profile = resolve_profile(doc, profile_name)
     postmaster = postmaster_address(doc.settings())
 

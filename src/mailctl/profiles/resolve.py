@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from mailctl.errors import ConfigError, MailctlError, NotFoundError
 from mailctl.profiles.model import DEFAULT_PORTS, FIELDS_BY_NAME, ResolvedProfile
@@ -214,16 +215,43 @@ def relevant_secret_kinds(values: dict[str, Any]) -> list[str]:
     return kinds
 
 
-def profile_for_sender(doc, name: str | None, addresses) -> str | None:
+def profile_for_sender(doc, name: str | None, addresses, *, on_choice: Callable[[str], None] | None = None) -> str | None:
     """The profile to send with when none was named, chosen by the sender as msmtp chooses an
     account by `from`: `name` when given; else, for the first of `addresses` (the envelope
     sender, then the From header's) that any profile claims, the first profile (file order)
     whose from_address is that address, else the first whose from_match has a glob matching
     it; None when no profile claims any of them (the caller then uses the default).
     Addresses compare without regard to case. A profile that does not resolve is skipped:
-    choosing it would only turn its error into another's."""
+    choosing it would only turn its error into another's. on_choice(reason) hears why when
+    the sender chose (mailctl -v)."""
     if name:
         return name
+    match = match_sender(doc, addresses)
+    if match is None:
+        return None
+    if on_choice is not None:
+        on_choice(match.reason)
+    return match.profile
+
+
+@dataclass(frozen=True)
+class SenderMatch:
+    """The profile a sender address chose (profile_for_sender) and by which rule."""
+
+    profile: str
+    address: str
+    rule: str  # "from_address", or the from_match glob that matched
+
+    @property
+    def reason(self) -> str:
+        """'chosen by sender ops@corp.example matching from_match *@corp.example' (mailctl -v)."""
+        if self.rule == "from_address":
+            return f"chosen by sender {self.address}, its from_address"
+        return f"chosen by sender {self.address} matching from_match {self.rule}"
+
+
+def match_sender(doc, addresses) -> SenderMatch | None:
+    """The first profile claiming one of `addresses` (see profile_for_sender), with the rule."""
     wanted = [a.strip().strip("<>").strip().casefold() for a in addresses if a and "@" in a]
     if not wanted:
         return None
@@ -231,11 +259,24 @@ def profile_for_sender(doc, name: str | None, addresses) -> str | None:
     for address in wanted:
         for pname, own, _patterns in claims:
             if own == address:
-                return pname
+                return SenderMatch(pname, address, "from_address")
         for pname, _own, patterns in claims:
-            if any(fnmatch.fnmatchcase(address, p) for p in patterns):
-                return pname
+            hit = next((p for p in patterns if fnmatch.fnmatchcase(address, p)), None)
+            if hit is not None:
+                return SenderMatch(pname, address, hit)
     return None
+
+
+def default_reason(doc, resolved: ResolvedProfile) -> str:
+    """Why resolve_profile(doc, None) gave `resolved`, in words (mailctl -v): the default
+    profile, the only profile, or the built-in local one."""
+    if doc.default is not None and doc.default == resolved.name:
+        return "the default profile"
+    if resolved.name == BUILTIN_LOCAL and not doc.profile_names():
+        return "the built-in local profile: no profiles configured"
+    if doc.profile_names() == [resolved.name]:
+        return "the only profile"
+    return "the default profile"
 
 
 def _sender_claims(doc) -> list[tuple[str, str, list[str]]]:

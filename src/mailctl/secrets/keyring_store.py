@@ -45,6 +45,17 @@ class KeyringStore:
                 f"the keyring is not usable here ({type(exc).__name__}); cannot {what} the secret", hint=REMEDIES
             ) from None
 
+    def backend_name(self) -> str:
+        """The keyring backend in use ('SecretService Keyring', 'macOS Keyring', ...), for
+        mailctl -v; 'unknown backend' when keyring cannot say."""
+        try:
+            import keyring
+
+            backend = keyring.get_keyring()
+            return str(getattr(backend, "name", None) or type(backend).__name__)
+        except Exception:  # only a description: never fail a lookup over it
+            return "unknown backend"
+
     def _user(self, profile: str, kind: str, part: int | None = None) -> str:
         base = f"{profile}/{check_kind(kind)}"
         return base if part is None else f"{base}/part{part}"

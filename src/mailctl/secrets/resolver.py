@@ -4,7 +4,7 @@ secret serves every user profile), so user profiles override credentials by sett
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 from mailctl.errors import AuthError
 from mailctl.secrets.base import SecretStore, check_kind
@@ -13,10 +13,16 @@ from mailctl.secrets.env import EnvStore, env_var_name
 from mailctl.secrets.keyring_store import KeyringStore
 
 
+SecretObserver = Callable[[str, str, str], None]
+"""observer(profile, kind, source): told which store answered, never the value (mailctl -v)."""
+
+
 class SecretResolver:
-    def __init__(self, env: EnvStore | None = None, keyring: SecretStore | None = None) -> None:
+    def __init__(self, env: EnvStore | None = None, keyring: SecretStore | None = None,
+                 observer: SecretObserver | None = None) -> None:
         self.env = env or EnvStore()
         self.keyring = keyring or KeyringStore()
+        self.observer = observer
 
     def stores_for(self, profile) -> list[SecretStore]:
         stores: list[SecretStore] = [self.env]
@@ -35,8 +41,27 @@ class SecretResolver:
             for store in stores:
                 value = store.get(name, kind)
                 if value is not None:
+                    self.found(profile.name, kind, store, name)
                     return value, f"{store.name}:{name}"
         return None, None
+
+    def found(self, profile: str, kind: str, store: SecretStore, owner: str | None = None) -> None:
+        """Tell the observer (mailctl -v) that `store` answered for `kind`; for callers that
+        read a store themselves (the OAuth token cache: mailctl.oauth.store)."""
+        if self.observer is not None:
+            self.observer(profile, kind, self.source_text(store, owner or profile, kind, profile))
+
+    def source_text(self, store: SecretStore, owner: str, kind: str, asked_for: str) -> str:
+        """Which store answered, in words, without the value: 'keyring (SecretService Keyring)',
+        'environment ($MAILCTL_SECRET_CORP_PASSWORD)', 'secret_command'; plus 'stored for
+        profile BASE' when an inherited profile's secret served."""
+        if isinstance(store, EnvStore):
+            text = f"environment (${env_var_name(owner, kind)})"
+        elif isinstance(store, KeyringStore):
+            text = f"keyring ({store.backend_name()})"
+        else:
+            text = str(getattr(store, "name", type(store).__name__))
+        return text if owner == asked_for else f"{text}, stored for profile {owner!r} (inherited)"
 
     def describe(self, profile, kind: str) -> str:
         """Where the secret would come from, for `profile show` and `profile lint`, without
