@@ -306,3 +306,57 @@ def unset_setting(store: ProfileStore, key: str) -> dict[str, Any]:
     with store.edit() as doc:
         removed = doc.unset_setting(key)
     return {"file": str(store.path), "key": key, "removed": removed, "value": SETTINGS_BY_NAME[key].default}
+
+
+# --- guided `profile add` -----------------------------------------------------------------
+def check_new_name(store: ProfileStore, name: str) -> None:
+    """Before any question is asked: the name is valid and not taken (exit 65 either way)."""
+    validate_name(name)
+    doc = store.load(for_writing=True, create=True)
+    if doc.has(name):
+        raise ValidationError(f"profile {name!r} already exists", field="name",
+                              hint=f"choose another name, or change it with: mailctl profile edit {name}")
+
+
+def unsaved_profile(store: ProfileStore, name: str, fields: dict[str, Any]):
+    """The profile `fields` would make, resolved (presets, inheritance, defaults) and checked
+    as add_profile checks it, on a copy of the file that is never saved."""
+    doc = store.load(for_writing=True, create=True)
+    doc.add_profile(name, fields)
+    check_inherits(doc, name, fields)
+    resolved = resolve_profile(doc, name)
+    check_complete(resolved, adding=True)
+    return resolved
+
+
+def minimal_fields(store: ProfileStore, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` without the answers the profile gets anyway (the preset's host, the port of its
+    security, provider = custom), so a guided profile reads as if given with the fewest flags;
+    the transport and the authentication stay, for the reader. The resolved profile is the
+    same either way."""
+    doc = store.load(for_writing=True, create=True)
+
+    def resolved(values: dict[str, Any]) -> dict[str, Any]:
+        doc.add_profile(name, values)
+        try:
+            return resolve_profile(doc, name).values
+        finally:
+            doc.remove_profile(name)
+
+    kept = {k: v for k, v in fields.items() if not (k == "provider" and v == "custom")}
+    target = resolved(kept)
+    for key in [k for k in kept if k not in ("type", "auth")]:
+        trial = {k: v for k, v in kept.items() if k != key}
+        if resolved(trial) == target:
+            kept = trial
+    return kept
+
+
+def secrets_with(secrets, name: str, kind: str, value: str):
+    """`secrets` answering `kind` of the unsaved profile `name` with the value typed in (for
+    the connection test before anything is stored); every other lookup as before."""
+    from mailctl.secrets import EnvStore, SecretResolver, env_var_name
+
+    environ = dict(secrets.env.environ)
+    environ[env_var_name(name, kind)] = value
+    return SecretResolver(env=EnvStore(environ), keyring=secrets.keyring)

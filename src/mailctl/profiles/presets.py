@@ -75,3 +75,103 @@ def ews_warnings(profile) -> list[str]:
     if values.get("auth") == "password" and is_exchange_online(url):
         warnings.append("Exchange Online retired basic authentication for EWS: use auth = oauth or client-credentials")
     return warnings
+
+
+# --- guided setup (`profile add` on a terminal) ------------------------------------------
+# What a guided `profile add` asks, in order, and what it offers as each answer's default:
+# the same facts the presets fill in, so Enter at every question gives what the flags would.
+SETUP_AUTHS: dict[str, tuple[str, ...]] = {
+    "smtp": ("none", "password", "oauth", "client-credentials"),
+    "lmtp": ("none", "password"),
+    "graph": ("oauth", "client-credentials"),
+    "ews": ("password", "oauth", "client-credentials"),
+    "gmail-api": ("oauth", "service-account"),
+    "file": (),
+}
+SETUP_OPTIONAL = ("from_address",)  # every other question needs an answer (or its default)
+
+
+def setup_providers(transport: str) -> tuple[str, ...]:
+    """The presets offered for a transport: those that know it, then custom (none: no question)."""
+    known = tuple(p for p, table in PRESETS.items() if transport in table)
+    return known + ("custom",) if known else ()
+
+
+def setup_questions(answers: dict[str, Any]) -> list[str]:
+    """The fields to ask for, in order, given the answers so far. Later questions depend only
+    on earlier answers (the transport decides the rest, auth whether a login is asked), so
+    asking the first unanswered one and calling again walks the whole setup."""
+    transport = answers.get("type") or "smtp"
+    auth = answers.get("auth") or setup_default("auth", answers)
+    provider = answers.get("provider") or setup_default("provider", answers)
+    fields = ["type"] + (["provider"] if setup_providers(transport) else [])
+    if transport == "file":
+        return fields + ["maildir", "from_address"]
+    if transport in ("smtp", "lmtp"):
+        fields += ["host", "security", "port"]
+    if transport == "ews":
+        fields.append("ews_url")
+    fields.append("auth")
+    if transport in ("smtp", "lmtp") and auth != "none" and answers.get("security") == "none":
+        fields.append("allow_insecure_auth")
+    if auth in ("oauth", "client-credentials") and (provider == "microsoft365" or transport in ("graph", "ews")
+                                                    or auth == "client-credentials"):
+        fields += ["tenant_id", "client_id"]
+    elif auth == "oauth" or transport == "gmail-api":
+        fields.append("client_id")
+    if auth != "none":
+        fields.append("username")
+    return fields + ["from_address"]
+
+
+def setup_default(field: str, answers: dict[str, Any]) -> Any:
+    """The answer Enter gives: the preset's value, else the transport's usual one, else None."""
+    transport = answers.get("type") or "smtp"
+    if field == "type":
+        return "smtp"
+    if field == "provider":
+        offered = setup_providers(transport)
+        return offered[0] if transport in ("graph", "gmail-api") else ("custom" if offered else None)
+    preset = preset_values(answers.get("provider"), transport)
+    if field == "port":
+        from mailctl.profiles.model import DEFAULT_PORTS
+
+        security = answers.get("security") or "starttls"
+        if transport == "lmtp" and security == "none":
+            return 24
+        return preset["port"] if preset.get("port") and preset.get("security") == security else DEFAULT_PORTS[security]
+    if field in preset:
+        return preset[field]
+    if field == "security":
+        return "none" if transport == "lmtp" else "starttls"
+    if field == "auth":
+        choices = SETUP_AUTHS.get(transport, ())
+        return "none" if transport == "lmtp" else ("password" if "password" in choices else (choices[0] if choices else None))
+    if field == "allow_insecure_auth":
+        return False
+    if field == "maildir":
+        from mailctl import paths
+
+        return str(paths.default_maildir())
+    if field == "from_address":
+        login = str(answers.get("username") or "")
+        return login if "@" in login else None
+    return None
+
+
+def setup_choices(field: str, answers: dict[str, Any]) -> tuple[str, ...]:
+    """The answers a guided question accepts when it is a choice (shown with the question)."""
+    transport = answers.get("type") or "smtp"
+    if field == "type":
+        from mailctl.profiles.model import TYPES
+
+        return TYPES
+    if field == "provider":
+        return setup_providers(transport)
+    if field == "security":
+        from mailctl.profiles.model import SECURITIES
+
+        return SECURITIES
+    if field == "auth":
+        return SETUP_AUTHS.get(transport, ())
+    return ()
