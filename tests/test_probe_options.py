@@ -67,6 +67,8 @@ def test_auth_mechanism_the_server_does_not_offer_names_what_it_offers(cli, isol
     assert data["failed_stage"] == "auth" and "does not offer AUTH CRAM-MD5" in data["error"]
     assert "LOGIN PLAIN XOAUTH2" in data["error"] and "--auth-mechanism" in data["hint"]
     assert srv.handler.attempts_auth == []  # nothing was tried
+    auth = next(s for s in data["stages"] if s["stage"] == "auth")
+    assert auth["explanation"]["id"] == "auth-mechanism-not-offered"
 
 
 def test_auth_mechanism_from_the_profile(cli, isolated_env, srv):

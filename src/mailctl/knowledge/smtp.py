@@ -522,9 +522,16 @@ KNOWLEDGE: list[KnownFailure] = [
     KnownFailure(
         "auth-mechanism-unsupported",
         "The server offers none of the authentication mechanisms this profile can use.",
-        "Compare the AUTH mechanisms shown by `mailctl test connect` with the profile's auth (password: PLAIN/LOGIN; oauth: XOAUTH2).",
+        "Compare the AUTH mechanisms shown by `mailctl test connect` with the profile's auth (password: PLAIN/LOGIN/CRAM-MD5; oauth: XOAUTH2 or OAUTHBEARER).",
         E.PROTOCOL,
         failure_ids=("auth-mechanism-unsupported",),
+    ),
+    KnownFailure(
+        "auth-mechanism-not-offered",
+        "The server does not offer the AUTH mechanism that auth_mechanism (or --auth-mechanism) asks for, so the login cannot happen as configured.",
+        "Pick one the server offers (listed above, also by `mailctl test connect {profile}`): mailctl profile edit {profile} --auth-mechanism MECH, or leave auth_mechanism empty to use the best one offered.",
+        E.NOPERM,
+        failure_ids=("auth-mechanism-not-offered",),
     ),
     KnownFailure(
         "outlook-basic-auth-disabled",
