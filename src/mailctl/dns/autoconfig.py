@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass
 
 from mailctl.dns.resolver import Lookup, Nameserver, Resolver
-from mailctl.dns.tlsprobe import Deadline, Network, handshake, problem_text, reason
+from mailctl.dns.tlsprobe import Deadline, Network, handshake, https_get, problem_text, reason
 
 MAX_AUTOCONFIG_BYTES = 64 * 1024  # Thunderbird's ISPDB files are a few KiB
 BUDGET_STEPS = 4  # one fetch takes at most this many timeouts in all
@@ -94,31 +94,13 @@ class DiscoveryNetwork:
         return self._get(out, deadline.watch(tls), host, path)
 
     def _get(self, out: Fetched, tls, host: str, path: str) -> Fetched:
-        import http.client
-
-        conn = http.client.HTTPSConnection(host, self.net.https_port, timeout=self.timeout, context=self.net.context)
-        conn.sock = tls
-        try:
-            conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
-            conn.putheader("Host", host)
-            conn.putheader("User-Agent", "mailctl-profile-discover")
-            conn.putheader("Accept", "application/xml, text/xml")
-            conn.endheaders()
-            resp = conn.getresponse()
-            out.status = resp.status
-            out.content_type = (resp.getheader("Content-Type") or "").split(";")[0].strip().lower()
-            if resp.status != 200:
-                location = resp.getheader("Location")
-                out.error = "http"
-                out.detail = f"HTTP {resp.status} {resp.reason}" + (f" (redirect to {location}: not followed)" if location else "")
-                return out
-            body = resp.read(MAX_AUTOCONFIG_BYTES + 1)
-            if len(body) > MAX_AUTOCONFIG_BYTES:
-                out.error, out.detail = "too-large", f"larger than {MAX_AUTOCONFIG_BYTES // 1024} KiB"
-                return out
-            out.body = body
-        except (OSError, http.client.HTTPException) as exc:
-            out.error, out.detail = "http", reason(exc)
-        finally:
-            conn.close()
+        reply = https_get(tls, host, path, self.net, agent="mailctl-profile-discover", accept="application/xml, text/xml",
+                          limit=MAX_AUTOCONFIG_BYTES, redirect_note=": not followed")
+        out.status, out.content_type = reply.status, reply.content_type
+        if reply.error == "too-large":
+            out.error, out.detail = "too-large", f"larger than {MAX_AUTOCONFIG_BYTES // 1024} KiB"
+        elif reply.error:
+            out.error, out.detail = reply.error, reply.detail
+        else:
+            out.body = reply.body
         return out

@@ -17,7 +17,7 @@ from mailctl.dns import findings as F
 from mailctl.dns.findings import CheckResult
 from mailctl.dns.mx import mx_hosts
 from mailctl.dns.resolver import Lookup, Resolver, normalize
-from mailctl.dns.tlsprobe import Deadline, Network, TlsResult, handshake, problem_text, reason
+from mailctl.dns.tlsprobe import Deadline, Network, TlsResult, handshake, https_get, problem_text, reason
 
 POLICY_PATH = "/.well-known/mta-sts.txt"
 MAX_POLICY_BYTES = 64 * 1024  # RFC 8461 3.3: senders may refuse larger policies
@@ -150,7 +150,6 @@ def _fetch(resolver: Resolver, domain: str, net: Network) -> PolicyFetch:
 
 
 def _fetch_within(resolver: Resolver, domain: str, net: Network, deadline: Deadline) -> PolicyFetch:
-    import http.client
 
     host = f"mta-sts.{domain}"
     port = "" if net.https_port == 443 else f":{net.https_port}"
@@ -189,33 +188,15 @@ def _fetch_within(resolver: Resolver, domain: str, net: Network, deadline: Deadl
     if tls is None:
         out.error, out.detail = "tls", problem_text(out.tls, host)
         return out
-    # the verified socket is handed in; passing the context only spares http.client building
-    # (and loading the CA store for) a default one it would not use
-    conn = http.client.HTTPSConnection(host, net.https_port, timeout=net.timeout, context=net.context)
-    conn.sock = deadline.watch(tls)
-    try:
-        conn.putrequest("GET", POLICY_PATH, skip_host=True, skip_accept_encoding=True)
-        conn.putheader("Host", host)
-        conn.putheader("User-Agent", "mailctl-dns-check")
-        conn.putheader("Accept", "text/plain")
-        conn.endheaders()
-        resp = conn.getresponse()
-        out.status = resp.status
-        out.content_type = (resp.getheader("Content-Type") or "").split(";")[0].strip().lower()
-        if resp.status != 200:
-            location = resp.getheader("Location")
-            out.error = "http"
-            out.detail = f"HTTP {resp.status} {resp.reason}" + (f" (redirect to {location}; RFC 8461 3.3: senders do not follow redirects)" if location else "")
-            return out
-        body = resp.read(MAX_POLICY_BYTES + 1)
-        if len(body) > MAX_POLICY_BYTES:
-            out.error, out.detail = "http", f"the policy is larger than {MAX_POLICY_BYTES // 1024} KiB"
-            return out
-        out.body = body.decode("utf-8", "replace")
-    except (OSError, http.client.HTTPException) as exc:
-        out.error, out.detail = "http", reason(exc)
-    finally:
-        conn.close()
+    reply = https_get(deadline.watch(tls), host, POLICY_PATH, net, agent="mailctl-dns-check", accept="text/plain",
+                      limit=MAX_POLICY_BYTES, redirect_note="; RFC 8461 3.3: senders do not follow redirects")
+    out.status, out.content_type = reply.status, reply.content_type
+    if reply.error == "too-large":
+        out.error, out.detail = "http", f"the policy is larger than {MAX_POLICY_BYTES // 1024} KiB"
+    elif reply.error:
+        out.error, out.detail = reply.error, reply.detail
+    else:
+        out.body = (reply.body or b"").decode("utf-8", "replace")
     return out
 
 

@@ -265,3 +265,52 @@ class Deadline:
 
     def __exit__(self, *exc) -> None:
         self._timer.cancel()
+
+
+@dataclass
+class HttpsReply:
+    """One GET over a verified socket: status and content type, the body when it came whole
+    (200 and within the limit), else error ("http" | "too-large") and detail."""
+
+    status: int | None = None
+    content_type: str = ""
+    body: bytes | None = None
+    error: str = ""
+    detail: str = ""
+
+
+def https_get(tls, host: str, path: str, net: "Network", *, agent: str, accept: str, limit: int,
+              redirect_note: str) -> HttpsReply:
+    """GET https://host/path over `tls` (already verified for host): no redirects followed
+    (`redirect_note` says why, after the Location), at most `limit` bytes read."""
+    import http.client
+
+    out = HttpsReply()
+    # the verified socket is handed in; passing the context only spares http.client building
+    # (and loading the CA store for) a default one it would not use
+    conn = http.client.HTTPSConnection(host, net.https_port, timeout=net.timeout, context=net.context)
+    conn.sock = tls
+    try:
+        conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host)
+        conn.putheader("User-Agent", agent)
+        conn.putheader("Accept", accept)
+        conn.endheaders()
+        resp = conn.getresponse()
+        out.status = resp.status
+        out.content_type = (resp.getheader("Content-Type") or "").split(";")[0].strip().lower()
+        if resp.status != 200:
+            location = resp.getheader("Location")
+            out.error = "http"
+            out.detail = f"HTTP {resp.status} {resp.reason}" + (f" (redirect to {location}{redirect_note})" if location else "")
+            return out
+        body = resp.read(limit + 1)
+        if len(body) > limit:
+            out.error = "too-large"
+            return out
+        out.body = body
+    except (OSError, http.client.HTTPException) as exc:
+        out.error, out.detail = "http", reason(exc)
+    finally:
+        conn.close()
+    return out
