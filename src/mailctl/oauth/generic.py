@@ -17,9 +17,8 @@ inside functions (through oauth.http)."""
 from __future__ import annotations
 
 import json
-import queue
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -218,28 +217,7 @@ def _fresh(doc: dict[str, Any] | None, now: float) -> bool:
 
 
 # --- authorization code + PKCE ------------------------------------------------------------
-@dataclass
-class CodeLogin:
-    profile: Any
-    secrets: Any
-    authorization_url: str
-    redirect_uri: str
-    state: str
-    code_verifier: str
-    scopes: list[str]
-    flow_name: str
-    listener: loopback.Listener | None = None
-    listen_error: str | None = None
-    redirects: "queue.Queue[str]" = field(default_factory=queue.Queue)
-
-    @property
-    def port(self) -> int | None:
-        return urlsplit(self.redirect_uri).port
-
-    def close(self) -> None:
-        if self.listener:
-            self.listener.close()
-            self.listener = None
+CodeLogin = loopback.PendingLogin
 
 
 def start_code_login(profile, secrets, *, port: int | None = None, listen: bool = True, flow_name: str = "paste") -> CodeLogin:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 from mailctl.errors import AuthError, ConfigError, UnavailableError
 from mailctl.oauth import loopback, store
@@ -59,29 +57,7 @@ def _network(profile, doing: str, fn: Callable[[], Any]) -> Any:
 wait_for_redirect = loopback.wait_for_redirect
 
 
-@dataclass
-class GoogleLogin:
-    profile: Any
-    secrets: Any
-    authorization_url: str
-    redirect_uri: str
-    state: str
-    code_verifier: str
-    scopes: list[str]
-    flow_name: str
-    listener: loopback.Listener | None = None
-    listen_error: str | None = None
-    # redirect addresses, from the listener or pasted (wait_for_redirect reads them)
-    redirects: "queue.Queue[str]" = field(default_factory=lambda: queue.Queue())
-
-    @property
-    def port(self) -> int | None:
-        return urlsplit(self.redirect_uri).port
-
-    def close(self) -> None:
-        if self.listener:
-            self.listener.close()
-            self.listener = None
+GoogleLogin = loopback.PendingLogin
 
 
 def _flow(profile, secrets, redirect_uri: str, *, code_verifier: str | None = None, state: str | None = None):

@@ -16,6 +16,7 @@ import queue
 import secrets as _random
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -64,6 +65,34 @@ class Listener:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@dataclass
+class PendingLogin:
+    """A sign-in by authorization code + PKCE waiting for its redirect (any provider): the
+    authorization URL to open, the loopback listener (or why there is none), and the redirect
+    addresses that arrive, from the listener or pasted (wait_for_redirect reads them)."""
+
+    profile: Any
+    secrets: Any
+    authorization_url: str
+    redirect_uri: str
+    state: str
+    code_verifier: str
+    scopes: list[str]
+    flow_name: str
+    listener: Listener | None = None
+    listen_error: str | None = None
+    redirects: "queue.Queue[str]" = field(default_factory=queue.Queue)
+
+    @property
+    def port(self) -> int | None:
+        return urlsplit(self.redirect_uri).port
+
+    def close(self) -> None:
+        if self.listener:
+            self.listener.close()
+            self.listener = None
 
 
 class Waiting(Protocol):
