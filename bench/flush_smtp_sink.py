@@ -7,10 +7,13 @@ clients interleaved in the same run, each over ONE connection, ~1 KB messages:
 - `smtp-source -s 1 -m N -l 1024` (Postfix's C load generator, one session);
 - for reference, `SmtpTransport.send()` in a loop in this process (the wire part alone).
 
-    python bench/flush_smtp_sink.py [--count 10000] [--rounds 3]
+With `--connections 1,2,4`, also `mailctl queue flush --connections N` against
+`smtp-source -s N` (N parallel sessions each; the profile allows max_connections = N).
 
-Targets (issue #14): flush >= 1.0x raw smtplib and >= 0.5x smtp-source. Needs /usr/sbin/smtp-sink
-and /usr/sbin/smtp-source (Debian package postfix)."""
+    python bench/flush_smtp_sink.py [--count 10000] [--rounds 3] [--connections 1,2,4]
+
+Targets (issue #14): flush >= 1.0x raw smtplib and >= 0.5x smtp-source -s 1 over one connection.
+Needs /usr/sbin/smtp-sink and /usr/sbin/smtp-source (Debian package postfix)."""
 
 from __future__ import annotations
 
@@ -90,9 +93,9 @@ def transport_loop(port: int, msgs: list[bytes]) -> float:
     return time.perf_counter() - t0
 
 
-def smtp_source(port: int, count: int) -> float:
+def smtp_source(port: int, count: int, sessions: int = 1) -> float:
     t0 = time.perf_counter()
-    subprocess.run([tool("smtp-source"), "-s", "1", "-m", str(count), "-l", "1024", "-f", "app@example.com",
+    subprocess.run([tool("smtp-source"), "-s", str(sessions), "-m", str(count), "-l", "1024", "-f", "app@example.com",
                     "-t", "user@example.org", f"127.0.0.1:{port}"], check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
@@ -103,10 +106,10 @@ def prepare_outbox(path: Path, msgs: list[bytes]) -> None:
     box.close()
 
 
-def mailctl_flush(env: dict, outbox: Path, count: int) -> float:
+def mailctl_flush(env: dict, outbox: Path, count: int, connections: int = 1) -> float:
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "mailctl", "queue", "flush", "--json", "--outbox", str(outbox)],
-                         env=env, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "mailctl", "queue", "flush", "--json", "--outbox", str(outbox),
+                          "--connections", str(connections)], env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
     if res.returncode != 0:
         raise SystemExit(f"queue flush exited {res.returncode}: {res.stdout}{res.stderr}")
@@ -120,7 +123,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", default="1", help="comma-separated session counts, e.g. 1,2,4")
     a = ap.parse_args()
+    ns = sorted({int(n) for n in a.connections.split(",")} | {1})
     port = free_port()
     sink = start_sink(port)
     with tempfile.TemporaryDirectory() as d:
@@ -128,27 +133,40 @@ def main() -> None:
         (tmp / "profiles.toml").write_text(
             'schema_version = 1\ndefault = "sink"\n[settings]\nretention_days = 0\n[profiles.sink]\ntype = "smtp"\n'
             f'host = "127.0.0.1"\nport = {port}\nsecurity = "none"\nauth = "none"\nehlo_name = "bench"\n'
-            'from_address = "app@example.com"\ntimeout = 30\n')
+            f'from_address = "app@example.com"\ntimeout = 30\nmax_connections = {max(ns)}\n')
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILCTL_")}
         env.update(MAILCTL_HOME=str(tmp), NO_COLOR="1",
                    PYTHONPATH=str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", ""))
         try:
             msgs = messages(a.count)
             raw_smtplib(port, msgs[:200])  # warm up
-            raw, flush, source, transport = [], [], [], []
-            for n in range(a.rounds):  # interleaved, so drift hits all alike
-                outbox = tmp / f"outbox{n}.sqlite3"
-                prepare_outbox(outbox, msgs)
+            raw, transport = [], []
+            flush: dict[int, list[float]] = {n: [] for n in ns}
+            source: dict[int, list[float]] = {n: [] for n in ns}
+            for r in range(a.rounds):  # interleaved, so drift hits all alike
                 raw.append(raw_smtplib(port, msgs))
-                flush.append(mailctl_flush(env, outbox, a.count))
-                source.append(smtp_source(port, a.count))
+                for n in ns:
+                    outbox = tmp / f"outbox{r}-{n}.sqlite3"
+                    prepare_outbox(outbox, msgs)
+                    flush[n].append(mailctl_flush(env, outbox, a.count, n))
+                    source[n].append(smtp_source(port, a.count, n))
                 transport.append(transport_loop(port, msgs))
         finally:
             sink.terminate()
             sink.wait()
+    report(a, raw, flush, source, transport, ns)
+
+
+def report(a, raw: list[float], flush: dict[int, list[float]], source: dict[int, list[float]],
+           transport: list[float], ns: list[int]) -> None:
     rate = {name: a.count / statistics.median(times) for name, times in
-            (("raw_smtplib", raw), ("mailctl_queue_flush", flush), ("smtp_source", source),
+            (("raw_smtplib", raw), ("mailctl_queue_flush", flush[1]), ("smtp_source", source[1]),
              ("smtp_transport_in_process", transport))}
+    per_n = {str(n): {"flush_per_second": round(a.count / statistics.median(flush[n])),
+                      "smtp_source_per_second": round(a.count / statistics.median(source[n])),
+                      "flush_vs_smtp_source": round(statistics.median(source[n]) / statistics.median(flush[n]), 3),
+                      "flush_seconds": [round(t, 2) for t in flush[n]],
+                      "smtp_source_seconds": [round(t, 2) for t in source[n]]} for n in ns}
     vs_raw = rate["mailctl_queue_flush"] / rate["raw_smtplib"]
     vs_source = rate["mailctl_queue_flush"] / rate["smtp_source"]
     print(json.dumps({
@@ -158,8 +176,9 @@ def main() -> None:
         "flush_vs_smtp_source": round(vs_source, 3), "target_vs_smtp_source": 0.5,
         "ok": vs_raw >= 1.0 and vs_source >= 0.5,
         "transport_vs_raw_smtplib": round(rate["smtp_transport_in_process"] / rate["raw_smtplib"], 3),
-        "raw_seconds": [round(t, 2) for t in raw], "flush_seconds": [round(t, 2) for t in flush],
-        "smtp_source_seconds": [round(t, 2) for t in source],
+        "raw_seconds": [round(t, 2) for t in raw], "flush_seconds": [round(t, 2) for t in flush[1]],
+        "smtp_source_seconds": [round(t, 2) for t in source[1]],
+        "connections": per_n,
         "load_average": os.getloadavg()[0],
     }))
 

@@ -3,10 +3,16 @@ its own process) vs raw smtplib sending the same messages over one connection to
 server, in the same run. Target: outbox >= 0.8x raw smtplib's rate.
 
     python bench/outbox_flush.py [--count 10000] [--rounds 3] [--pin]
+    python bench/outbox_flush.py --slow-server-ms 10 --connections 1,2,4 [--count 400]
 
 The outbox side is the real flush engine with the real SMTP transport (claims, one committed
 result per message, attempt log), timed from the first claim to the last commit; enqueueing
-happens before the clock starts."""
+happens before the clock starts.
+
+`--slow-server-ms MS --connections 1,2,4`: instead, a server that takes MS milliseconds a
+message (aiosmtpd in this process, as a real relay's round trip), and the flush with N
+connections (FlushOptions.connections, max_connections = N): messages a second per N and
+the speed-up over one connection (the target: close to N while the server is the limit)."""
 
 from __future__ import annotations
 
@@ -82,12 +88,52 @@ def outbox_flush(port: int, msgs: list[bytes], tmp: Path, n: int) -> tuple[float
     return elapsed, report.to_dict()
 
 
+def slow_server_connections(count: int, delay_ms: float, ns: list[int], tmp: Path) -> dict:
+    """Flushes with N connections against a server taking `delay_ms` a message."""
+    import asyncio
+
+    from outbox_smtp import RecordingHandler, SmtpServer
+
+    class Slow(RecordingHandler):
+        async def handle_DATA(self, server, session, envelope):
+            await asyncio.sleep(delay_ms / 1000)
+            return await super().handle_DATA(server, session, envelope)
+
+    rates = {}
+    with SmtpServer(Slow(discard=True)) as server:
+        for n in ns:
+            path = tmp / f"slow{n}.sqlite3"
+            with Outbox(path) as box:
+                box.enqueue_many([(m, "app@example.com", ["user@example.org"]) for m in messages(count)])
+            box = Outbox(path, synchronous="NORMAL")
+            profile = ResolvedProfile("bench", {"type": "smtp", "host": "127.0.0.1", "port": server.port,
+                                                "security": "none", "auth": "none", "ehlo_name": "bench",
+                                                "max_connections": n})
+            t0 = time.perf_counter()
+            report = flush(box, policy=FlushPolicy(retention_days=0), resolve=lambda name: profile,
+                           open_transport=lambda p: open_transport(p, None), options=FlushOptions(connections=n))
+            rates[n] = count / (time.perf_counter() - t0)
+            box.close()
+            assert report.sent == count, report.to_dict()
+    return {"bench": "outbox_flush_connections", "count": count, "server_ms_per_message": delay_ms,
+            "per_second": {str(n): round(r) for n, r in rates.items()},
+            "speedup_vs_one": {str(n): round(r / rates[ns[0]], 2) for n, r in rates.items()},
+            "load_average": os.getloadavg()[0]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pin", action="store_true", help="server on CPU 1, client on CPU 0 (each side its own core)")
+    ap.add_argument("--slow-server-ms", type=float, default=0.0, help="a server taking this long a message (see above)")
+    ap.add_argument("--connections", default="1", help="with --slow-server-ms: comma-separated N, e.g. 1,2,4")
     a = ap.parse_args()
+    if a.slow_server_ms:
+        with tempfile.TemporaryDirectory() as d:
+            ns = sorted({int(n) for n in a.connections.split(",")} | {1})
+            print(json.dumps(slow_server_connections(a.count, a.slow_server_ms, ns, Path(d))))
+        return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         server, port = start_server(tmp, 1 if a.pin else None)

@@ -351,7 +351,8 @@ class OnlyTheProtocol:
 
 def test_the_flush_uses_only_the_flush_store_interface(box, clock):
     assert OnlyTheProtocol.MEMBERS == {"clock", "count_due", "due_messages", "expire_overdue", "sent_since",
-                                       "claim_batch", "record_attempt", "release_claims", "purge", "count_by_state"}
+                                       "claim_batch", "record_attempt", "record_attempts", "release_claims", "purge",
+                                       "count_by_state"}
     box.enqueue(RAW, "a@example.com", ["b@example.org"])
     box.enqueue(RAW, "a@example.com", ["later@x.org"])
     store = OnlyTheProtocol(box)

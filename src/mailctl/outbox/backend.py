@@ -8,8 +8,9 @@ The guarantees are the part that matters:
 * `claim_batch` is atomic: no two owners ever hold the same row, and a row whose lease ran out
   (its flush died) can be claimed again, with an 'interrupted' entry in its attempt log.
 * `record_attempt` is one committed write: when it returns, the result survives the death of
-  the flush (the engine relies on this to repeat at most one message per kill). It only
-  changes a row that `owner` still holds.
+  the flush (the engine relies on this to repeat at most one message per connection and
+  kill). It only changes a row that `owner` still holds. `record_attempts` commits several
+  results in one write, all or none, with the same guarantee for each.
 * Every other call is its own short transaction; none holds a lock between calls.
 
 Times are the store's own clock (`clock`), in unix seconds; the flush reads the time there too,
@@ -36,6 +37,21 @@ class ClaimedMessage:
     age_base: float
     message_id: str | None = None
     reclaimed: bool = False  # a previous flush died while holding it
+
+
+@dataclass
+class AttemptResult:
+    """One delivery result for `record_attempts` (the arguments of `record_attempt`)."""
+
+    claim: ClaimedMessage
+    outcome: str  # sent | deferred | failed | expired
+    reply: str = ""
+    server: str | None = None
+    profile: str | None = None
+    duration: float | None = None
+    next_attempt_at: float | None = None
+    recipients: list[str] | None = None  # narrow the envelope to these (still to deliver)
+    failed_recipients: dict[str, str] = field(default_factory=dict)  # add to those refused for good
 
 
 @dataclass
@@ -157,6 +173,13 @@ class FlushStore(Protocol):
         (recipient -> reply) adds to the message's recipients refused for good; `renew_lease`
         extends the lease of the owner's other claimed rows in the same commit. False if the
         row was no longer the owner's."""
+        ...
+
+    def record_attempts(self, owner: str, results: Sequence[AttemptResult], *,
+                        renew_lease: float | None = None) -> list[bool]:
+        """Commit several results in ONE write (group commit: the results of several
+        connections that came in while the previous commit ran), with the same guarantee as
+        record_attempt for each; per result, whether the row was still the owner's."""
         ...
 
     def release_claims(self, owner: str, ids: Iterable[int] | None = None) -> int:

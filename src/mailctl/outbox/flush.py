@@ -8,10 +8,16 @@ layer renders progress however it likes.
 
 `FlushRun` is one run, one method per step; `flush()` builds one and runs it. It reaches the
 storage only through the calls listed in backend.FlushStore (Outbox, SQLite, is one).
+
+With `FlushOptions.connections` N > 1 the run delivers in N threads (lanes, `_Lanes`), each
+with its own sessions, sharing the claims, the report, the rate limits and one serialised
+store handle; every lane keeps the one-connection guarantee, and results that are pending
+at the same time are committed together (`_Results`).
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 import uuid
@@ -20,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from mailctl.errors import AuthError, ConfigError, DeliveryError, ExitCode, MailctlError, NotFoundError
-from mailctl.outbox.backend import ClaimedMessage, FlushStore
+from mailctl.outbox.backend import AttemptResult, ClaimedMessage, FlushStore
 
 # Postfix: minimal_backoff_time = 300s, maximal_backoff_time = 4000s, doubling in between.
 DEFAULT_MIN_BACKOFF = 300.0
@@ -82,6 +88,9 @@ class FlushOptions:
     claim_size: int = CLAIM_SIZE
     keep_results: bool = False  # keep every per-message outcome in the report
     purge: bool = True  # the seed: each run also purges mail older than retention_days
+    # SMTP sessions (transports) per profile at once, each in its own thread; capped by the
+    # profile's max_connections (default 1: Microsoft 365 and Gmail throttle parallel sessions)
+    connections: int = 1
 
 
 @dataclass
@@ -124,6 +133,8 @@ class FlushReport:
     partially_failed: int = 0  # sent (or deferred) with some recipients refused for good (5xx)
     duration: float = 0.0
     stopped: bool = False  # asked to stop (the worker's SIGTERM): untried claims were given back (not serialised)
+    # --connections asked for more than a profile's max_connections: profile -> the connections used
+    connections_capped: dict[str, int] = field(default_factory=dict)
 
     @property
     def attempted(self) -> int:
@@ -157,6 +168,7 @@ class FlushReport:
                               for name, err in self.config_errors.items()},
             "left": self.left,
             "partially_failed": self.partially_failed,
+            "connections_capped": dict(self.connections_capped),
             "duration": round(self.duration, 3),
             "exit_code": int(self.exit_code),
         }
@@ -199,6 +211,77 @@ class SharedRateLimits:
 
 
 ProgressFn = Callable[..., None]
+
+
+class _Pending:
+    """One connection's result, handed to the run's _Results; committed (`done`), or its
+    write failed (`error`)."""
+
+    __slots__ = ("result", "done", "error")
+
+    def __init__(self, result: AttemptResult) -> None:
+        self.result = result
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class _Results:
+    """The results a run has not written yet, of all its connections, and the one lock for
+    its storage (`lock`: every store call of a run with several connections takes it).
+
+    A connection writes its pending result before its next message's data goes out; the
+    write takes every result pending at that moment, of every connection, in ONE commit
+    (group commit): under load the other connections find theirs already written. One
+    connection: one result a commit, as before."""
+
+    def __init__(self, store: FlushStore, owner: str, lease_seconds: float) -> None:
+        self.store = store
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.lock = threading.RLock()
+        self.waiting: list[_Pending] = []
+        self.renewed = 0.0  # when the owner's claimed rows' leases were last pushed forward
+
+    def add(self, result: AttemptResult) -> _Pending:
+        p = _Pending(result)
+        with self.lock:
+            self.waiting.append(p)
+        return p
+
+    def write(self, p: _Pending) -> None:
+        """Make sure `p` is committed: written already by another connection's commit, or
+        now, together with everything else pending. A failed write fails all it carried."""
+        with self.lock:
+            if p.done:
+                return
+            if p.error is not None:
+                raise p.error
+            batch, self.waiting = self.waiting, []
+            try:
+                renew = self.renewal()
+                if len(batch) == 1:  # one connection: always
+                    r = batch[0].result
+                    self.store.record_attempt(
+                        r.claim, self.owner, r.outcome, reply=r.reply, server=r.server, profile=r.profile,
+                        duration=r.duration, next_attempt_at=r.next_attempt_at, recipients=r.recipients,
+                        renew_lease=renew, failed_recipients=r.failed_recipients or None)
+                else:
+                    self.store.record_attempts(self.owner, [q.result for q in batch], renew_lease=renew)
+            except BaseException as exc:
+                for q in batch:
+                    q.error = exc
+                raise
+            for q in batch:
+                q.done = True
+
+    def renewal(self) -> float | None:
+        # renew the lease on the rest of our claim now and then (not on every commit: that
+        # would rewrite those rows' pages each time); a quarter of the lease leaves ample margin
+        now = self.store.clock()
+        if now - self.renewed >= min(60.0, self.lease_seconds / 4):
+            self.renewed = now
+            return self.lease_seconds
+        return None
 
 
 class _Session:
@@ -279,8 +362,8 @@ class FlushRun:
     give back what was not tried, purge and count. Build it, call run() once.
 
     The run's state lives here: the report being filled, one _Session per profile, the claim
-    owner and when its leases were last renewed, and `pending`, the one result not written
-    yet. Storage goes through `store` (a FlushStore: backend.py) only."""
+    owner, `results` (what is not written yet, and when the leases were last renewed), and
+    `pending`, this connection's one result not known to be written. Storage goes through `store` (a FlushStore: backend.py) only."""
 
     def __init__(
         self,
@@ -313,10 +396,13 @@ class FlushRun:
         self.default_error: MailctlError | None = None
         self.profiles: list[str | None] | None = None  # None: every profile's mail
         self.owner = uuid.uuid4().hex  # the lease owner of our claims
-        self.lease_renewed = 0.0  # when our claimed rows' leases were last pushed forward
+        self.results = _Results(store, self.owner, self.options.lease_seconds)
         self.sessions: dict[str | None, _Session] = {}
         self.global_limiter = RateLimiter(0)
-        self.pending: list[Callable[[], Any]] = []  # at most one result waiting to be written
+        self.pending: _Pending | None = None  # this connection's result not known to be written yet
+        self.lanes: _Lanes | None = None  # with several connections: the hand-out of messages to them
+        self.held: set[str | None] = set()  # a lane's connection slots: the profiles it may send for
+        self.report_lock = threading.Lock()  # lanes count into one report
         self.attempt_log: Any = None  # attemptlog.AttemptLog while delivering, when [settings] asks
         self.processed = 0  # messages tried (the --limit count)
         self.in_batch = 0  # messages tried in the current batch (batch_size)
@@ -331,7 +417,9 @@ class FlushRun:
                 self.list_due()
             return self.tally()
         self.expire_overdue()
-        self.lease_renewed = self.clock()
+        self.results.renewed = self.clock()
+        if self.options.connections > 1 and self.shared_limits is None:
+            self.shared_limits = SharedRateLimits()  # the connections' threads keep the limits together
         self.global_limiter = self.rate_limiter(self.policy.rate_limit_per_minute)
         self.notify("start", total=self.report.due)
         if self.policy.attempt_log:
@@ -381,6 +469,9 @@ class FlushRun:
     def deliver_all(self) -> None:
         """Claim and deliver until nothing is due or --limit is reached; always give back the
         claims not tried and close the sessions."""
+        if self.options.connections > 1:
+            self.deliver_in_lanes()
+            return
         limit = self.options.limit
         try:
             while limit is None or self.processed < limit:
@@ -412,6 +503,65 @@ class FlushRun:
                     for s in self.sessions.values():
                         _close(s)
 
+    def deliver_in_lanes(self) -> None:
+        """--connections N: N threads (lanes), each with its own sessions (its own connection
+        to a profile's server), taking messages from one stream of claims (_Lanes); no profile
+        is used by more lanes at once than its max_connections allows. A lane commits its
+        result before its next message's data, exactly as one connection does; results that
+        come in while a commit runs go into the next one together (_Results). Ctrl-C (in
+        this, the main thread) or a stop request: every lane finishes the message in flight
+        and commits it, then the untried claims go back."""
+        self.store = _Serialized(self.store, self.results.lock)  # one handle, one caller at a time
+        lanes = self.lanes = _Lanes(self)
+        threads = [threading.Thread(target=lanes.run_lane, args=(self.lane_copy(),), name=f"mailctl-flush-{k}",
+                                    daemon=True) for k in range(self.options.connections)]
+        try:
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads):  # joined in slices: Ctrl-C reaches this thread
+                for t in threads:
+                    t.join(0.2)
+        except BaseException:
+            lanes.halt()
+            for t in threads:
+                t.join()
+            raise
+        finally:
+            self.store.release_claims(self.owner)
+        if lanes.error is not None:
+            raise lanes.error
+        self.report.stopped = lanes.asked_to_stop
+
+    def lane_copy(self) -> "FlushRun":
+        """A lane: this run with sessions, a pending result and connection slots of its own;
+        the report, store, results, rate limiters, owner and options are shared."""
+        lane = copy.copy(self)
+        lane.sessions = {}
+        lane.pending = None
+        lane.held = set()
+        assert self.lanes is not None
+        lane.stop = self.lanes.should_stop
+        return lane
+
+    def connection_cap(self, key: str | None) -> int:
+        """How many lanes may use profile `key` at once: --connections, capped by the
+        profile's max_connections (default 1); a cap is noted in the report."""
+        want = self.options.connections
+        if key is None and self.default_error is not None:
+            return 1
+        try:
+            prof = self.resolve(key)
+        except MailctlError:
+            return 1  # its messages are deferred or left without a connection anyway
+        most = int(prof.values.get("max_connections") or 1)
+        if most < want:
+            with self.report_lock:
+                self.report.connections_capped[prof.name or "(default)"] = most
+        return max(1, min(want, most))
+
+    def profile_key(self, name: str | None) -> str | None:
+        return name if name is not None else self.default_name
+
     def check_stop(self) -> None:
         if self.stop is not None and self.stop():
             raise _Stop()
@@ -440,7 +590,7 @@ class FlushRun:
         self.settle()
         claims = self.store.claim_batch(self.owner, want, self.options.lease_seconds, profiles=self.profiles,
                                         ids=self.options.ids)
-        self.lease_renewed = self.clock()
+        self.results.renewed = self.clock()
         self.report.reclaimed += sum(1 for c in claims if c.reclaimed)
         return claims
 
@@ -520,10 +670,11 @@ class FlushRun:
 
     # results -----------------------------------------------------------------
     def settle(self) -> None:
-        """Write the pending result now."""
-        pending = self.pending
-        while pending:
-            pending.pop()()
+        """Make sure this connection's pending result is committed (taken off before the
+        write: a failed write is not tried again)."""
+        p, self.pending = self.pending, None
+        if p is not None:
+            self.results.write(p)
 
     def settle_while_waiting(self) -> None:
         # runs inside the transport; a failure must stop the flush, not count as this
@@ -539,19 +690,19 @@ class FlushRun:
         next_at = None
         if outcome == "deferred":
             outcome, reply, next_at = self.retry_or_expire(c, reply)
-        renew = self.lease_renewal()
         # The write is deferred until the next message's MAIL FROM is on the wire (or sooner,
-        # see settle()): only ever one result is uncommitted, and it is always committed before
-        # another message's data is sent, so a kill at any instant repeats at most that one.
+        # see settle()): only ever one result a connection is uncommitted, and it is always
+        # committed before that connection sends another message's data, so a kill at any
+        # instant repeats at most that one (per connection).
         self.settle()
-        store, owner = self.store, self.owner
         failed = dict(failed_recipients or {})
-        self.pending.append(lambda: store.record_attempt(
-            c, owner, outcome, reply=reply, server=server, profile=profile, duration=duration,
-            next_attempt_at=next_at, recipients=recipients, renew_lease=renew, failed_recipients=failed or None))
+        self.pending = self.results.add(AttemptResult(
+            c, outcome, reply, server, profile, duration, next_at,
+            None if recipients is None else list(recipients), failed))
         self.count(MessageOutcome(c.id, outcome, reply, server, profile, next_at, error, failed))
         if self.attempt_log is not None:
-            self.log_attempt(c, outcome, reply, server, profile, duration)
+            with self.report_lock:
+                self.log_attempt(c, outcome, reply, server, profile, duration)
 
     def log_attempt(self, c: ClaimedMessage, outcome: str, reply: str, server: str | None, profile: str | None,
                     duration: float | None) -> None:
@@ -570,24 +721,17 @@ class FlushRun:
             return "expired", f"{reply} (expired: undelivered after max_retry_age)".strip(), None
         return "deferred", reply, now + backoff_delay(c.attempts + 1, self.policy.min_backoff, self.policy.max_backoff)
 
-    def lease_renewal(self) -> float | None:
-        # renew the lease on the rest of our claim now and then (not on every commit: that
-        # would rewrite those rows' pages each time); a quarter of the lease leaves ample margin
-        if self.clock() - self.lease_renewed >= min(60.0, self.options.lease_seconds / 4):
-            self.lease_renewed = self.clock()
-            return self.options.lease_seconds
-        return None
-
     def count(self, result: MessageOutcome) -> None:
         report = self.report
-        setattr(report, result.outcome, getattr(report, result.outcome) + 1)
-        if result.failed_recipients and result.outcome != "failed":
-            report.partially_failed += 1
-        if (result.outcome != "sent" or result.failed_recipients) and len(report.problems) < 100:
-            report.problems.append(result)
-        if self.options.keep_results:
-            report.results.append(result)
-        self.notify("message", id=result.id, outcome=result.outcome, reply=result.reply)
+        with self.report_lock:
+            setattr(report, result.outcome, getattr(report, result.outcome) + 1)
+            if result.failed_recipients and result.outcome != "failed":
+                report.partially_failed += 1
+            if (result.outcome != "sent" or result.failed_recipients) and len(report.problems) < 100:
+                report.problems.append(result)
+            if self.options.keep_results:
+                report.results.append(result)
+            self.notify("message", id=result.id, outcome=result.outcome, reply=result.reply)
 
     # delivering one message ----------------------------------------------------
     def deliver(self, c: ClaimedMessage) -> bool:
@@ -619,7 +763,7 @@ class FlushRun:
             if self.shared_limits is None:  # shared ones were taken in wait_for_rate_limits
                 for lim in limiters:
                     lim.record(self.clock())
-            if overlap and self.pending:
+            if overlap and self.pending is not None:
                 result = s.transport.send(c.raw, c.sender, list(c.recipients), while_waiting=self.settle_while_waiting)
             else:
                 result = s.transport.send(c.raw, c.sender, list(c.recipients))
@@ -651,9 +795,10 @@ class FlushRun:
         expiry. The row stays claimed until the run ends and then goes back as it was
         (release_claims); the problem is reported once, for its profile."""
         assert s.error is not None
-        self.report.config_errors.setdefault(s.name or "(default)", s.error)
-        self.report.left += 1
-        self.notify("message", id=c.id, outcome="left", reply=s.error.message)
+        with self.report_lock:
+            self.report.config_errors.setdefault(s.name or "(default)", s.error)
+            self.report.left += 1
+            self.notify("message", id=c.id, outcome="left", reply=s.error.message)
 
     def connect(self, s: _Session, c: ClaimedMessage, t0: float) -> bool:
         """Open the session's transport; on failure defer `c` (and the profile), or leave it
@@ -734,6 +879,176 @@ class FlushRun:
                         failed_recipients=failed)
         else:
             self.commit(c, "sent", reply, result.server, s.name, duration, failed_recipients=failed)
+
+
+class _Serialized:
+    """A store whose every call holds one lock: the lanes of a run share one store handle,
+    and an sqlite3 or psycopg connection serves one caller (one transaction) at a time."""
+
+    def __init__(self, store: Any, lock: threading.RLock) -> None:
+        self._store = store
+        self._lock = lock
+        self.clock = store.clock
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+        lock = self._lock
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return attr(*args, **kwargs)
+
+        return call
+
+
+class _Lanes:
+    """The hand-out of one run's messages to its lanes (--connections): one stream of claims
+    (the run's owner, claim_size rows at a time) shared by all, --limit and batch_size counted
+    across them. A lane takes a message of a profile only while it holds one of that
+    profile's connection slots (connection_cap); a message whose profile has no free slot is
+    parked for the lanes that hold one, which take their parked messages first. A lane that
+    finds nothing to take gives its slots back in the same step, so nothing parked is ever
+    left without a lane."""
+
+    def __init__(self, run: FlushRun) -> None:
+        self.run = run
+        self.cond = threading.Condition()
+        self.ready: deque[ClaimedMessage] = deque()
+        self.parked: dict[str | None, deque[ClaimedMessage]] = {}
+        self.busy: dict[str | None, int] = {}  # lanes holding a slot of each profile
+        self.caps: dict[str | None, int] = {}
+        self.exhausted = False  # a claim found nothing more
+        self.used = 0  # messages handed out that count toward --limit
+        self.in_batch = 0  # messages claimed in the current batch (batch_size)
+        self.halted = False
+        self.error: BaseException | None = None  # the first lane's failure; the others stop
+        self.user_stop = run.stop
+        self.asked_to_stop = False
+
+    def should_stop(self) -> bool:
+        if self.halted or self.error is not None:
+            return True
+        if self.user_stop is not None and self.user_stop():
+            self.asked_to_stop = True
+            return True
+        return False
+
+    def halt(self) -> None:
+        self.halted = True
+
+    def fail(self, exc: BaseException) -> None:
+        with self.cond:
+            if self.error is None:
+                self.error = exc
+
+    def run_lane(self, lane: FlushRun) -> None:
+        """One lane's thread: take, deliver, until nothing is left or a stop; its last result
+        committed, its sessions closed."""
+        try:
+            while True:
+                lane.check_stop()
+                c = self.next(lane)
+                if c is None:
+                    break
+                if not lane.deliver(c):  # not a delivery attempt: --limit does not count it
+                    with self.cond:
+                        self.used -= 1
+            lane.settle()
+        except _Stop:
+            pass
+        except _SettleFailed as exc:
+            self.fail(exc.error)
+        except BaseException as exc:
+            self.fail(exc)
+        finally:
+            try:
+                lane.settle()
+            except BaseException as exc:
+                self.fail(exc)
+            finally:
+                for s in lane.sessions.values():
+                    _close(s)
+                self.give_back(lane)
+
+    def next(self, lane: FlushRun) -> ClaimedMessage | None:
+        """The lane's next message, claiming more when none is ready; None: nothing is left
+        for it (its connection slots are given back at once)."""
+        run = self.run
+        with self.cond:
+            while True:
+                c = self.take(lane)
+                if c is not None:
+                    return c
+                limit = run.options.limit
+                if self.exhausted or (limit is not None and self.used >= limit):
+                    self.give_back(lane)
+                    return None
+                if run.policy.batch_size and self.in_batch >= run.policy.batch_size:
+                    self.end_batch(lane)
+                self.claim(lane)
+
+    def take(self, lane: FlushRun) -> ClaimedMessage | None:
+        for key in lane.held:
+            q = self.parked.get(key)
+            if q:
+                return q.popleft()
+        while self.ready:
+            c = self.ready.popleft()
+            key = self.run.profile_key(c.profile)
+            if key in lane.held or self.grant(lane, key):
+                return c
+            self.parked.setdefault(key, deque()).append(c)
+        for key, q in self.parked.items():
+            if q and self.grant(lane, key):
+                return q.popleft()
+        return None
+
+    def grant(self, lane: FlushRun, key: str | None) -> bool:
+        if key not in self.caps:
+            self.caps[key] = self.run.connection_cap(key)
+        if self.busy.get(key, 0) >= self.caps[key]:
+            return False
+        self.busy[key] = self.busy.get(key, 0) + 1
+        lane.held.add(key)
+        return True
+
+    def give_back(self, lane: FlushRun) -> None:
+        with self.cond:
+            for key in lane.held:
+                self.busy[key] -= 1
+            lane.held = set()
+
+    def claim(self, lane: FlushRun) -> None:
+        run = self.run
+        want = run.options.claim_size
+        if run.options.limit is not None:
+            want = min(want, run.options.limit - self.used)
+        if run.policy.batch_size:
+            want = min(want, run.policy.batch_size - self.in_batch)
+        lane.settle()  # this lane's result first, as one connection does before a claim
+        claims = run.store.claim_batch(run.owner, want, run.options.lease_seconds, profiles=run.profiles,
+                                       ids=run.options.ids)
+        if not claims:
+            self.exhausted = True
+            return
+        with run.report_lock:
+            run.report.reclaimed += sum(1 for c in claims if c.reclaimed)
+        self.used += len(claims)
+        self.in_batch += len(claims)
+        self.ready.extend(claims)
+
+    def end_batch(self, lane: FlushRun) -> None:
+        """batch_size claimed: wait batch_interval before the next batch, if more is due (the
+        other lanes wait here too, for their next message)."""
+        run = self.run
+        self.in_batch = 0
+        lane.settle()
+        more = run.options.limit is None or self.used < run.options.limit
+        if run.policy.batch_interval > 0 and more and run.store.count_due(profiles=run.profiles):
+            lane.notify("wait", seconds=run.policy.batch_interval, reason="batch interval")
+            lane.pause(run.policy.batch_interval)
 
 
 class _Stop(Exception):

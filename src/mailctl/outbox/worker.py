@@ -51,6 +51,7 @@ class WorkerOptions:
     interval: float = DEFAULT_INTERVAL  # longest wait between two rounds
     profile: str | None = None  # only this profile's mail (and unassigned mail, for the default)
     concurrency: int = 1  # lanes: parallel flushes in this process
+    connections: int = 1  # sessions per profile within each lane's round (FlushOptions.connections)
     hold_backlog: bool | None = None  # None: the hold_backlog_at_start setting
     lease_seconds: float = DEFAULT_LEASE
     max_failures: int = MAX_FAILURES
@@ -192,7 +193,8 @@ class Worker:
             self.open_store().close()  # an outbox that cannot be opened at all: its error now
             opts = self.options
             self.log("start", backend=_backend(self.location), outbox=self.location, interval=opts.interval,
-                     concurrency=opts.concurrency, profile=opts.profile or "(all)", pid=os.getpid(),
+                     concurrency=opts.concurrency, connections=opts.connections if opts.connections > 1 else None,
+                     profile=opts.profile or "(all)", pid=os.getpid(),
                      sending_enabled=config.policy.sending_enabled)
             self.hold_backlog(config)
             if opts.concurrency <= 1:
@@ -295,7 +297,7 @@ class Worker:
 
     def round(self, store: Any, config: WorkerConfig) -> FlushReport:
         options = FlushOptions(profile=self.options.profile, lease_seconds=self.options.lease_seconds,
-                               claim_size=self.options.claim_size)
+                               claim_size=self.options.claim_size, connections=self.options.connections)
         run = FlushRun(store, policy=config.policy, resolve=config.resolve, open_transport=config.open_transport,
                        options=options, stop=lambda: self.stopping, sleep=time.sleep,
                        shared_limits=self.shared_limits)
@@ -322,6 +324,11 @@ class Worker:
                      reclaimed=report.reclaimed or None, purged=report.purged or None,
                      stopped=True if report.stopped else None, duration=report.duration,
                      queued=rem.get("queued", 0), waiting=rem.get("deferred", 0), held=rem.get("held", 0))
+        if report.connections_capped and report.connections_capped != last.get("capped"):
+            for name, most in report.connections_capped.items():
+                self.log("connections-capped", "notice", lane=lane, profile=name, connections=most,
+                         asked=self.options.connections, note="the profile's max_connections")
+        last["capped"] = dict(report.connections_capped) or last.get("capped")
         problems = {name: err.message for name, err in report.config_errors.items()}
         problems.update({f"{name} (server)": msg for name, msg in report.profile_errors.items()})
         if problems != last.get("problems"):
