@@ -48,10 +48,10 @@ def test_device_login_json_status_token_logout(cli, ms_home, idp, memory_keyring
 
     st = cli("auth", "status", "m", "--json")
     assert st.exit_code == 0, st.output
-    row = json.loads(st.stdout)["profiles"][0]
+    row = json.loads(st.stdout.splitlines()[0])
     assert row["access"] and row["account"] == USER and row["refresh_token"]
     assert row["scopes"] == ["https://outlook.office.com/SMTP.Send"] and row["access_token_expires_at"]
-    assert row["refresh_token_age_days"] == 0
+    assert row["refresh_token_age_seconds"] == 0
 
     tok = cli("auth", "token", "m", "--no-check")  # no SMTP server here: print the stored token untried
     assert tok.exit_code == 0 and tok.stderr == ""
@@ -161,7 +161,7 @@ def test_google_two_step_paste(cli, g_home, idp, ca_pem, memory_keyring):
     tok = cli("auth", "token", "g")
     assert idp.check_access_token(tok.stdout.strip(), USER)
     st = cli("auth", "status", "g", "--json")
-    row = json.loads(st.stdout)["profiles"][0]
+    row = json.loads(st.stdout.splitlines()[0])
     assert row["access"] and any("Testing" in w for w in row["warnings"])
     out = cli("auth", "logout", "g", "--json")
     assert json.loads(out.stdout)["revoked"] is True and len(idp.revoked) == 1
@@ -226,7 +226,7 @@ def test_google_service_account_via_key_file(cli, isolated_env, idp, ca_pem, tmp
     tok = cli("auth", "token", "ws")
     assert idp.check_access_token(tok.stdout.strip(), "bob@corp.example")
     st = cli("auth", "status", "ws", "--json")
-    row = json.loads(st.stdout)["profiles"][0]
+    row = json.loads(st.stdout.splitlines()[0])
     assert st.exit_code == 0 and row["access"] and row["service_account_key"]
     private_key = json.loads(key.read_text())["private_key"]
     for r in (res, st, missing):
@@ -245,8 +245,8 @@ def test_status_warns_about_90_days_unused(cli, ms_home, idp, memory_keyring):
     doc["refreshed_at"] = time.time() - 80 * 86400
     store.set("m", "oauth_tokens", json.dumps(doc))
     st = cli("auth", "status", "m", "--no-check", "--json")
-    row = json.loads(st.stdout)["profiles"][0]
-    assert row["refresh_token_age_days"] == 80 and any("90 days unused" in w for w in row["warnings"])
+    row = json.loads(st.stdout.splitlines()[0])
+    assert row["refresh_token_age_seconds"] == 80 * 86400 and any("90 days unused" in w for w in row["warnings"])
 
 
 def test_google_paste_on_a_fixed_port_for_ssh_forward(cli, g_home, idp, ca_pem, monkeypatch):

@@ -80,7 +80,7 @@ def test_login_send_status_refresh_logout(cli, isolated_env, idp, trust_ca, ca_p
         outputs.append(send)
 
         status = cli("auth", "status", "--json")
-        assert status.exit_code == 0 and json.loads(status.stdout)["profiles"][0]["access"]
+        assert status.exit_code == 0 and json.loads(status.stdout.splitlines()[0])["access"]
         outputs.append(status)
 
         # The server stops accepting the token (revoked early): 535 -> one refresh -> retry succeeds.

@@ -34,12 +34,12 @@ def test_status_check_tries_the_token_and_replaces_one_the_server_dropped(cli, i
     dead = cli("auth", "token", "rt", "--no-check").stdout.strip()
     idp.expire_access_tokens()  # the server forgets it; the client's cache still says "valid"
     plain = cli("auth", "status", "rt", "--json")
-    assert json.loads(plain.stdout)["profiles"][0]["access"]  # only the identity provider's view: unchanged
+    assert json.loads(plain.stdout.splitlines()[0])["access"]  # only the identity provider's view: unchanged
     assert handler.attempts_auth == []
 
     checked = cli("auth", "status", "rt", "--check", "--json")
     assert checked.exit_code == 0, checked.output
-    row = json.loads(checked.stdout)["profiles"][0]
+    row = json.loads(checked.stdout.splitlines()[0])
     assert row["access"] and row["server_check"]["accepted"] and row["server_check"]["refreshed"]
     assert any("rejected the stored access token; a new one was fetched" in w for w in row["warnings"])
     assert handler.attempts_auth == [("XOAUTH2", False), ("XOAUTH2", True)]
@@ -88,7 +88,7 @@ def test_unreachable_server_prints_the_token_with_a_warning(cli, isolated_env, i
     assert res.exit_code == 0 and idp.check_access_token(res.stdout.strip(), USER)
     assert "not tried at the mail server" in res.stderr and "printing it anyway" in res.stderr
     status = cli("auth", "status", "rt", "--check", "--json")
-    row = json.loads(status.stdout)["profiles"][0]
+    row = json.loads(status.stdout.splitlines()[0])
     assert status.exit_code == 0 and row["access"] and not row["server_check"]["tried"]
     assert any("could not be tried at the mail server" in w for w in row["warnings"])
     both = cli("auth", "status", "rt", "--check", "--no-check")
@@ -110,7 +110,7 @@ def test_generic_provider_status_check(cli, isolated_env, trust_ca, ca_pem):
             assert cli("auth", "login", "g", "--redirect-url", final).exit_code == 0
             gas.expire_access_tokens()
             res = cli("auth", "status", "g", "--check", "--json")
-            row = json.loads(res.stdout)["profiles"][0]
+            row = json.loads(res.stdout.splitlines()[0])
             assert res.exit_code == 0 and row["server_check"]["refreshed"]
             assert handler.attempts_auth == [("OAUTHBEARER", False), ("OAUTHBEARER", True)]
     finally:
@@ -137,7 +137,7 @@ def test_graph_profile_status_check_and_token(cli, isolated_env, idp, trust_ca, 
         idp.expire_access_tokens()
         res = cli("auth", "status", "gr", "--check", "--json")
         assert res.exit_code == 0, res.output
-        row = json.loads(res.stdout)["profiles"][0]
+        row = json.loads(res.stdout.splitlines()[0])
         assert row["server_check"]["accepted"] and row["server_check"]["refreshed"]
         statuses = [r for r in srv.requests if r.method == "GET"]
         assert len(statuses) == 2  # 401, then 200 with the new token

@@ -64,7 +64,7 @@ def test_string_options_from_the_environment(cli, isolated_env, tmp_path):
     cfg = tmp_path / "other.toml"
     cfg.write_text('schema_version = 1\ndefault = "envprof"\n[profiles.envprof]\nhost = "env.example.com"\n')
     r = cli("profile", "list", "--json", env={"MAILCTL_CONFIG": str(cfg)})
-    assert r.exit_code == 0 and [p["name"] for p in json.loads(r.stdout)][0] == "envprof"
+    assert r.exit_code == 0 and [p["name"] for p in (json.loads(line) for line in r.stdout.splitlines())][0] == "envprof"
 
 
 def test_unknown_command_and_lazy_groups(cli, isolated_env):

@@ -273,7 +273,7 @@ def test_install_writes_the_script_to_the_standard_place_idempotently(tmp_path, 
     assert (home / where).read_text() == shipped
     mtime = (home / where).stat().st_mtime_ns
     again = json.loads(_mailctl(["completion", "install", "--shell", shell, "--json"], env).stdout)
-    assert again == {"shell": shell, "path": str(home / where), "changed": False}
+    assert again == {"shell": shell, "path": str(home / where), "changed": False, "exit_code": 0}
     assert (home / where).stat().st_mtime_ns == mtime
     assert _files_under(home) == {where, ".bashrc", ".zshrc"}
     assert (home / ".bashrc").read_text() == (home / ".zshrc").read_text() == "# mine\n"

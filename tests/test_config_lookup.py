@@ -56,7 +56,7 @@ def test_profile_add_creates_a_named_file(cli, tmp_path):
     new = tmp_path / "cfg" / "mine.toml"
     r = cli("--config", str(new), "profile", "add", "x", "--host", "smtp.example.com")
     assert r.exit_code == 0, r.output
-    assert new.exists() and json.loads(cli("--config", str(new), "profile", "list", "--json").stdout)[0]["name"] == "x"
+    assert new.exists() and [json.loads(line) for line in cli("--config", str(new), "profile", "list", "--json").stdout.splitlines()][0]["name"] == "x"
 
 
 # --- no config: deliveries refuse, the tests may use local -----------------------------------
@@ -129,7 +129,7 @@ def system_file(tmp_path, monkeypatch):
 
 
 def test_the_system_file_serves_a_user_without_profiles(cli, isolated_env, system_file, tmp_path):
-    rows = json.loads(cli("profile", "list", "--json").stdout)
+    rows = [json.loads(line) for line in cli("profile", "list", "--json").stdout.splitlines()]
     assert [r["name"] for r in rows] == ["relay"]
     r = cli("sendmail", "ops@example.org", input=RAW)
     assert r.exit_code == 0, r.output
@@ -142,13 +142,13 @@ def test_the_system_file_serves_a_user_without_profiles(cli, isolated_env, syste
 
 def test_a_user_file_replaces_the_system_file(cli, isolated_env, system_file, tmp_path):
     (isolated_env / "profiles.toml").write_text(file_profile("mine", tmp_path / "mine-maildir"))
-    assert [r["name"] for r in json.loads(cli("profile", "list", "--json").stdout)] == ["mine"]
+    assert [r["name"] for r in [json.loads(line) for line in cli("profile", "list", "--json").stdout.splitlines()]] == ["mine"]
     data = json.loads(cli("config", "--json").stdout)
     assert data["profiles"]["source"] == "user" and data["profiles"]["path"] == str(isolated_env / "profiles.toml")
     # a named file beats both
     named = tmp_path / "named.toml"
     named.write_text(file_profile("named", tmp_path / "n"))
-    assert [r["name"] for r in json.loads(cli("--config", str(named), "profile", "list", "--json").stdout)] == ["named"]
+    assert [r["name"] for r in [json.loads(line) for line in cli("--config", str(named), "profile", "list", "--json").stdout.splitlines()]] == ["named"]
 
 
 def test_the_owner_of_the_system_file_edits_it_and_its_mode_stays(cli, isolated_env, system_file):

@@ -56,7 +56,7 @@ def test_valid_certificate(check, ca, ca_file):
     assert host["host"] == "mx.starttls.test" and host["address"] == "127.0.0.1" and host["starttls_offered"] is True
     assert host["tls"]["verified"] is True and host["tls"]["version"] in ("TLSv1.2", "TLSv1.3")
     assert host["tls"]["certificate"]["san"] == ["DNS:mx.starttls.test"]
-    assert host["tls"]["certificate"]["days_left"] > 14
+    assert host["tls"]["certificate"]["expires_in_seconds"] > 14 * 86400
     assert host["ehlo_after_tls"] == 250
     assert list(data["checks"]) == ["mx", "starttls"]
 

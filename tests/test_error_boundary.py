@@ -3,6 +3,7 @@ line (plus an optional "Hint:" line) and its exit code; no traceback unless MAIL
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -116,10 +117,12 @@ def test_quiet_does_not_hide_errors(cli):
 
 
 def test_json_mode_errors_still_go_to_stderr(cli):
+    """Under --json the error is on stderr as usual, and also one object on stdout (docs/json.md)."""
     r = cli("--json", "profile", "show", "ghost")
     assert r.exit_code == 66
-    assert r.stdout == ""
     assert r.stderr.startswith("Error: ")
+    doc = json.loads(r.stdout)
+    assert doc["exit_code"] == 66 and doc["error"].startswith("no profile named 'ghost'") and r.stdout.count("\n") == 1
 
 
 def test_click_usage_errors_keep_exit_2(cli):

@@ -127,7 +127,7 @@ def test_cli_no_wait_then_redirect_url(cli, gp, gas, ca_pem, memory_keyring):
     assert second.exit_code == 0, second.output
     assert "signed in as carol@mail.example.org (generic, paste)" in second.stdout
     status = cli("auth", "status", "g", "--json")
-    row = json.loads(status.stdout)["profiles"][0]
+    row = json.loads(status.stdout.splitlines()[0])
     assert status.exit_code == 0 and row["access"] and row["provider"] == "generic" and row["refresh_token"]
     token = cli("auth", "token", "g", "--no-check")
     assert token.exit_code == 0 and gas.check_access_token(token.stdout.strip(), USER)

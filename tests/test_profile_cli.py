@@ -360,7 +360,7 @@ class TestShow:
 # --- list ------------------------------------------------------------------------------------
 class TestList:
     def test_builtin_local_when_empty(self, cli, cfg):
-        rows = json.loads(ok(cli("profile", "list", "--json")).stdout)
+        rows = [json.loads(line) for line in ok(cli("profile", "list", "--json")).stdout.splitlines()]
         assert len(rows) == 1
         assert rows[0]["name"] == "local" and rows[0]["type"] == "file" and rows[0]["builtin"] is True
         assert rows[0]["default"] is True
@@ -371,7 +371,7 @@ class TestList:
     def test_json_rows(self, cli, company):
         ok(cli("profile", "add", "g", "--type", "graph", "--client-id", "app-id", "--tenant-id",
                "contoso.onmicrosoft.com", "--auth", "oauth"))
-        rows = {row["name"]: row for row in json.loads(ok(cli("profile", "list", "--json")).stdout)}
+        rows = {row["name"]: row for row in [json.loads(line) for line in ok(cli("profile", "list", "--json")).stdout.splitlines()]}
         assert list(rows) == ["company", "alice", "g"]
         for row in rows.values():
             assert {"name", "type", "server", "auth", "default"} <= set(row)
@@ -392,7 +392,7 @@ class TestList:
         assert "*" not in alice_line
 
     def test_global_json_flag(self, cli, company):
-        rows = json.loads(ok(cli("--json", "profile", "list")).stdout)
+        rows = [json.loads(line) for line in ok(cli("--json", "profile", "list")).stdout.splitlines()]
         assert [row["name"] for row in rows] == ["company", "alice"]
 
 
@@ -410,7 +410,7 @@ class TestDuplicate:
     def test_explicit_name_and_password_stdin(self, cli, cfg, memory_keyring, company):
         r = ok(cli("profile", "duplicate", "company", "company2", "--password-stdin", "--json",
                    input=OTHER_SECRET + "\n"))
-        assert json.loads(r.stdout) == {"name": "company2", "source": "company", "secret_stored": "password"}
+        assert json.loads(r.stdout) == {"name": "company2", "source": "company", "secret_stored": "password", "exit_code": 0}
         assert memory_keyring.entries[("mailctl", "company2/password")] == OTHER_SECRET
         assert memory_keyring.entries[("mailctl", "company/password")] == SECRET
         assert_no_secret(r, SECRET, OTHER_SECRET)
@@ -507,7 +507,7 @@ class TestDelete:
         data = read_toml(cfg)
         assert "default" not in data and not data.get("profiles")
         assert memory_keyring.entries == {}
-        rows = json.loads(ok(cli("profile", "list", "--json")).stdout)
+        rows = [json.loads(line) for line in ok(cli("profile", "list", "--json")).stdout.splitlines()]
         assert rows[0]["name"] == "local"
 
     def test_refuses_when_children_inherit(self, cli, cfg, memory_keyring, company):
@@ -530,7 +530,7 @@ class TestDelete:
 class TestSetDefault:
     def test_set_default(self, cli, cfg, company):
         r = ok(cli("profile", "set-default", "alice", "--json"))
-        assert json.loads(r.stdout) == {"default": "alice"}
+        assert json.loads(r.stdout) == {"default": "alice", "exit_code": 0}
         assert read_toml(cfg)["default"] == "alice"
         data = json.loads(ok(cli("profile", "show", "--json")).stdout)
         assert data["name"] == "alice"
@@ -629,16 +629,16 @@ class TestGlobalOptions:
         ok(cli("--config", str(other), "profile", "add", "x", "--host", "smtp.example.com"))
         assert "x" in read_toml(other)["profiles"]
         assert not cfg.exists()
-        rows = json.loads(ok(cli("--config", str(other), "profile", "list", "--json")).stdout)
+        rows = [json.loads(line) for line in ok(cli("--config", str(other), "profile", "list", "--json")).stdout.splitlines()]
         assert [row["name"] for row in rows] == ["x"]
         monkeypatch.setenv("MAILCTL_CONFIG", str(other))
-        rows = json.loads(ok(cli("profile", "list", "--json")).stdout)
+        rows = [json.loads(line) for line in ok(cli("profile", "list", "--json")).stdout.splitlines()]
         assert [row["name"] for row in rows] == ["x"]
         # --config beats MAILCTL_CONFIG; a named file that does not exist is an error, not "no profiles"
         r = cli("--config", str(cfg), "profile", "list", "--json")
         assert r.exit_code == 78 and str(cfg) in r.stderr and "--config" in r.stderr
         cfg.write_text("schema_version = 1\n")
-        rows = json.loads(ok(cli("--config", str(cfg), "profile", "list", "--json")).stdout)
+        rows = [json.loads(line) for line in ok(cli("--config", str(cfg), "profile", "list", "--json")).stdout.splitlines()]
         assert [row["name"] for row in rows] == ["local"]
 
     def test_profile_option_and_env_pick_the_profile(self, cli, company, monkeypatch):

@@ -95,26 +95,26 @@ def test_microsoft365_from_mx(discover):
     res, data = discover("ops@contoso.test")
     assert res.exit_code == 0, res.output
     assert data["source"] == "mx:microsoft365"
-    assert data["profile"] == {"provider": "microsoft365", "username": "ops@contoso.test", "from_address": "ops@contoso.test",
+    assert data["fields"] == {"provider": "microsoft365", "username": "ops@contoso.test", "from_address": "ops@contoso.test",
                                "tenant_id": "contoso.test"}
     res, data = discover("ops@gov.test")
-    assert data["profile"]["cloud"] == "usgov"
+    assert data["fields"]["cloud"] == "usgov"
 
 
 def test_google_workspace_from_mx(discover):
     res, data = discover("me@gws.test")
     assert res.exit_code == 0, res.output
-    assert data["source"] == "mx:gmail" and data["profile"]["provider"] == "gmail"
+    assert data["source"] == "mx:gmail" and data["fields"]["provider"] == "gmail"
 
 
 def test_srv_prefers_submissions_lowest_priority_highest_weight(discover):
     res, data = discover("me@srv.test")
     assert res.exit_code == 0, res.output
     assert data["source"] == "srv:_submissions._tcp.srv.test"
-    assert data["profile"] == {"host": "mail.srv.test", "port": 465, "security": "tls", "auth": "password",
+    assert data["fields"] == {"host": "mail.srv.test", "port": 465, "security": "tls", "auth": "password",
                                "username": "me@srv.test", "from_address": "me@srv.test"}
     [alt] = data["alternatives"]
-    assert alt["profile"]["port"] == 587 and alt["profile"]["security"] == "starttls"
+    assert alt["fields"]["port"] == 587 and alt["fields"]["security"] == "starttls"
 
 
 def test_srv_dot_target_means_not_offered(discover):
@@ -130,7 +130,7 @@ def test_autoconfig_best_server_with_placeholders_and_nothing_sent_but_the_domai
         [request] = srv.requests
     assert res.exit_code == 0, res.output
     assert data["source"].startswith("autoconfig:https://autoconfig.ac.test:")
-    assert data["profile"] == {"host": "smtp.ac.test", "port": 587, "security": "starttls", "auth": "password",
+    assert data["fields"] == {"host": "smtp.ac.test", "port": 587, "security": "starttls", "auth": "password",
                                "username": "alice", "from_address": "alice@ac.test"}
     assert request.headers["host"] == "autoconfig.ac.test" and request.query == ""
     assert "authorization" not in request.headers and b"alice" not in request.body
@@ -142,7 +142,7 @@ def test_well_known_autoconfig_on_the_domain_itself(discover, ca):
         res, data = discover("bob@wk.test", port=srv.port)
     assert res.exit_code == 0, res.output
     assert "/.well-known/autoconfig/mail/config-v1.1.xml" in data["source"]
-    assert data["profile"]["host"] == "smtp.wk.test" and data["profile"]["username"] == "bob@wk.test"
+    assert data["fields"]["host"] == "smtp.wk.test" and data["fields"]["username"] == "bob@wk.test"
     first = data["evidence"][1]
     assert first["type"] == "autoconfig" and first["status"] == "unresolvable"  # autoconfig.wk.test has no A
 

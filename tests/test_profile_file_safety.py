@@ -16,7 +16,7 @@ import tomlkit
 def names(cli, *pre) -> list[str]:
     r = cli(*pre, "profile", "list", "--json")
     assert r.exit_code == 0, r.output
-    return [row["name"] for row in json.loads(r.stdout)]
+    return [row["name"] for row in (json.loads(line) for line in r.stdout.splitlines())]
 
 
 # --- symlinks ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ def test_lint_reports_errors_and_exits_1(cli, isolated_env):
     keyring.set_password("mailctl", "m365/password", "pw-not-shown-123")
     res = cli("profile", "lint", "--json")
     assert res.exit_code == 1, res.output
-    findings = json.loads(res.stdout)
+    findings = [json.loads(line) for line in res.stdout.splitlines()]
     ids = {(f["profile"], f["id"]) for f in findings}
     assert ("plain", "smtp.auth-without-tls") in ids
     assert ("plain", "secret.missing") in ids
@@ -45,7 +45,7 @@ def test_lint_reports_inheritance_cycle(cli, isolated_env):
     write(isolated_env, '[profiles.a]\ninherits = "b"\nhost = "x.example"\n[profiles.b]\ninherits = "a"\n')
     res = cli("profile", "lint", "--json")
     assert res.exit_code == 1
-    assert {f["id"] for f in json.loads(res.stdout)} == {"profile.unresolvable"}
+    assert {f["id"] for f in [json.loads(line) for line in res.stdout.splitlines()]} == {"profile.unresolvable"}
 
 
 def test_duplicate_with_secret_of_a_profile_that_takes_none_is_refused(cli, isolated_env):
@@ -73,7 +73,7 @@ def test_rename_without_a_usable_keyring_still_renames_and_warns(cli, isolated_e
 def _lint(cli, home, text, *names):
     write(home, text)
     res = cli("profile", "lint", *names, "--json")
-    return res, {(f["profile"], f["id"]): f for f in json.loads(res.stdout)}
+    return res, {(f["profile"], f["id"]): f for f in [json.loads(line) for line in res.stdout.splitlines()]}
 
 
 def test_m365_from_other_than_the_login_explains_send_as(cli, isolated_env):

@@ -39,7 +39,7 @@ def test_lint_does_not_run_the_command(cli, isolated_env, tmp_path):
     start = time.monotonic()
     r = cli("profile", "lint", "p", "--json")
     assert r.exit_code == 0, r.output
-    findings = {f["id"]: f for f in json.loads(r.stdout)}
+    findings = {f["id"]: f for f in [json.loads(line) for line in r.stdout.splitlines()]}
     assert "secret.missing" not in findings
     assert "command configured, not run" in findings["secret.command-not-run"]["message"]
     assert time.monotonic() - start < 10 and not marker.exists()

@@ -31,7 +31,7 @@ def test_set_and_unset_keep_comments(cli, isolated_env):
     assert json.loads(cli("settings", "set", "max-retry-age", "3d", "--json").stdout)["value"] == "3d"
     assert json.loads(cli("settings", "set", "batch_size", "10", "--json").stdout)["value"] == 10
     r = cli("settings", "unset", "sending_enabled", "--json")
-    assert r.exit_code == 0 and json.loads(r.stdout) == {"file": str(cfg), "key": "sending_enabled", "removed": True, "value": True}
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"file": str(cfg), "key": "sending_enabled", "removed": True, "value": True, "exit_code": 0}
     assert "sending_enabled" not in tomlkit.parse(cfg.read_text())["settings"]
 
 

@@ -67,29 +67,96 @@ class MailctlGroup(TyperGroup):
                 self.commands[cmd_name] = cmd
         return cmd
 
+    def parse_args(self, ctx, args):
+        ctx.meta[_JSON_SEEN] = _json_flag_in(args)
+        try:
+            return super().parse_args(ctx, args)
+        except _usage_error() as exc:  # a bad global option: Click reports it (stderr, exit 2)
+            _report_json(ctx, exc.format_message(), _usage_hint(exc), int(ExitCode.USAGE))
+            raise
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except _usage_error() as exc:  # a command's arguments did not parse
+            _report_json(ctx, exc.format_message(), _usage_hint(exc), int(ExitCode.USAGE))
+            raise
         except _PASSTHROUGH:
             raise
         except MailctlError as exc:
             if _debug():
                 raise
             _report(exc.message, exc.hint)
+            _report_json(ctx, exc.message, exc.hint, int(exc.exit_code), exc.context())
             raise typer.Exit(int(exc.exit_code))
         except KeyboardInterrupt:
             typer.echo("Interrupted.", err=True)
+            _report_json(ctx, "interrupted", None, int(ExitCode.INTERRUPTED))
             raise typer.Exit(int(ExitCode.INTERRUPTED))
         except BrokenPipeError:
             raise typer.Exit(int(ExitCode.OK))
         except Exception as exc:  # the boundary: never a traceback unless asked for
             if _debug():
                 raise
-            _report(
-                f"unexpected {type(exc).__name__}: {exc}",
-                "this is a bug in mailctl; run again with MAILCTL_DEBUG=1 for a traceback and report it",
-            )
+            message = f"unexpected {type(exc).__name__}: {exc}"
+            hint = "this is a bug in mailctl; run again with MAILCTL_DEBUG=1 for a traceback and report it"
+            _report(message, hint)
+            _report_json(ctx, message, hint, int(ExitCode.PROBLEMS))
             raise typer.Exit(int(ExitCode.PROBLEMS))
+
+
+_JSON_SEEN = "mailctl.json_seen"
+
+
+def _json_flag_in(args) -> bool:
+    """Whether `--json` is on the command line (the global flag or a command's own), before a
+    `--` that ends the options: an error is then also an object on stdout."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
+def _usage_error() -> tuple[type[BaseException], ...]:
+    """Click's UsageError: Typer's own copy of Click (newer releases), and Click's."""
+    found: list[type[BaseException]] = []
+    try:
+        from typer._click.exceptions import UsageError as vendored
+
+        found.append(vendored)
+    except ImportError:
+        pass
+    try:
+        import click
+
+        found.append(click.exceptions.UsageError)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def _usage_hint(exc) -> str | None:
+    """Where the usage is explained (Click prints the usage line itself on stderr)."""
+    ctx = exc.ctx
+    return f"see: {ctx.command_path} --help" if ctx is not None and ctx.command_path else None
+
+
+def _report_json(ctx, message: str, hint: str | None, exit_code: int, context: dict | None = None) -> None:
+    """Under --json, the error as one object on stdout as well (docs/json.md): a script reading
+    stdout sees why the command failed without parsing stderr."""
+    app_ctx = ctx.find_root().obj if ctx is not None else None
+    output = app_ctx.output if isinstance(app_ctx, AppContext) else Output()
+    if not (output.json_mode or (ctx is not None and ctx.meta.get(_JSON_SEEN))):
+        return
+    from mailctl.output import error_document
+
+    doc = error_document(message, hint, exit_code, context)
+    try:
+        output.json_error(doc)
+    except (BrokenPipeError, ValueError):  # stdout gone: stderr has the message
+        pass
 
 
 def _format_commands(group, ctx, formatter) -> None:
@@ -153,8 +220,8 @@ def root(
         Optional[str],
         typer.Option("--profile", "-p", metavar="NAME", envvar="MAILCTL_PROFILE", help="Profile to use instead of the default.", autocompletion=_complete_profile),
     ] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr.")] = 0,
+    json_: Annotated[bool, typer.Option("--json", help="JSON on stdout: one object, or JSON Lines for a listing; an error as an object too (docs/json.md).")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="On stderr: the files, profile and secret store used and why, timings; -vv adds the transcript.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
     version: Annotated[
         Optional[bool],
@@ -165,7 +232,17 @@ def root(
         output=Output(json_mode=json_, quiet=quiet, verbose=verbose),
         config_override=config,
         profile_name=profile,
+        profile_source=_profile_source(ctx),
     )
+
+
+def _profile_source(ctx: typer.Context) -> str:
+    """How --profile was given, for -v: "-p" on the command line, or "$MAILCTL_PROFILE"."""
+    try:
+        source = ctx.get_parameter_source("profile")
+    except Exception:  # Click without parameter sources: the flag is the likelier one
+        return "-p"
+    return "$MAILCTL_PROFILE" if getattr(source, "name", "") == "ENVIRONMENT" else "-p"
 
 
 def _load_command(name: str):

@@ -8,7 +8,9 @@ import typer
 
 from mailctl.context import AppContext
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (docs/json.md; an error too).")]
+JsonLinesOpt = Annotated[bool, typer.Option("--json", help="JSON Lines on stdout: one object per record (docs/json.md; ignore unknown fields).")]
+"""--json of a listing (profile list, profile lint, auth status, queue list): JSON Lines."""
 OutboxOpt = Annotated[
     Optional[str],
     typer.Option("--outbox", metavar="PATH", help="Outbox file (default: $MAILCTL_OUTBOX, else the data dir)."),

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mailctl.commands._common import JsonOpt, ProfileArg, app_context
+from mailctl.commands._common import JsonLinesOpt, JsonOpt, ProfileArg, app_context
 from mailctl.errors import ExitCode
 
 auth_app = typer.Typer(
@@ -125,7 +125,7 @@ def login(
     timeout: Annotated[float, typer.Option("--timeout", min=1, max=86400, help="Seconds to wait for the redirect.")] = 600,
     client_secret_stdin: Annotated[bool, typer.Option("--client-secret-stdin", help="Read the OAuth client secret (first line of stdin) and store it in the keyring first.")] = False,
     service_account_key: Annotated[Optional[str], typer.Option("--service-account-key", metavar="FILE", help="Google service account key JSON to store in the keyring first ('-' reads stdin).")] = None,
-    json_: JsonOpt = False,
+    json_: JsonLinesOpt = False,
 ) -> None:
     """Sign in and store the tokens (Microsoft: device code; Google and generic: paste/loopback, browser or device; app-only profiles: check the credentials)."""
     from mailctl.errors import UsageError
@@ -171,7 +171,7 @@ def status(
     profile: ProfileArg = None,
     no_check: Annotated[bool, typer.Option("--no-check", help="Only read what is stored; do not contact the identity provider.")] = False,
     check: Annotated[bool, typer.Option("--check", help="Also try the access token at the mail server (SMTP AUTH, or the Graph/EWS request of `test connect`); one it rejects is refreshed.")] = False,
-    json_: JsonOpt = False,
+    json_: JsonLinesOpt = False,
 ) -> None:
     """Whether each OAuth profile has access: account, scopes, token expiry, refresh token age, warnings. Exit 77 when a login is needed."""
     from mailctl.errors import UsageError
@@ -192,7 +192,7 @@ def status(
                 _with_server_check(row, _try_at_server(prof, app.secrets))
     needs = any(r["needs_login"] for r in rows)
     if app.use_json(json_):
-        app.output.json({"profiles": rows, "needs_login": needs})
+        app.output.json_lines(rows)  # a listing: one status per profile (docs/json.md)
     elif not rows:
         app.output.info("No OAuth profiles (auth = oauth, client-credentials or service-account).")
     for row in rows if not app.use_json(json_) else []:

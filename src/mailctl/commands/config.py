@@ -29,7 +29,7 @@ def config(ctx: typer.Context, outbox: OutboxOpt = None, json_: JsonOpt = False)
         problem = exc
         data["profiles"].update(error=exc.message, hint=exc.hint)
     if actx.use_json(json_):
-        actx.output.json(data)
+        actx.output.json(data, exit_code=0 if problem is None else int(problem.exit_code))
     else:
         _render(actx.output, data)
     if problem is not None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Callable, List, Optional
 
 import typer
 
-from mailctl.commands._common import JsonOpt, ProfileNameArg, app_context, complete_profile_name
+from mailctl.commands._common import JsonLinesOpt, JsonOpt, ProfileNameArg, app_context, complete_profile_name
 from mailctl.errors import ExitCode, UsageError, ValidationError
 from mailctl.profiles import operations as ops
 from mailctl.profiles.model import PROFILE_FIELDS, coerce_cli_value
@@ -98,6 +98,21 @@ def _needed_kind(ctx: typer.Context, name: str, fields: dict[str, Any], *, new: 
     return primary_secret_kind(resolve_profile(doc, name).values)
 
 
+def _flags_secret_kind(actx, name: str, fields: dict[str, Any]) -> str | None:
+    """`profile add` with flags: a missing field is named (as the flag to give) before any
+    secret is asked for; then which secret the new profile needs."""
+    from mailctl.errors import ConfigError
+    from mailctl.profiles.resolve import primary_secret_kind
+
+    try:
+        profile = ops.unsaved_profile(actx.store, name, fields)
+    except ConfigError as exc:
+        if not fields and exc.hint:  # nothing given at all, and no terminal to ask on
+            exc.hint += f"; on a terminal, `mailctl profile add {name}` asks for each field"
+        raise
+    return primary_secret_kind(profile.values)
+
+
 # --- commands ------------------------------------------------------------------------------
 @profile_app.command("add")
 @with_field_options
@@ -108,11 +123,17 @@ def add(
     password_stdin: PasswordStdinOpt = False,
     no_secret: NoSecretOpt = False,
     default: Annotated[bool, typer.Option("--default", help="Make it the default profile.")] = False,
+    guided: Annotated[bool, typer.Option("--guided", help="Ask for each field not given as a flag (the default on a terminal when no field flag is given).")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Add a profile. Secrets go to the keyring (hidden prompt, --password-stdin), never the TOML."""
+    """Add a profile: on a terminal without field flags, question by question. Secrets go to the keyring (hidden prompt, --password-stdin), never the TOML."""
+    from mailctl.commands.guided import guided_add, guided_wanted
+
     actx = app_context(ctx)
-    kind = _needed_kind(ctx, name, fields, new=True)
+    if guided_wanted(guided=guided, fields=fields, password_stdin=password_stdin, json_=json_, output=actx.output):
+        guided_add(actx, name, fields, no_secret=no_secret, make_default=default)
+        return
+    kind = _flags_secret_kind(actx, name, fields)
     secret = _read_secret(password_stdin=password_stdin, no_secret=no_secret, needed=kind, prompt="Password")
     result = ops.add_profile(actx.store, actx.secrets, name, fields, secret=secret, make_default=default)
     if actx.use_json(json_):
@@ -178,12 +199,12 @@ def _when(ts: float) -> str:
 
 
 @profile_app.command("list")
-def list_(ctx: typer.Context, json_: JsonOpt = False) -> None:
+def list_(ctx: typer.Context, json_: JsonLinesOpt = False) -> None:
     """List profiles: name, type, server, auth, default."""
     actx = app_context(ctx)
     rows = ops.list_profiles(actx.store)
     if actx.use_json(json_):
-        actx.output.json(rows)
+        actx.output.json_lines(rows)
         return
     actx.output.table(
         ("name", "type", "server", "auth", "inherits", "default"),
@@ -272,7 +293,7 @@ def lint(
     ctx: typer.Context,
     names: Annotated[Optional[List[str]], typer.Argument(metavar="[NAME]...", help="Profiles to check (default: all).", autocompletion=complete_profile_name)] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on warnings too.")] = False,
-    json_: JsonOpt = False,
+    json_: JsonLinesOpt = False,
 ) -> None:
     """Check profiles for configuration problems without touching the network (exit 1 on errors)."""
     from mailctl.profiles.lint import lint_profiles
@@ -286,7 +307,7 @@ def lint(
             raise NotFoundError(f"no profile named {name!r} in {doc.path}")
     findings = lint_profiles(doc, names, actx.secrets)
     if actx.use_json(json_):
-        actx.output.json([f.to_dict() for f in findings])
+        actx.output.json_lines(f.to_dict() for f in findings)
     elif findings:
         actx.output.table(("profile", "severity", "id", "message", "fix"), [(f.profile, f.severity, f.id, f.message, f.fix) for f in findings])
     else:

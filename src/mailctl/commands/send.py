@@ -63,8 +63,11 @@ def send(
             raise UsageError("no body", hint="give --body TEXT or pipe the body on stdin")
         body = sys.stdin.read()
     doc = app.store.load()
-    name = profile_for_sender(doc, profile or app.profile_name, [a for _n, a in parse_address_list(from_address or "")])
+    chosen: list[str] = []  # why the sender chose the profile, for -v
+    name = profile_for_sender(doc, profile or app.profile_name, [a for _n, a in parse_address_list(from_address or "")],
+                              on_choice=chosen.append)
     resolved = resolve_profile(doc, name)
+    app.explain_profile(doc, resolved, named_by=app.named_by(profile), by_sender=chosen)
     msg = build_message(resolved, doc.settings(), to=to or [], subject=subject, body=body, cc=cc or [], bcc=bcc or [],
                         attachments=attach or [], from_address=from_address, reply_to=reply_to)
     sender, recipients = envelope(msg)
@@ -74,8 +77,10 @@ def send(
     if draft:
         _save_draft(app, resolved, msg, sender, recipients, queue=queue, json_=json_)
         return
+    app.explain_outbox(outbox, doc.settings())
     with open_outbox(outbox, settings=doc.settings(), clock=app.clock, synchronous="FULL") as box:
-        outcome = submit(box, doc, app.secrets, message_bytes(msg), sender, recipients, name, queue_only=queue)
+        outcome = submit(box, doc, app.secrets, message_bytes(msg), sender, recipients, name, queue_only=queue,
+                         trace=app.trace)
     _finish(app, outcome, json_, str(msg["Message-ID"]))
 
 
@@ -99,7 +104,7 @@ def _finish(app, outcome, json_: bool, message_id: str | None = None) -> None:
     if app.use_json(json_):
         data = outcome.to_dict()
         data["message_id"] = message_id
-        app.output.json(data)
+        app.output.json(data, exit_code=int(outcome.exit_code))
     else:
         _render(app.output, outcome)
     if outcome.exit_code:
@@ -175,10 +180,17 @@ def sendmail(ctx: typer.Context) -> None:
     opts = parse_sendmail_args(list(ctx.args))
     doc = app.store.load()
     data = sys.stdin.buffer.read()
-    raw, sender, recipients, profile_name = prepare_sendmail_message(data, opts, doc, app.profile_name)
+    chosen: list[str] = []  # why the sender chose the profile, for mailctl's own -v (before `sendmail`)
+    raw, sender, recipients, profile_name = prepare_sendmail_message(data, opts, doc, app.profile_name,
+                                                                     on_choice=chosen.append)
+    if app.trace is not None:
+        from mailctl.profiles.resolve import resolve_profile
+
+        app.explain_profile(doc, resolve_profile(doc, profile_name), named_by=app.named_by(), by_sender=chosen)
+        app.explain_outbox(None, doc.settings())
     with open_outbox(None, settings=doc.settings(), clock=app.clock, synchronous="FULL") as box:
         outcome = submit(box, doc, app.secrets, raw, sender, recipients, profile_name, queue_only=opts.queue_only,
-                         accept_once_queued=True)
+                         accept_once_queued=True, trace=app.trace)
     if outcome.delivery_error is not None:
         # queued safely: exit 0 (a caller that retried would queue it twice), but say why it did not go out
         err = outcome.delivery_error

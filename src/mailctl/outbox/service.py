@@ -20,20 +20,41 @@ def profile_flush(
     *,
     progress: Callable[..., None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    trace: Callable[[int, str], None] | None = None,
+    explain_profiles: bool = True,
 ) -> FlushReport:
-    """Flush with the settings and profiles of a loaded profiles document."""
-    from mailctl.profiles.resolve import resolve_profile
-    from mailctl.transports import open_transport
+    """Flush with the settings and profiles of a loaded profiles document. trace(level,
+    text) hears, for mailctl -v, each profile used and why (unless explain_profiles is
+    off: `send` said it already), timings, and at level 2 the redacted transcript."""
+    from mailctl.transports.traced import traced_transport
 
     return flush(
         box,
         policy=FlushPolicy.from_settings(doc.settings()),
-        resolve=lambda name: resolve_profile(doc, name),
-        open_transport=lambda profile: open_transport(profile, secrets),
+        resolve=_resolver(doc, trace if explain_profiles else None),
+        open_transport=lambda profile: traced_transport(profile, secrets, trace),
         options=options,
         sleep=sleep,
         progress=progress,
     )
+
+
+def _resolver(doc: Any, trace: Callable[[int, str], None] | None) -> Callable[[str | None], Any]:
+    """resolve(name) for flush(); with a trace, each profile's first use is said with why
+    (the name queued with the message, or the default's reason)."""
+    from mailctl.profiles.resolve import default_reason, resolve_profile
+
+    said: set[str | None] = set()
+
+    def resolve(name: str | None) -> Any:
+        resolved = resolve_profile(doc, name)
+        if trace is not None and name not in said:
+            said.add(name)
+            why = "named when the message was queued" if name else default_reason(doc, resolved)
+            trace(1, f"profile {resolved.name} ({why})")
+        return resolved
+
+    return resolve
 
 
 @dataclass
@@ -87,6 +108,7 @@ def submit(
     *,
     queue_only: bool = False,
     accept_once_queued: bool = False,
+    trace: Callable[[int, str], None] | None = None,
 ) -> SendOutcome:
     """Queue a message, then (unless queue_only or sending is disabled) try it once right away.
     A temporary failure leaves it deferred in the outbox for the next flush; a configuration
@@ -102,7 +124,8 @@ def submit(
     if queue_only or not policy.sending_enabled:
         return SendOutcome(queue_id, "queued", profile=resolved.name, sending_enabled=policy.sending_enabled)
     try:
-        report = profile_flush(box, doc, secrets, FlushOptions(ids=[queue_id], keep_results=True, purge=False))
+        report = profile_flush(box, doc, secrets, FlushOptions(ids=[queue_id], keep_results=True, purge=False),
+                               trace=trace, explain_profiles=False)
     except MailctlError as exc:
         if not accept_once_queued:
             raise

@@ -51,7 +51,7 @@ class Discovery:
     alternatives: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"address": self.address, "domain": self.domain, "source": self.source, "profile": self.fields,
+        return {"address": self.address, "domain": self.domain, "source": self.source, "fields": self.fields,
                 "alternatives": self.alternatives, "evidence": self.evidence, "notes": self.notes}
 
 
@@ -95,7 +95,7 @@ def discover(address: str, net: Net) -> Discovery:
                             + (f"; {'; '.join(failed)}" if failed else ""),
                             hint=f"add the profile by hand: mailctl profile add NAME --host HOST --from-address {address}")
     out.source, out.fields = proposals[0]
-    out.alternatives = [{"source": s, "profile": f} for s, f in proposals[1:]]
+    out.alternatives = [{"source": s, "fields": f} for s, f in proposals[1:]]
     return out
 
 
