@@ -70,9 +70,11 @@ def _load(ctx: typer.Context, name: Optional[str]):
 
     app = app_context(ctx)
     doc = app.store.load()
+    named_by = app.named_by(name)  # for -v
     name = name or app.profile_name
     # Only the tests fall back to the built-in local profile (the Quick start), and say so.
     profile = resolve_profile(doc, name, allow_builtin_local=True)
+    app.explain_profile(doc, profile, named_by=named_by)
     if implicit_local(doc, name):
         app.output.info(f"Note: no profile configured (looked at {app.config_lookup.searched_text()}); "
                         f"testing the built-in local profile, which delivers into {profile.values['maildir']}.")
