@@ -103,9 +103,23 @@ def test_sender_login_mismatch(refusals, cli, isolated_env):
     assert code == 0, data["stages"]
 
 
+def _settled_count(refusals, quiet: float = 0.6, limit: float = 10.0) -> int:
+    """The delivered-message count once it has stopped changing for `quiet` seconds."""
+    deadline = time.monotonic() + limit
+    count, since = refusals.message_count(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = refusals.message_count()
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return count
+
+
 def test_sender_login_mismatch_through_send(refusals, cli, isolated_env):
     _profile(isolated_env, refusals, "senderlogin", login=True)
-    before = refusals.message_count()
+    before = _settled_count(refusals)  # an earlier test's accepted message may still be on its way
     res = cli("send", "pf", "--from", refusals.not_owned, "--to", refusals.accept, "--subject",
               f"not owned {uuid.uuid4()}", "--body", "x")
     assert res.exit_code == 1, res.stdout + res.stderr  # the outbox: failed for good
