@@ -131,7 +131,10 @@ def test_hold_release_retry_delete(cli, isolated_env):
     assert cli("queue", "delete", "12345").exit_code == 66
     assert cli("queue", "hold").exit_code == 2
     assert cli("queue", "hold", "1", "--all").exit_code == 2
+    # the default lists pending mail only (#14); finished mail with --state
     r = cli("queue", "list", "--json")
+    assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == [ids[1]]
+    r = cli("queue", "list", "--json", "--state", "sent,held")
     states = {json.loads(line)["id"]: json.loads(line)["state"] for line in r.stdout.splitlines()}
     assert states == {ids[0]: "sent", ids[1]: "held"}
 
@@ -140,7 +143,10 @@ def test_purge_defaults_to_retention_days(cli, isolated_env):
     cli("queue", "add", input=RAW)
     cli("queue", "flush")
     r = cli("queue", "purge", "--json")
-    assert json.loads(r.stdout) == {"purged": 0, "older_than_seconds": 30 * 86400.0, "states": ["sent", "failed", "expired"]}
+    data = json.loads(r.stdout)
+    assert {k: data[k] for k in ("purged", "older_than_seconds", "states")} == {
+        "purged": 0, "older_than_seconds": 30 * 86400.0, "states": ["sent", "failed", "expired"]}
+    assert data["exit_code"] == 0
     r = cli("queue", "purge", "--older-than", "0s", "--state", "sent", "--json")
     assert json.loads(r.stdout)["purged"] == 1
     assert cli("queue", "purge", "--state", "queued").exit_code == 2  # #12 item 16: a choice the command line cannot accept

@@ -47,7 +47,7 @@ def _enqueue(cli, raw: bytes) -> int:
 
 
 def _states(cli) -> dict[int, str]:
-    res = cli("queue", "list", "--json")
+    res = cli("queue", "list", "--json", "--state", "all")  # finished mail too (the default: pending only)
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
     return {row["id"]: row["state"] for row in rows}

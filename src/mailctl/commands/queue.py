@@ -20,6 +20,20 @@ IdsArg = Annotated[Optional[List[int]], typer.Argument(metavar="[ID]...", help="
 AllOpt = Annotated[bool, typer.Option("--all", help="Every message this applies to.")]
 
 
+def _complete_state(incomplete: str) -> list[str]:
+    """--state of `queue list`: the outbox's states (shell completion, and the static scripts)."""
+    from mailctl.outbox.store import STATES
+
+    return [s for s in STATES if s.startswith(incomplete)]
+
+
+def _complete_finished_state(incomplete: str) -> list[str]:
+    """--state of `queue purge`: the finished states only."""
+    from mailctl.outbox.store import FINISHED_STATES
+
+    return [s for s in FINISHED_STATES if s.startswith(incomplete)]
+
+
 def register(app: typer.Typer, name: str) -> None:
     app.add_typer(queue_app, name=name)
 
@@ -83,6 +97,7 @@ def flush_cmd(
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many delivery attempts.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be sent; send nothing, change nothing.")] = False,
     lease: Annotated[float, typer.Option("--lease", min=1, help="Seconds a claimed message stays ours after our last commit (a killed flush's messages are retried after this).")] = 600.0,
+    connections: Annotated[int, typer.Option("--connections", min=1, max=64, help="Sessions per profile at once, each in its own thread; capped by the profile's max_connections (default 1).")] = 1,
     outbox: OutboxOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -93,15 +108,19 @@ def flush_cmd(
 
     app = app_context(ctx)
     doc = app.store.load()
-    options = FlushOptions(profile=profile, limit=limit, dry_run=dry_run, lease_seconds=lease)
+    options = FlushOptions(profile=profile, limit=limit, dry_run=dry_run, lease_seconds=lease, connections=connections)
     as_json = app.use_json(json_)
     # delivery results need not wait for the disk: one lost on power failure means at worst
     # that message is sent again, never that a message is lost (enqueues stay FULL)
     with open_outbox(ctx, outbox, synchronous="NORMAL") as box:
         from mailctl.profiles.resolve import check_delivery_config
         check_delivery_config(doc, profile or app.profile_name, dry_run=dry_run)  # no config: 78, never local by accident
+        app.explain_outbox(outbox, doc.settings())
         with _ProgressBar(app, enabled=not as_json and not dry_run) as bar:
-            report = profile_flush(box, doc, app.secrets, options, progress=bar.update)
+            report = profile_flush(box, doc, app.secrets, options, progress=bar.update, trace=app.trace)
+    for name, most in report.connections_capped.items():
+        app.output.info(f"Note: profile {name} allows {most} connection(s) at a time (max_connections = {most}), "
+                        f"so --connections {connections} used {most}.")
     if as_json:
         app.output.json(report.to_dict())
     else:
@@ -115,6 +134,7 @@ def worker_cmd(
     interval: Annotated[str, typer.Option("--interval", metavar="DURATION", help="Longest wait between two rounds, e.g. 20s (new mail ends it: at once on PostgreSQL, within a second on SQLite).")] = "20s",
     profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="Only messages for this profile.", autocompletion=complete_profile_name)] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="Parallel flushes (lanes) in this process, each with its own connections.")] = 1,
+    connections: Annotated[int, typer.Option("--connections", min=1, max=64, help="Sessions per profile at once within each round (as queue flush --connections); capped by the profile's max_connections.")] = 1,
     hold_backlog: Annotated[Optional[bool], typer.Option("--hold-backlog/--no-hold-backlog", help="Hold what was queued before the start (queue release brings it back); new mail flows. Default: the hold_backlog_at_start setting.", show_default=False)] = None,
     lease: Annotated[float, typer.Option("--lease", min=1, help="Seconds a claimed message stays ours after our last commit.")] = 600.0,
     log_format: Annotated[str, typer.Option("--log-format", metavar="text|json", help="One line per event on stderr: text (key=value; syslog priorities under journald) or json.")] = "text",
@@ -145,7 +165,7 @@ def worker_cmd(
     if profile is not None:
         resolve_profile(doc, profile)  # an unknown profile: say so now, not at every round
     options = WorkerOptions(interval=seconds, profile=profile, concurrency=concurrency, hold_backlog=hold_backlog,
-                            lease_seconds=lease)
+                            lease_seconds=lease, connections=connections)
     worker = Worker(lambda: open_location(location, clock=app.clock, synchronous="NORMAL"),
                     lambda: config_from_profiles(app.store.load(), app.secrets), options,
                     log=EventLog(fmt=log_format, quiet=app.output.quiet), location=display(location))
@@ -234,28 +254,73 @@ def _render_flush(app, report) -> None:
 @queue_app.command("list")
 def list_cmd(
     ctx: typer.Context,
-    state: Annotated[Optional[List[str]], typer.Option("--state", "-s", help="Only this state (repeatable): queued, sending, sent, deferred, failed (also the partly failed), expired, held.")] = None,
+    state: Annotated[Optional[List[str]], typer.Option("--state", "-s", help="Only this state (repeatable): queued, sending, sent, deferred, failed (also the partly failed), expired, held, or all. Default: the pending ones (queued, deferred, held, sending).", autocompletion=_complete_state)] = None,
     profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="Only messages queued for this profile.", autocompletion=complete_profile_name)] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many rows.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many rows, newest first (default: a screenful on a terminal, every one when piped).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every matching message, not a screenful.")] = False,
     outbox: OutboxOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="JSON Lines: one object per message (ignore unknown fields).")] = False,
 ) -> None:
-    """List queued messages (JSON Lines with --json)."""
+    """List pending messages, newest first (finished ones with --state sent, failed, expired;
+    JSON Lines with --json)."""
+    from mailctl.outbox.store import FINISHED_STATES, PENDING_STATES, STATES
+
     app = app_context(ctx)
     states = [s for v in (state or []) for s in v.split(",") if s]
-    from mailctl.outbox.store import STATES
+    if "all" in states:
+        states = list(STATES)
     if any(s not in STATES for s in states):  # a choice the command line cannot accept: usage (2)
-        raise UsageError(f"--state: unknown state {next(s for s in states if s not in STATES)!r}", hint="states: " + ", ".join(STATES))
+        raise UsageError(f"--state: unknown state {next(s for s in states if s not in STATES)!r}", hint="states: all, " + ", ".join(STATES))
+    if all_ and limit is not None:
+        raise UsageError("give --limit N or --all, not both")
+    lines = app.output.terminal_lines
+    if limit is None and not all_ and lines is not None:
+        limit = max(5, lines - 4)  # a screenful: the header, the footer and the prompt stay in view
+    chosen = states or list(PENDING_STATES)
     with open_outbox(ctx, outbox) as box:
-        rows = box.list(states=states or None, profile=profile, limit=limit)
-        if app.use_json(json_):
-            app.output.json_lines(r.to_dict() for r in rows)
-            return
-        app.output.table(
-            ["ID", "STATE", "QUEUED", "TRIES", "PROFILE", "FROM", "TO", "SUBJECT", "LAST REPLY"],
-            [(r.id, r.display_state, _when(r.created_at), r.attempts, r.profile or "", r.sender,
-              ", ".join(r.recipients), r.subject or "", r.last_reply or "") for r in rows],
-        )
+        rows = list(box.list(states=chosen, profile=profile, limit=limit, newest_first=True))
+        total = len(rows) if limit is None or len(rows) < limit else box.count_listed(states=chosen, profile=profile)
+        finished = 0 if rows or states else sum(n for s, n in box.count_by_state().items() if s in FINISHED_STATES)
+    if app.use_json(json_):
+        app.output.json_lines(r.to_dict() for r in rows)
+        left_out: list[str] = []
+    else:
+        left_out = _list_table(app, rows)
+    _list_footer(app, len(rows), total, "" if states else "pending ", finished, left_out)
+
+
+def _list_table(app, rows) -> list[str]:
+    """queue list's table. On a terminal the recipients are the first and "+N" (all of them in
+    show and --json) and narrow screens leave out PROFILE, TRIES, FROM and SUBJECT before an
+    id, a date or an address wraps; a reply is cut with an ellipsis."""
+    from mailctl.output import Col
+
+    compact = app.output.is_terminal
+
+    def to(r) -> str:
+        if compact and len(r.recipients) > 1:
+            return f"{r.recipients[0]} +{len(r.recipients) - 1}"
+        return ", ".join(r.recipients)
+
+    columns = [Col("ID", "keep"), Col("STATE", "keep"), Col("QUEUED", "keep"), Col("TRIES", "keep", drop=4),
+               Col("PROFILE", "keep", drop=5), Col("FROM", "keep", drop=3), Col("TO", "keep"),
+               Col("SUBJECT", "cut", drop=2), Col("LAST REPLY", "cut", drop=1)]
+    return app.output.table(columns, [
+        (r.id, r.display_state, _when(r.created_at), r.attempts, r.profile or "", r.sender or "<>", to(r),
+         r.subject or "", r.last_reply or "") for r in rows])
+
+
+def _list_footer(app, shown: int, total: int, what: str, finished: int, left_out: list[str]) -> None:
+    """On stderr (silenced by -q): how many were not shown and how to see them."""
+    out = app.output
+    if total > shown:
+        out.info(f"Newest {shown} of {total} {what}message(s) shown; {total - shown} more not shown "
+                 "(--limit N for more, --all for every one).")
+    elif not total and what:
+        out.info("No pending messages." + (f" {finished} finished (sent, failed, expired): mailctl queue list --state sent"
+                                            if finished else ""))
+    if left_out:
+        out.info(f"Not shown at this width: {', '.join(left_out)} (a wider terminal, queue show ID or --json has them).")
 
 
 @queue_app.command("show")
@@ -295,7 +360,11 @@ def show(
     out.line(head)
     out.line("")
     if info.attempt_log:
-        out.table(["WHEN", "OUTCOME", "SERVER", "SECONDS", "REPLY"],
+        from mailctl.output import Col
+
+        # here a reply is shown whole: wrapped, never cut
+        out.table([Col("WHEN", "keep"), Col("OUTCOME", "keep"), Col("SERVER", "keep", drop=2),
+                   Col("SECONDS", "keep", drop=1), Col("REPLY", "fold", min_width=20)],
                   [(a["at"], a["outcome"], a["server"] or "", "" if a["duration"] is None else a["duration"], a["reply"] or "")
                    for a in info.attempt_log])
     else:
@@ -443,11 +512,13 @@ def delete(ctx: typer.Context, ids: IdsArg = None, all_: AllOpt = False, outbox:
 def purge(
     ctx: typer.Context,
     older_than: Annotated[Optional[str], typer.Option("--older-than", metavar="DURATION", help="Finished more than this long ago, e.g. 30d (default: retention_days).")] = None,
-    state: Annotated[Optional[List[str]], typer.Option("--state", "-s", help="sent, failed or expired (repeatable; default all three).")] = None,
+    state: Annotated[Optional[List[str]], typer.Option("--state", "-s", help="sent, failed or expired (repeatable; default all three).", autocompletion=_complete_finished_state)] = None,
+    vacuum: Annotated[Optional[bool], typer.Option("--vacuum/--no-vacuum", help="Give the freed space back to the file system (default: yes; an SQLite outbox created without incremental auto-vacuum is rewritten by VACUUM, which holds its write lock, only when a quarter of it is free and at most 256 MB remain). --vacuum: VACUUM whatever the size; --no-vacuum: keep the space for new mail.", show_default=False)] = None,
     outbox: OutboxOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Delete finished messages (sent, failed, expired) and their attempt logs."""
+    """Delete finished messages (sent, failed, expired) and their attempt logs, in short
+    batches (flushes and enqueues go on meanwhile), then give the space back."""
     from mailctl.outbox.store import FINISHED_STATES
     from mailctl.profiles.model import parse_duration
 
@@ -460,9 +531,25 @@ def purge(
     if any(s not in FINISHED_STATES for s in states):  # a choice the command line cannot accept: usage (2)
         bad = next(s for s in states if s not in FINISHED_STATES)
         raise UsageError(f"--state: purge removes only finished messages, not {bad!r}", hint="states: sent, failed, expired")
-    with open_outbox(ctx, outbox) as box:
+    # batches commit to the WAL (NORMAL): a power cut may bring back the last batch, to purge again
+    with open_outbox(ctx, outbox, synchronous="NORMAL") as box:
         count = box.purge(seconds, states)
+        space = box.reclaim_space(vacuum=vacuum) if count or vacuum else None
     if app.use_json(json_):
-        app.output.json({"purged": count, "older_than_seconds": seconds, "states": states})
-    else:
-        app.output.info(f"Purged {count} message(s) ({', '.join(states)}) finished more than {seconds / 86400:g} day(s) ago.")
+        app.output.json({"purged": count, "older_than_seconds": seconds, "states": states, "space": space})
+        return
+    app.output.info(f"Purged {count} message(s) ({', '.join(states)}) finished more than {seconds / 86400:g} day(s) ago.")
+    if space is not None:
+        _render_space(app, space)
+
+
+def _render_space(app, space: dict) -> None:
+    """What reclaim_space() did, in one or two lines on stderr."""
+    def mb(n: int | None) -> str:
+        return "?" if n is None else f"{n / 1e6:.1f} MB"
+
+    how = {"incremental": "incremental vacuum", "vacuum": "VACUUM", "none": "nothing to do"}[space["method"]]
+    app.output.info(f"Space: {mb(space['before_bytes'])} -> {mb(space['after_bytes'])} (freed {mb(space['freed_bytes'])};"
+                    f" {how}).")
+    if space.get("note"):
+        app.output.info(f"Note: {space['note']}")

@@ -266,38 +266,33 @@ class PgOutbox(Outbox):
                        profile: str | None = None, duration: float | None = None,
                        next_attempt_at: float | None = None, recipients: Sequence[str] | None = None,
                        renew_lease: float | None = None, failed_recipients=None) -> bool:
-        """Commit one delivery result (see Outbox.record_attempt): the row's new state, the
-        attempt log entry and the lease renewal of the owner's other rows in ONE statement
-        (data-modifying CTEs), atomic on its own; the flush's commit is one round trip."""
-        import json
+        """Commit one delivery result (see Outbox.record_attempt): ONE statement, see below."""
+        from mailctl.outbox.backend import AttemptResult
 
-        from mailctl.outbox.store import FINISHED_STATES
+        result = AttemptResult(claim, outcome, reply, server, profile, duration, next_attempt_at,
+                               None if recipients is None else list(recipients), dict(failed_recipients or {}))
+        return self.record_attempts(owner, [result], renew_lease=renew_lease)[0]
 
-        if outcome not in ("sent", "deferred", "failed", "expired"):
-            raise ValueError(outcome)
+    def record_attempts(self, owner: str, results: Sequence[Any], *, renew_lease: float | None = None) -> list[bool]:
+        """Commit delivery results (see Outbox.record_attempts). One result is ONE statement
+        (data-modifying CTEs: the row's new state, the attempt log entry and the lease renewal
+        of the owner's other rows), atomic on its own: the flush's commit is one round trip.
+        Several (group commit) are one transaction of those statements, sent as a pipeline."""
+        for r in results:
+            if r.outcome not in ("sent", "deferred", "failed", "expired"):
+                raise ValueError(r.outcome)
         now = self.clock()
-        sets = ["state=%s", "attempts=attempts+1", "last_attempt_at=%s", "last_reply=%s", "last_server=%s",
-                "updated_at=%s", "done_at=%s", "lease_owner=NULL", "lease_until=NULL"]
-        params: list[Any] = [outcome, now, reply, server, now, now if outcome in FINISHED_STATES else None]
-        if outcome == "deferred":
-            sets.append("next_attempt_at=%s")
-            params.append(next_attempt_at if next_attempt_at is not None else now)
-        if recipients is not None:
-            sets.append("recipients=%s")
-            params.append(json.dumps(list(recipients)))
-        if failed_recipients:  # merged into those refused before (the new reply wins)
-            sets.append("failed_recipients=(coalesce(failed_recipients, '{}')::jsonb || %s::jsonb)::text")
-            params.append(json.dumps(dict(failed_recipients)))
-        sql = (f"WITH u AS (UPDATE messages SET {', '.join(sets)} WHERE id=%s AND state='sending' AND lease_owner=%s"
-               " RETURNING id),"
-               " a AS (INSERT INTO attempts (message, at, profile, server, outcome, reply, duration)"
-               " VALUES (%s, %s, %s, %s, %s, %s, %s))")
-        params += [claim.id, owner, claim.id, now, profile, server, outcome, reply, duration]
-        if renew_lease:
-            sql += ", r AS (UPDATE messages SET lease_until=%s WHERE lease_owner=%s AND state='sending' AND id <> %s)"
-            params += [now + renew_lease, owner, claim.id]
-        (count,) = self.conn.raw.execute(sql + " SELECT count(*) FROM u", params).fetchone()
-        return int(count) == 1
+        raw = self.conn.raw
+        if len(results) == 1:
+            sql, params = _result_sql(results[0], owner, now, renew_lease)
+            (count,) = raw.execute(sql, params).fetchone()
+            return [int(count) == 1]
+        with raw.transaction(), raw.pipeline():
+            cursors = [raw.execute(*_result_sql(r, owner, now, None)) for r in results]
+            if renew_lease:
+                raw.execute("UPDATE messages SET lease_until=%s WHERE lease_owner=%s AND state='sending'",
+                            [now + renew_lease, owner])
+        return [int(cur.fetchone()[0]) == 1 for cur in cursors]
 
     # claims: FOR UPDATE SKIP LOCKED, and the holder's session ---------------------------
     def _due_rows(self, now: float, tail: str, params: list[Any], limit: int):
@@ -338,6 +333,52 @@ class PgOutbox(Outbox):
             "SELECT at FROM attempts WHERE outcome IN ('sent','deferred','failed') AND server IS NOT NULL"
             f" AND at >= ?{extra} ORDER BY at DESC LIMIT ?", [*params, int(limit)]).fetchall()
         return sorted(float(at) for (at,) in rows)
+
+    # queue stats and purge: PostgreSQL's spelling -------------------------------------------
+    _PURGE_IDS = "SELECT id FROM messages WHERE done_at <= ?"
+
+    def _checkpoint(self) -> None:
+        """Nothing between purge batches: PostgreSQL's own checkpoints bound its WAL."""
+
+    def _pending_by_domain(self, cutoffs: Sequence[float]) -> tuple[dict[str, list[int]], list[int], float | None]:
+        """As Outbox._pending_by_domain, in two statements: PostgreSQL groups by hashing, so
+        every recipient of every pending message is grouped by its domain (after the last @)
+        in one pass, without an index on the recipients."""
+        from mailctl.outbox.store import _PENDING_SQL, _add_counts, _domain
+
+        younger = ", ".join("count(*) FILTER (WHERE created_at > ?)" for _ in cutoffs)
+
+        def split(total: int, cum: Sequence[int]) -> list[int]:
+            return [cum[0]] + [b - a for a, b in zip(cum, cum[1:])] + [total - cum[-1]]
+
+        domains: dict[str, list[int]] = {}
+        for key, total, *cum in self.conn.execute(
+                f"SELECT lower(regexp_replace(j.value, '^.*@', '')), count(*), {younger} FROM messages"
+                " CROSS JOIN LATERAL json_array_elements_text(messages.recipients::json) AS j(value)"
+                f" WHERE {_PENDING_SQL} GROUP BY 1", list(cutoffs)):
+            _add_counts(domains, _domain(key), split(int(total), [int(c) for c in cum]))
+        total, oldest, *cum = self.conn.execute(
+            f"SELECT count(*), min(created_at), {younger} FROM messages WHERE {_PENDING_SQL}", list(cutoffs)).fetchone()
+        return domains, split(int(total), [int(c) for c in cum]), None if oldest is None else float(oldest)
+
+    def reclaim_space(self, *, vacuum: bool | None = None, wait: float = 2.0) -> dict[str, Any]:
+        """PostgreSQL's side of Outbox.reclaim_space: a plain VACUUM of the three tables, which
+        runs beside reads and writes (it never takes the lock flushes need), makes the purged
+        rows' space reusable and gives empty pages at the end of a table back to the file
+        system; `vacuum=False` leaves it to autovacuum. Sizes: the tables with their indexes."""
+        before = self._relation_bytes()
+        method = "none"
+        if vacuum is not False:
+            self.conn.raw.execute("VACUUM messages, bodies, attempts")  # autocommit: VACUUM runs outside a transaction
+            method = "vacuum"
+        after = self._relation_bytes()
+        return {"method": method, "before_bytes": before, "after_bytes": after, "freed_bytes": max(0, before - after),
+                "free_bytes": None, "note": None}
+
+    def _relation_bytes(self) -> int:
+        (total,) = self.conn.raw.execute(
+            "SELECT sum(pg_total_relation_size(t::regclass)) FROM unnest(ARRAY['messages', 'bodies', 'attempts']) AS t").fetchone()
+        return int(total or 0)
 
     def _after_import(self) -> None:
         # rows came with their own ids: the identity sequences must go past them
@@ -420,3 +461,34 @@ class PgOutbox(Outbox):
         if done:
             self._notify_due()
         return done
+
+
+def _result_sql(r: Any, owner: str, now: float, renew_lease: float | None) -> tuple[str, list[Any]]:
+    """One delivery result (backend.AttemptResult) as one statement: UPDATE the row (if the
+    owner still holds it), INSERT the attempt, renew the owner's other leases; it returns how
+    many rows were the owner's (0 or 1)."""
+    import json
+
+    from mailctl.outbox.store import FINISHED_STATES
+
+    sets = ["state=%s", "attempts=attempts+1", "last_attempt_at=%s", "last_reply=%s", "last_server=%s",
+            "updated_at=%s", "done_at=%s", "lease_owner=NULL", "lease_until=NULL"]
+    params: list[Any] = [r.outcome, now, r.reply, r.server, now, now if r.outcome in FINISHED_STATES else None]
+    if r.outcome == "deferred":
+        sets.append("next_attempt_at=%s")
+        params.append(r.next_attempt_at if r.next_attempt_at is not None else now)
+    if r.recipients is not None:
+        sets.append("recipients=%s")
+        params.append(json.dumps(list(r.recipients)))
+    if r.failed_recipients:  # merged into those refused before (the new reply wins)
+        sets.append("failed_recipients=(coalesce(failed_recipients, '{}')::jsonb || %s::jsonb)::text")
+        params.append(json.dumps(dict(r.failed_recipients)))
+    sql = (f"WITH u AS (UPDATE messages SET {', '.join(sets)} WHERE id=%s AND state='sending' AND lease_owner=%s"
+           " RETURNING id),"
+           " a AS (INSERT INTO attempts (message, at, profile, server, outcome, reply, duration)"
+           " VALUES (%s, %s, %s, %s, %s, %s, %s))")
+    params += [r.claim.id, owner, r.claim.id, now, r.profile, r.server, r.outcome, r.reply, r.duration]
+    if renew_lease:
+        sql += ", r AS (UPDATE messages SET lease_until=%s WHERE lease_owner=%s AND state='sending' AND id <> %s)"
+        params += [now + renew_lease, owner, r.claim.id]
+    return sql + " SELECT count(*) FROM u", params

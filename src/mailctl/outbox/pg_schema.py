@@ -69,6 +69,14 @@ MIGRATIONS_PG: list[tuple[str, str]] = [
         ALTER TABLE messages ADD COLUMN lease_holder text;
         """,
     ),
+    (
+        "004_queue_scale",
+        """
+        UPDATE messages SET done_at = updated_at WHERE done_at IS NULL AND state IN ('sent','failed','expired');
+        CREATE INDEX messages_done ON messages (done_at) WHERE done_at IS NOT NULL;
+        CREATE INDEX messages_partly_failed ON messages (state) WHERE failed_recipients IS NOT NULL;
+        """,
+    ),
 ]
 
 

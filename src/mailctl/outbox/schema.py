@@ -78,12 +78,36 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE messages ADD COLUMN lease_holder TEXT;
         """,
     ),
+    (
+        "004_queue_scale",
+        """
+        -- A message has a done_at exactly when it is finished (sent, failed, expired): every
+        -- path that finishes one sets it, retry clears it. The indexes below rely on that, and
+        -- test only done_at (which claims never write), so a claim touches none of them.
+        UPDATE messages SET done_at = updated_at WHERE done_at IS NULL AND state IN ('sent','failed','expired');
+        -- purge by finish time, in batches, and the flush's "anything to purge?": one range
+        CREATE INDEX messages_done ON messages (done_at) WHERE done_at IS NOT NULL;
+        -- queue stats and list --state failed: the few partly failed messages, without a scan
+        CREATE INDEX messages_partly_failed ON messages (state) WHERE failed_recipients IS NOT NULL;
+        -- queue stats (qshape): pending mail by its first recipient's domain and age, counted in
+        -- index order (no sort). The domain is what follows the first @ (store.py:
+        -- _FIRST_DOMAIN, which must stay this text).
+        CREATE INDEX messages_pending_domain
+            ON messages (lower(substr(json_extract(recipients, '$[0]'), instr(json_extract(recipients, '$[0]'), '@') + 1)), created_at)
+            WHERE done_at IS NULL;
+        -- ...and the pending messages with more than one recipient, whose others are counted apart
+        -- (the recipients in the index too: read without visiting the table)
+        CREATE INDEX messages_pending_multi ON messages (created_at, recipients)
+            WHERE done_at IS NULL AND json_array_length(recipients) > 1;
+        """,
+    ),
 ]
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply pending migrations; returns the names applied. Safe when several processes open a
     fresh file at once: the check and the migration run under one write lock."""
+    _incremental_vacuum_if_new(conn)
     conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
     done = {row[0] for row in conn.execute("SELECT name FROM migrations")}
     if all(name in done for name, _ in MIGRATIONS):
@@ -104,6 +128,23 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
         conn.execute("ROLLBACK")
         raise
     return applied
+
+
+def _incremental_vacuum_if_new(conn: sqlite3.Connection) -> None:
+    """A new outbox gets auto_vacuum=INCREMENTAL, so `queue purge` can hand freed pages back
+    to the file system a few thousand at a time (PRAGMA incremental_vacuum) instead of
+    rewriting the whole file (VACUUM). The mode takes effect only through a VACUUM once the
+    file has a header (the journal mode, set before, wrote one); with no table yet that
+    VACUUM is instant. An outbox made before keeps its mode until `queue purge` VACUUMs it."""
+    if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        return
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+        return
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    try:
+        conn.execute("VACUUM")
+    except sqlite3.OperationalError:  # another process is creating the file this instant
+        pass
 
 
 def _statements(sql: str) -> list[str]:

@@ -21,6 +21,7 @@ import re
 import socket
 import sqlite3
 import time
+from bisect import bisect_left
 from email.message import EmailMessage, Message
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from mailctl.addresses import check_address, check_sender
 from mailctl.errors import ConfigError, MailctlError, NotFoundError, TemporaryFailure, UsageError, ValidationError
 from mailctl.message import wire_bytes
-from mailctl.outbox.backend import ClaimedMessage, MessageInfo, _iso
+from mailctl.outbox.backend import AttemptResult, ClaimedMessage, MessageInfo, _iso
 from mailctl.outbox.schema import migrate
 from mailctl.profiles.model import validate_name
 
@@ -37,8 +38,14 @@ PENDING_STATES = ("queued", "deferred", "held", "sending")
 FINISHED_STATES = ("sent", "failed", "expired")
 ATTEMPT_OUTCOMES = ("sent", "deferred", "failed", "expired", "interrupted")  # attempts.outcome (schema.py)
 
+PURGE_BATCH = 2500  # messages a purge transaction deletes (a few MB of WAL, tens of ms of lock)
+WAL_LIMIT = 16 << 20  # a batch job truncates the WAL when it has grown past this
+RECLAIM_PAGES = 2000  # pages (8 MB) an incremental_vacuum transaction frees
+VACUUM_MIN_FREE = 4 << 20  # reclaim_space(): VACUUM an older outbox only for this much free space...
+VACUUM_MAX_LIVE = 256 << 20  # ...and when it has at most this much to rewrite (seconds of work)
+
 # qshape-like age buckets (minutes): 0-5, 5-10, 10-20 ... 640-1280, 1280+
-AGE_BUCKETS_MIN = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
+AGE_BUCKETS_MIN = (5, 10, 20, 40, 80, 160, 320, 640, 1280)  # at most 9 bounds: a bucket is one digit (_bucket_digit)
 
 
 _HEADER_RE = re.compile(rb"^(message-id|subject)[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
@@ -421,37 +428,52 @@ class Outbox:
         Returns False if the row was no longer ours (another flush reclaimed it)."""
         if outcome not in ("sent", "deferred", "failed", "expired"):
             raise ValueError(outcome)
+        result = AttemptResult(claim, outcome, reply, server, profile, duration, next_attempt_at,
+                               None if recipients is None else list(recipients), dict(failed_recipients or {}))
         now = self.clock()
-        done = now if outcome in FINISHED_STATES else None
-        sets = ["state=?", "attempts=attempts+1", "last_attempt_at=?", "last_reply=?", "last_server=?",
-                "updated_at=?", "done_at=?", "lease_owner=NULL", "lease_until=NULL"]
-        params: list[Any] = [outcome, now, reply, server, now, done]
-        if outcome == "deferred":
-            sets.append("next_attempt_at=?")
-            params.append(next_attempt_at if next_attempt_at is not None else now)
-        if recipients is not None:
-            sets.append("recipients=?")
-            params.append(json.dumps(list(recipients)))
         with self._write():
-            if failed_recipients:
-                row = self.conn.execute("SELECT failed_recipients FROM messages WHERE id=?", (claim.id,)).fetchone()
+            ours = self._record(result, owner, now)
+            if renew_lease:
+                self._renew(owner, now + renew_lease)
+        return ours
+
+    def record_attempts(self, owner: str, results: Sequence[AttemptResult], *,
+                        renew_lease: float | None = None) -> list[bool]:
+        """Commit several delivery results in ONE transaction (the results of several
+        connections that came in while the last commit ran: group commit), with one lease
+        renewal; per result, whether the row was still ours."""
+        for r in results:
+            if r.outcome not in ("sent", "deferred", "failed", "expired"):
+                raise ValueError(r.outcome)
+        now = self.clock()
+        with self._write():
+            ours = [self._record(r, owner, now) for r in results]
+            if renew_lease:
+                self._renew(owner, now + renew_lease)
+        return ours
+
+    def _renew(self, owner: str, until: float) -> None:
+        self.conn.execute("UPDATE messages SET lease_until=? WHERE lease_owner=? AND state='sending'", (until, owner))
+
+    def _record(self, r: AttemptResult, owner: str, now: float) -> bool:
+        """One result's two statements (inside the caller's transaction): the row's new state,
+        then its attempt-log entry. The common case, sent to everyone, is one prepared
+        statement text (sqlite3 caches it), no string building."""
+        done = now if r.outcome in FINISHED_STATES else None
+        if r.outcome == "sent" and r.recipients is None and not r.failed_recipients:
+            cur = self.conn.execute(_RESULT_SENT, (now, r.reply, r.server, now, done, r.claim.id, owner))
+        else:
+            sets, params = _result_sets(r, now, done)
+            if r.failed_recipients:
+                row = self.conn.execute("SELECT failed_recipients FROM messages WHERE id=?", (r.claim.id,)).fetchone()
                 failed = json.loads(row[0]) if row and row[0] else {}
-                failed.update(failed_recipients)
+                failed.update(r.failed_recipients)
                 sets.append("failed_recipients=?")
                 params.append(json.dumps(failed))
             cur = self.conn.execute(
                 f"UPDATE messages SET {', '.join(sets)} WHERE id=? AND state='sending' AND lease_owner=?",
-                [*params, claim.id, owner],
-            )
-            self.conn.execute(
-                "INSERT INTO attempts (message, at, profile, server, outcome, reply, duration) VALUES (?,?,?,?,?,?,?)",
-                (claim.id, now, profile, server, outcome, reply, duration),
-            )
-            if renew_lease:
-                self.conn.execute(
-                    "UPDATE messages SET lease_until=? WHERE lease_owner=? AND state='sending'",
-                    (now + renew_lease, owner),
-                )
+                [*params, r.claim.id, owner])
+        self.conn.execute(_ATTEMPT_INSERT, (r.claim.id, now, r.profile, r.server, r.outcome, r.reply, r.duration))
         return cur.rowcount == 1
 
     def release_claims(self, owner: str, ids: Iterable[int] | None = None) -> int:
@@ -525,6 +547,18 @@ class Outbox:
         return total
 
     def count_by_state(self, *, profiles: Sequence[str | None] | None = None) -> dict[str, int]:
+        """Messages by state (of these profiles). Every flush ends with it: on an outbox of a
+        million kept sent messages, `sent` is the total (a count SQLite takes from the b-tree's
+        pages, not entry by entry) less the other states (index ranges), one statement, one
+        snapshot."""
+        if profiles is None:
+            others = [s for s in STATES if s != "sent"]
+            total, *counts = self.conn.execute(
+                "SELECT (SELECT count(*) FROM messages), "
+                + ", ".join("(SELECT count(*) FROM messages WHERE state=?)" for _ in others), others).fetchone()
+            found = dict(zip(others, (int(n) for n in counts)))
+            found["sent"] = int(total) - sum(found.values())
+            return {s: found[s] for s in STATES}
         params: list[Any] = []
         where = self._profile_filter(profiles, params)
         sql = "SELECT state, count(*) FROM messages" + (f" WHERE {' AND '.join(where)}" if where else "") + " GROUP BY state"
@@ -545,8 +579,41 @@ class Outbox:
         for row in _named(self.conn.execute(sql, params)):
             yield _info(row)
 
-    def list(self, *, states: Sequence[str] | None = None, profile: str | None = None, limit: int | None = None) -> Iterator[MessageInfo]:
-        where, params = [], []
+    def list(self, *, states: Sequence[str] | None = None, profile: str | None = None, limit: int | None = None,
+             newest_first: bool = False) -> Iterator[MessageInfo]:
+        """Messages in `states` (all when None; "failed" includes the partly failed), of one
+        profile or all, oldest first or `newest_first`, at most `limit`. Newest first with a
+        limit reads only the rows shown (the newest ids of each state, from an index), so a
+        page of a million-row outbox costs what a page of a small one does."""
+        where, params = self._list_where(states, profile)
+        if newest_first and limit is not None:
+            ids = self._newest_ids(states, profile, int(limit))
+            if not ids:
+                return
+            rows = _named(self.conn.execute(
+                f"SELECT {_INFO_COLS} FROM messages WHERE id IN ({','.join('?' * len(ids))}) ORDER BY id DESC", ids))
+            for row in rows.fetchall():
+                yield _info(row)
+            return
+        sql = (f"SELECT {_INFO_COLS} FROM messages" + (f" WHERE {' AND '.join(where)}" if where else "")
+               + (" ORDER BY id DESC" if newest_first else " ORDER BY id"))
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        for row in _named(self.conn.execute(sql, params)):
+            yield _info(row)
+
+    def count_listed(self, *, states: Sequence[str] | None = None, profile: str | None = None) -> int:
+        """How many messages list() would give without a limit (queue list's "N more")."""
+        where, params = self._list_where(states, profile)
+        (count,) = self.conn.execute(
+            "SELECT count(*) FROM messages" + (f" WHERE {' AND '.join(where)}" if where else ""), params).fetchone()
+        return int(count)
+
+    @staticmethod
+    def _list_where(states: Sequence[str] | None, profile: str | None) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
         if states:
             bad = [s for s in states if s not in STATES]
             if bad:
@@ -559,12 +626,22 @@ class Outbox:
         if profile is not None:
             where.append("profile IS ?")
             params.append(profile)
-        sql = f"SELECT {_INFO_COLS} FROM messages" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(int(limit))
-        for row in _named(self.conn.execute(sql, params)):
-            yield _info(row)
+        return where, params
+
+    def _newest_ids(self, states: Sequence[str] | None, profile: str | None, limit: int) -> list[int]:
+        """The `limit` highest ids of list()'s rows: per state the newest, from messages_ready
+        alone (the index holds state and id: a pass over that state's entries keeping the top
+        `limit`, no row read), then merged."""
+        extra, params = ("", []) if profile is None else (" AND profile IS ?", [profile])
+        found: set[int] = set()
+        for state in dict.fromkeys(states or STATES):
+            found.update(i for (i,) in self.conn.execute(
+                f"SELECT id FROM messages WHERE state=?{extra} ORDER BY id DESC LIMIT ?", [state, *params, limit]))
+        if states and "failed" in states:  # the partly failed (messages_partly_failed)
+            found.update(i for (i,) in self.conn.execute(
+                f"SELECT id FROM messages WHERE failed_recipients IS NOT NULL AND state != 'failed'{extra}"
+                " ORDER BY id DESC LIMIT ?", [*params, limit]))
+        return sorted(found, reverse=True)[:limit]
 
     def get(self, message_id: int, *, with_raw: bool = False) -> MessageInfo:
         row = _named(self.conn.execute(f"SELECT {_INFO_COLS} FROM messages WHERE id=?", (message_id,))).fetchone()
@@ -646,21 +723,121 @@ class Outbox:
                 self.conn.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(chunk))})", chunk)
         return target
 
-    def purge(self, older_than_seconds: float, states: Sequence[str] = FINISHED_STATES) -> int:
+    def purge(self, older_than_seconds: float, states: Sequence[str] = FINISHED_STATES, *,
+              batch_size: int = PURGE_BATCH) -> int:
         """Delete finished messages (sent, failed, expired by default) that finished more than
-        `older_than_seconds` ago, with their attempt log."""
+        `older_than_seconds` ago, with their bodies and attempt logs, `batch_size` messages a
+        transaction: each holds the write lock for a few milliseconds and flushes and
+        enqueues get their turn between two, and the WAL stays a few batches large however
+        much goes. The pages freed stay in the file for new mail (reclaim_space() gives them
+        back). Nothing to purge costs one index lookup (messages_done)."""
         bad = [s for s in states if s not in FINISHED_STATES]
         if bad:
             raise ValidationError(f"purge removes only finished messages, not {bad[0]!r}", hint="states: sent, failed, expired")
-        if not states:
-            return 0
         cutoff = self.clock() - older_than_seconds
-        with self._write():
-            cur = self.conn.execute(
-                f"DELETE FROM messages WHERE state IN ({','.join('?' * len(states))}) AND coalesce(done_at, updated_at) <= ?",
-                [*states, cutoff],
-            )
-        return cur.rowcount
+        total = 0
+        marks = ",".join("?" * len(set(states)))
+        while states:
+            self._checkpoint()
+            started = time.monotonic()
+            with self._write():
+                count = self.conn.execute(
+                    f"DELETE FROM messages WHERE id IN ({self._PURGE_IDS} AND state IN ({marks}) LIMIT ?)",
+                    [cutoff, *dict.fromkeys(states), int(batch_size)]).rowcount
+            total += count
+            if count < batch_size:
+                break
+            _give_way(started)
+        return total
+
+    # finished before the cutoff, oldest first, from messages_done (the planner would rather
+    # walk messages_ready for the state: every finished row)
+    _PURGE_IDS = "SELECT id FROM messages INDEXED BY messages_done WHERE done_at <= ?"
+
+    def reclaim_space(self, *, vacuum: bool | None = None, wait: float = 2.0) -> dict[str, Any]:
+        """Give the pages purged messages left free back to the file system, and empty the WAL.
+
+        * An outbox made with auto_vacuum=INCREMENTAL (every new one, schema.py): PRAGMA
+          incremental_vacuum, RECLAIM_PAGES pages a transaction (short locks, a bounded WAL).
+        * An older one: VACUUM, which rewrites the file (and makes it incremental for next
+          time) and holds the write lock meanwhile, so only when worthwhile: a quarter of the
+          file or more free (and at least VACUUM_MIN_FREE bytes), and at most VACUUM_MAX_LIVE
+          bytes to rewrite; `vacuum=True` whatever the sizes, False never.
+        VACUUM and the final checkpoint wait at most `wait` seconds for other processes (a
+        flush writing, a long read) and are skipped, saying why, rather than block them.
+        Returns method (incremental, vacuum, none), before_bytes, after_bytes and freed_bytes
+        (database + WAL), free_bytes (what is still free inside), and note (why not)."""
+        before = self._file_bytes()
+        page_size, pages, free = (self.conn.execute(f"PRAGMA {p}").fetchone()[0]
+                                  for p in ("page_size", "page_count", "freelist_count"))
+        method, note = "none", None
+        if free and self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            method = "incremental"
+            self._incremental_vacuum()
+        elif free and vacuum is not False:
+            live = (pages - free) * page_size
+            if vacuum or (free * 4 >= pages and free * page_size >= VACUUM_MIN_FREE and live <= VACUUM_MAX_LIVE):
+                method, note = "vacuum", self._vacuum(wait)
+            elif free * 4 >= pages and free * page_size >= VACUUM_MIN_FREE:
+                note = (f"VACUUM would rewrite {live / 1e6:.0f} MB holding the outbox's write lock meanwhile: "
+                        "run `mailctl queue purge --vacuum` while no flush runs")
+        wal_note = self._truncate_wal(wait)
+        after = self._file_bytes()
+        still_free = self.conn.execute("PRAGMA freelist_count").fetchone()[0] * page_size
+        return {"method": method, "before_bytes": before, "after_bytes": after,
+                "freed_bytes": max(0, before - after), "free_bytes": still_free, "note": note or wal_note}
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database now, so that the next write starts it over. A batch
+        job calls it before each batch: with other processes writing in between, SQLite's own
+        checkpoint seldom finds the WAL all copied, and the file would grow with the job.
+        PASSIVE waits for nobody; past WAL_LIMIT, TRUNCATE waits up to 0.1 s for other
+        processes' reads to end (writers wait that long at most) and empties the file."""
+        wal = Path(f"{self.path}-wal")
+        if wal.exists() and wal.stat().st_size > WAL_LIMIT:
+            with _busy_timeout(self.conn, 0.1):
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        else:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _file_bytes(self) -> int:
+        """The database file and its WAL, in bytes."""
+        return sum(os.path.getsize(p) for p in (self.path, Path(f"{self.path}-wal")) if os.path.exists(p))
+
+    def _incremental_vacuum(self) -> None:
+        """Free pages back to the file system, RECLAIM_PAGES a transaction, pausing between."""
+        while True:
+            free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if not free:
+                return
+            self._checkpoint()
+            started = time.monotonic()
+            # its own transaction; executescript, as execute() would run a single step (one page)
+            self.conn.executescript(f"PRAGMA incremental_vacuum({min(free, RECLAIM_PAGES)});")
+            if free <= RECLAIM_PAGES:
+                return
+            _give_way(started)
+
+    def _vacuum(self, wait: float) -> str | None:
+        """VACUUM into an incremental file; None, or why it did not run."""
+        try:
+            with _busy_timeout(self.conn, wait):
+                self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                self.conn.execute("VACUUM")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc).lower() or "busy" in str(exc).lower():
+                return (f"VACUUM skipped: another process was using the outbox for more than {wait:g}s; "
+                        "run `mailctl queue purge` again later to give the space back")
+            raise
+        return None
+
+    def _truncate_wal(self, wait: float) -> str | None:
+        """Checkpoint and truncate the WAL; None, or why it stays for now."""
+        with _busy_timeout(self.conn, wait):
+            busy, _frames, _done = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            return "the WAL is emptied at the next checkpoint: another process was reading or writing the outbox"
+        return None
 
     def attempt_counts(self, since: float | None = None) -> dict[str, int]:
         """Entries of the attempt log by outcome (sent, deferred, failed, expired,
@@ -761,32 +938,21 @@ class Outbox:
         """Rows came in with their own ids (SQLite picks max(id)+1 by itself)."""
 
     def stats(self, *, top: int = 20) -> dict[str, Any]:
-        """Counts by state; pending recipients by domain and age (Postfix qshape style)."""
+        """Counts by state; pending recipients by domain and age (Postfix qshape style).
+        Counted by the database from indexes (messages_pending_domain and _multi: no row
+        of finished mail is read), so it takes about a second per million pending messages."""
         now = self.clock()
         by_state = self.count_by_state()
         buckets = [f"{m}m" for m in AGE_BUCKETS_MIN] + [f"{AGE_BUCKETS_MIN[-1]}m+"]
-        domains: dict[str, list[int]] = {}
-        ages = [0] * len(buckets)
-        marks = ",".join("?" * len(PENDING_STATES))
-        for recipients, created in self.conn.execute(
-            f"SELECT recipients, created_at FROM messages WHERE state IN ({marks})", PENDING_STATES
-        ):
-            age_min = max(0.0, now - created) / 60
-            b = next((i for i, m in enumerate(AGE_BUCKETS_MIN) if age_min < m), len(AGE_BUCKETS_MIN))
-            ages[b] += 1
-            for rcpt in json.loads(recipients):
-                domain = rcpt.rpartition("@")[2].lower() or "(none)"
-                row = domains.get(domain)
-                if row is None:
-                    row = domains[domain] = [0] * len(buckets)
-                row[b] += 1
+        # a message is in bucket i when created_at > cutoffs[i] (younger than the bucket's bound)
+        cutoffs = [now - m * 60 for m in AGE_BUCKETS_MIN]
+        domains, ages, oldest = self._pending_by_domain(cutoffs)
         ranked = sorted(domains.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
         partial, failed_rcpts = 0, 0
         for (failed,) in self.conn.execute(
                 "SELECT failed_recipients FROM messages WHERE failed_recipients IS NOT NULL AND state != 'failed'"):
             partial += 1
             failed_rcpts += len(json.loads(failed))
-        (oldest,) = self.conn.execute(f"SELECT min(created_at) FROM messages WHERE state IN ({marks})", PENDING_STATES).fetchone()
         return {
             "by_state": by_state,
             "total": sum(by_state.values()),
@@ -802,6 +968,73 @@ class Outbox:
             ],
             "domains_total": len(domains),
         }
+
+    def _pending_by_domain(self, cutoffs: Sequence[float]) -> tuple[dict[str, list[int]], list[int], float | None]:
+        """Pending recipients by domain and age bucket, pending messages by age bucket, and
+        when the oldest was queued. The first recipient of each message: one pass over
+        messages_pending_domain, grouped in its order, a cumulative count per bucket bound;
+        the other recipients of the (few) messages with several: messages_pending_multi."""
+        domains: dict[str, list[int]] = {}
+        ages = [0] * (len(cutoffs) + 1)
+        oldest: float | None = None
+        # per domain, one character per message: its bucket's digit (a binary search over the
+        # bounds, then one aggregate a row: half the cost of a count per bucket)
+        for key, first_at, digits in self.conn.execute(
+                f"SELECT {_FIRST_DOMAIN}, min(created_at), group_concat({_bucket_digit(cutoffs, 0, len(cutoffs))}, '')"
+                " FROM messages INDEXED BY messages_pending_domain WHERE done_at IS NULL GROUP BY 1"):
+            counts = [digits.count(str(b)) for b in range(len(ages))]
+            ages = [x + y for x, y in zip(ages, counts)]
+            oldest = first_at if oldest is None else min(oldest, first_at)
+            if key is not None:  # None: a message without recipients
+                _add_counts(domains, _domain(key), counts)
+        ascending = sorted(cutoffs)
+        tally: dict[tuple[str, int], int] = {}  # (what follows the last @, bucket) -> recipients
+        for rcpt, created in self.conn.execute(
+                "SELECT j.value, created_at FROM messages INDEXED BY messages_pending_multi, json_each(messages.recipients)"
+                " AS j WHERE done_at IS NULL AND json_array_length(recipients) > 1 AND j.key > 0"):
+            key = (rcpt[rcpt.rfind("@") + 1:], len(ascending) - bisect_left(ascending, created))
+            tally[key] = tally.get(key, 0) + 1
+        for (tail, bucket), count in tally.items():
+            counts = [0] * len(ages)
+            counts[bucket] = count
+            _add_counts(domains, _domain(tail), counts)
+        return domains, ages, oldest
+
+
+def _give_way(started: float) -> None:
+    """Between two batches of a long job (purge, incremental vacuum), pause for a quarter of
+    the batch's time: a writer waiting on the lock (SQLite's busy handler looks again every
+    few milliseconds, then every 100 ms at most) gets in, and the job runs at 80 % speed."""
+    time.sleep(min(0.05, max(0.001, (time.monotonic() - started) / 4)))
+
+
+def _bucket_digit(cutoffs: Sequence[float], lo: int, hi: int) -> str:
+    """SQL for the age bucket of `created_at` as one digit, lo..hi: bucket i is the first with
+    created_at > cutoffs[i] (younger than its bound), len(cutoffs) the oldest."""
+    if lo == hi:
+        return f"'{lo}'"
+    mid = (lo + hi) // 2
+    return (f"CASE WHEN created_at > {float(cutoffs[mid])!r} THEN {_bucket_digit(cutoffs, lo, mid)}"
+            f" ELSE {_bucket_digit(cutoffs, mid + 1, hi)} END")
+
+
+def _domain(address_or_tail: str) -> str:
+    """A recipient's domain as qshape shows it: after the last @, lower case."""
+    return address_or_tail.rpartition("@")[2].lower() or "(none)"
+
+
+def _add_counts(domains: dict[str, list[int]], domain: str, counts: Sequence[int]) -> None:
+    row = domains.get(domain)
+    if row is None:
+        domains[domain] = list(counts)
+    else:
+        row[:] = [x + y for x, y in zip(row, counts)]
+
+
+# the pending states as SQL (PgOutbox's stats); SQLite's indexes know them as done_at IS NULL
+_PENDING_SQL = "state IN ('queued','deferred','held','sending')"
+# the first recipient's domain (or what follows its first @), exactly as messages_pending_domain has it
+_FIRST_DOMAIN = ("lower(substr(json_extract(recipients, '$[0]'), instr(json_extract(recipients, '$[0]'), '@') + 1))")
 
 
 # every column, for copying an outbox to another (export_batch / import_batch)
@@ -823,6 +1056,25 @@ _DUE_CONDITIONS = ("state='sending' AND lease_until < ?", "state='queued' AND ne
                    "state='deferred' AND next_attempt_at <= ?")
 
 _CLAIM_COLS = "id, profile, sender, recipients, attempts, created_at, age_base, message_id, state, next_attempt_at"
+
+# a delivery result (record_attempt): the row's new state and its attempt-log entry
+_RESULT_COMMON = ("attempts=attempts+1, last_attempt_at=?, last_reply=?, last_server=?, updated_at=?, done_at=?,"
+                  " lease_owner=NULL, lease_until=NULL")
+_RESULT_SENT = (f"UPDATE messages SET state='sent', {_RESULT_COMMON} WHERE id=? AND state='sending' AND lease_owner=?")
+_ATTEMPT_INSERT = "INSERT INTO attempts (message, at, profile, server, outcome, reply, duration) VALUES (?,?,?,?,?,?,?)"
+
+
+def _result_sets(r: AttemptResult, now: float, done: float | None) -> tuple[list[str], list[Any]]:
+    """SET terms and their parameters for a result other than a plain `sent`."""
+    sets = ["state=?", _RESULT_COMMON]
+    params: list[Any] = [r.outcome, now, r.reply, r.server, now, done]
+    if r.outcome == "deferred":
+        sets.append("next_attempt_at=?")
+        params.append(r.next_attempt_at if r.next_attempt_at is not None else now)
+    if r.recipients is not None:
+        sets.append("recipients=?")
+        params.append(json.dumps(list(r.recipients)))
+    return sets, params
 
 
 _HOST = (socket.gethostname() or "localhost").replace(":", "_")
@@ -880,6 +1132,23 @@ def _info(row: sqlite3.Row) -> MessageInfo:
     fields["recipients"] = json.loads(fields["recipients"])
     fields["failed_recipients"] = json.loads(fields["failed_recipients"]) if fields["failed_recipients"] else {}
     return MessageInfo(**fields)
+
+
+class _busy_timeout:
+    """Wait at most `seconds` for another process's lock within the block (VACUUM, the WAL
+    checkpoint: they should give way to a flush, not hold it up), then the connection's own."""
+
+    def __init__(self, conn: sqlite3.Connection, seconds: float) -> None:
+        self.conn = conn
+        self.ms = int(seconds * 1000)
+        self.saved = 0
+
+    def __enter__(self) -> None:
+        self.saved = self.conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        self.conn.execute(f"PRAGMA busy_timeout={self.ms}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.execute(f"PRAGMA busy_timeout={int(self.saved)}")
 
 
 class _WriteTxn:
