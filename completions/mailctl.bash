@@ -23,7 +23,7 @@ _mailctl_options() {  # $1: command path -> REPLY: its options
     case $1 in
         '') REPLY='--config -p --profile --json -v --verbose -q --quiet --version -h --help' ;;
         'profile') REPLY='-h --help' ;;
-        'profile add') REPLY='--password-stdin --no-secret --default --json --type --provider --inherits --host --port --security --auth --username --mailbox --from-address --from-match --sender-name --reply-to --signature --description --alternate-host --alternate-port --failover --proxy --tls-verify --no-tls-verify --ca-file --tls-fingerprint --allow-insecure-auth --no-allow-insecure-auth --ehlo-name --source-address --auth-mechanism --socket-path --timeout --tenant-id --client-id --cloud --authority --authorization-url --token-url --scopes --redirect-uri --oauth-provider --device-authorization-url --revocation-url --graph-endpoint --ews-url --autodiscover --no-autodiscover --save-to-sent-items --no-save-to-sent-items --maildir --rate-limit-per-minute --max-connections --secret-command -h --help' ;;
+        'profile add') REPLY='--password-stdin --no-secret --default --guided --json --type --provider --inherits --host --port --security --auth --username --mailbox --from-address --from-match --sender-name --reply-to --signature --description --alternate-host --alternate-port --failover --proxy --tls-verify --no-tls-verify --ca-file --tls-fingerprint --allow-insecure-auth --no-allow-insecure-auth --ehlo-name --source-address --auth-mechanism --socket-path --timeout --tenant-id --client-id --cloud --authority --authorization-url --token-url --scopes --redirect-uri --oauth-provider --device-authorization-url --revocation-url --graph-endpoint --ews-url --autodiscover --no-autodiscover --save-to-sent-items --no-save-to-sent-items --maildir --rate-limit-per-minute --max-connections --secret-command -h --help' ;;
         'profile edit') REPLY='--unset --password-stdin --json --type --provider --inherits --host --port --security --auth --username --mailbox --from-address --from-match --sender-name --reply-to --signature --description --alternate-host --alternate-port --failover --proxy --tls-verify --no-tls-verify --ca-file --tls-fingerprint --allow-insecure-auth --no-allow-insecure-auth --ehlo-name --source-address --auth-mechanism --socket-path --timeout --tenant-id --client-id --cloud --authority --authorization-url --token-url --scopes --redirect-uri --oauth-provider --device-authorization-url --revocation-url --graph-endpoint --ews-url --autodiscover --no-autodiscover --save-to-sent-items --no-save-to-sent-items --maildir --rate-limit-per-minute --max-connections --secret-command -h --help' ;;
         'profile show') REPLY='--json -h --help' ;;
         'profile list') REPLY='--json -h --help' ;;
@@ -65,7 +65,7 @@ _mailctl_options() {  # $1: command path -> REPLY: its options
         'queue release') REPLY='--all --outbox --json -h --help' ;;
         'queue retry') REPLY='--all --outbox --json -h --help' ;;
         'queue delete') REPLY='--all --outbox --json -h --help' ;;
-        'queue purge') REPLY='--older-than -s --state --outbox --json -h --help' ;;
+        'queue purge') REPLY='--older-than -s --state --vacuum --no-vacuum --outbox --json -h --help' ;;
         'send') REPLY='-t --to --cc --bcc -s --subject -b --body -a --attach --from --reply-to --header --queue --draft --outbox --json -h --help' ;;
         'sendmail') REPLY='-h --help' ;;
         'config') REPLY='--outbox --json -h --help' ;;
