@@ -107,6 +107,11 @@ def test_sticky_keeps_the_alternate_until_failback(cli, isolated_env):
         shown = cli("profile", "show", "relay")
         assert "active server" in shown.stdout and f"localhost:{alternate.port}" in shown.stdout, shown.output
         assert json.loads(cli("profile", "show", "relay", "--json").stdout)["active_server"]["server"] == f"localhost:{alternate.port}"
+        stats = cli("queue", "stats")
+        assert f"profile relay sends through the alternate localhost:{alternate.port}" in stats.stderr, stats.output
+        [active] = json.loads(cli("queue", "stats", "--json").stdout)["failover"]
+        assert active["profile"] == "relay" and active["primary"] == f"127.0.0.1:{primary_port}"
+        assert active["since_at"].endswith("Z")
         with plain_server_on(primary_port) as primary:  # the primary is back: sticky stays on the alternate
             assert _send(cli, "two")["server"] == f"localhost:{alternate.port}"
             assert len(alternate.messages) == 2 and primary.messages == []
@@ -130,6 +135,7 @@ def test_per_connection_tries_the_primary_every_time(cli, isolated_env):
             assert _send(cli, "two")["server"] == f"127.0.0.1:{primary_port}"
             assert len(primary.messages) == 1
         assert "active server" not in cli("profile", "show", "relay").stdout
+        assert json.loads(cli("queue", "stats", "--json").stdout)["failover"] == []
 
 
 def test_sticky_goes_back_to_the_primary_when_the_alternate_fails(cli, isolated_env):

@@ -404,10 +404,14 @@ def stats(
         raise UsageError("--output goes with --format openmetrics")
     with open_outbox(ctx, outbox) as box:
         data = box.stats(top=top)
+    data["failover"] = _sticky_failovers(app)
     if app.use_json(json_) or format_ == "json":
         app.output.json(data)
         return
     out = app.output
+    for active in data["failover"]:
+        out.info(f"Sticky failover: profile {active['profile']} sends through the alternate {active['server']} "
+                 f"(primary {active['primary']}); back with: mailctl profile failback {active['profile']}")
     out.table(["STATE", "MESSAGES"], [*data["by_state"].items(), ("total", data["total"])]
               + ([("partly failed", f"{data['partially_failed']} ({data['partially_failed_recipients']} recipient(s) refused)")]
                  if data.get("partially_failed") else []))
@@ -418,6 +422,18 @@ def stats(
     out.table(["DOMAIN (pending recipients)", "T", *buckets], rows)
     if data["domains_total"] > len(data["by_domain"]):
         out.info(f"{data['domains_total'] - len(data['by_domain'])} more domain(s); use --top or --json.")
+
+
+def _sticky_failovers(app) -> list[dict]:
+    """Profiles on their alternate server (failover = "sticky"); none when the profiles file
+    cannot be read (stats are about the outbox, which opened)."""
+    from mailctl.errors import MailctlError
+    from mailctl.profiles.failover import active_in
+
+    try:
+        return [a.to_dict() for a in active_in(app.store.load())]
+    except MailctlError:
+        return []
 
 
 @queue_app.command("migrate")

@@ -134,3 +134,23 @@ def _locked() -> Iterator[dict[str, dict]]:
             os.replace(tmp, path)
     finally:
         os.close(fd)
+
+
+def active_in(doc) -> list[ActiveServer]:
+    """The sticky profiles of a profiles document that are on their alternate now (for
+    `queue stats`); profiles that do not resolve are left out (lint reports them)."""
+    from mailctl.errors import MailctlError
+    from mailctl.profiles.resolve import resolve_profile
+
+    state = _read()
+    found = []
+    for name in doc.profile_names():
+        if name not in state:
+            continue
+        try:
+            active = active_for(resolve_profile(doc, name))
+        except MailctlError:
+            continue
+        if active is not None:
+            found.append(active)
+    return found
