@@ -69,7 +69,7 @@ def test_import_maps_accounts_defaults_inheritance_and_secrets(cli, isolated_env
     res = cli("profile", "import", "--msmtprc", str(rc), "--json")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert data["passwords_stored"] == ["home"] and data["default"] == "work"
+    assert data["passwords_stored"] == ["home"] and data["default_profile"] == "work"
     assert data["renamed"]["work-sales"] == "work_sales"
     toml = (isolated_env / "profiles.toml").read_text()
     assert PASSWORD not in toml and PASSWORD not in res.output

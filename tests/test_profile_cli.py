@@ -530,7 +530,7 @@ class TestDelete:
 class TestSetDefault:
     def test_set_default(self, cli, cfg, company):
         r = ok(cli("profile", "set-default", "alice", "--json"))
-        assert json.loads(r.stdout) == {"default": "alice", "exit_code": 0}
+        assert json.loads(r.stdout) == {"name": "alice", "default": True, "default_profile": "alice", "exit_code": 0}
         assert read_toml(cfg)["default"] == "alice"
         data = json.loads(ok(cli("profile", "show", "--json")).stdout)
         assert data["name"] == "alice"

@@ -256,7 +256,7 @@ def delete(
     if actx.use_json(json_):
         actx.output.json(result)
     else:
-        actx.output.info(f"Deleted profile {name!r}." + (f" Default is now {result['default']!r}." if new_default else ""))
+        actx.output.info(f"Deleted profile {name!r}." + (f" Default is now {result['default_profile']!r}." if new_default else ""))
 
 
 @profile_app.command("set-default")
@@ -345,7 +345,7 @@ def import_(
         for name, f in result["profiles"].items()])
     verb = "Would import" if dry_run else "Imported"
     actx.output.info(f"{verb} {len(result['profiles'])} profile(s) from {msmtprc}"
-                     + (f"; default {result['default']!r}" if result.get("default") else "")
+                     + (f"; default {result['default_profile']!r}" if result.get("default_profile") else "")
                      + (f"; passwords stored for {', '.join(result['passwords_stored'])}" if result.get("passwords_stored") else "")
                      + (f"; passwords NOT stored for {', '.join(result['passwords_skipped'])}" if result.get("passwords_skipped") else "") + ".")
 

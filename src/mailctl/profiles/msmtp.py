@@ -55,7 +55,7 @@ class MsmtpImport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.path, "profiles": self.profiles, "renamed": self.renamed, "default": self.default,
+        return {"file": self.path, "profiles": self.profiles, "renamed": self.renamed, "default_profile": self.default,
                 "passwords": sorted(self.passwords), "notes": self.notes}
 
 
@@ -302,7 +302,7 @@ def apply_import(store, secrets, plan: MsmtpImport, *, store_passwords: bool = T
                 stored.append(name)
         default = doc.default
     skipped = sorted(set(plan.passwords) - set(stored)) if not store_passwords else []
-    return {**plan.to_dict(), "default": default, "passwords_stored": stored, "passwords_skipped": skipped}
+    return {**plan.to_dict(), "default_profile": default, "passwords_stored": stored, "passwords_skipped": skipped}
 
 
 # --- profile -> other tools -------------------------------------------------------------------

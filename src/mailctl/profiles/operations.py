@@ -49,7 +49,8 @@ def add_profile(
                 )
             secrets.store(name, kind, secret)  # before the file is written: no profile without its secret
         default = doc.default
-    return {"name": name, "default": default == name, "secret_stored": kind if secret is not None else None}
+    return {"name": name, "default": default == name, "default_profile": default,
+            "secret_stored": kind if secret is not None else None}
 
 
 def edit_profile(
@@ -138,7 +139,7 @@ def delete_profile(store: ProfileStore, secrets, name: str, *, new_default: str 
     except SecretStoreUnavailable as exc:
         removed = []
         warnings.append(f"profile deleted, but its keyring secrets could not be removed: {exc.message}")
-    return {"name": name, "default": default, "secrets_removed": removed, "warnings": warnings}
+    return {"name": name, "default_profile": default, "secrets_removed": removed, "warnings": warnings}
 
 
 def rename_profile(store: ProfileStore, secrets, old: str, new: str) -> dict[str, Any]:
@@ -169,7 +170,7 @@ def rename_profile(store: ProfileStore, secrets, old: str, new: str) -> dict[str
 def set_default(store: ProfileStore, name: str) -> dict[str, Any]:
     with store.edit() as doc:
         doc.set_default(name)
-    return {"default": name}
+    return {"name": name, "default": True, "default_profile": name}
 
 
 def list_profiles(store: ProfileStore) -> list[dict[str, Any]]:
