@@ -271,6 +271,23 @@ def test_on_an_80_column_terminal_nothing_folds_and_replies_are_cut(terminal_env
     assert "application.sender@example.com" in screen and "END-OF-REPLY" in screen
 
 
+def test_queue_stats_on_an_80_column_terminal_keeps_domains_whole(terminal_env):
+    env, path = terminal_env
+    domains = [f"very-long-recipient-domain-number-{i}.example.org" for i in range(5)]
+    with Outbox(path) as box:
+        for i in range(25):
+            box.enqueue(raw(f"m{i}"), "app@example.com", [f"user{i}@{domains[i % 5]}", "x@gmail.com"])
+    screen, err, code = run_on_terminal(["queue", "stats"], env)
+    assert code == 0, err
+    lines = [line for line in screen.splitlines() if line.strip()]
+    assert all(len(line) <= 80 for line in lines), lines
+    for d in domains:  # each domain whole on its one row, with its count
+        assert any(re.match(rf"^{re.escape(d)}\s+5\s+5\b", line) for line in lines), (d, lines)
+    assert "Not shown at this width: the 10m" in err and "--json" in err
+    wide, err, code = run_on_terminal(["queue", "stats"], env, columns=200)
+    assert code == 0 and "Not shown at this width" not in err and "1280m+" in wide
+
+
 def test_fit_columns_drops_before_it_breaks_an_address(monkeypatch):
     cols = [Col("ID", "keep"), Col("WHEN", "keep"), Col("TO", "keep"), Col("NOTE", "cut", drop=2),
             Col("REPLY", "cut", drop=1, min_width=8)]

@@ -9,7 +9,8 @@ from typing import Annotated, List, Optional
 import typer
 
 from mailctl.commands._common import JsonOpt, OutboxOpt, app_context, complete_profile_name
-from mailctl.errors import ExitCode, UsageError
+from mailctl.errors import UsageError
+from mailctl.output import Col
 
 queue_app = typer.Typer(
     help="The outbox: queue mail, flush it (cron), list, hold, release, retry, delete, purge, stats.",
@@ -228,7 +229,8 @@ def _render_flush(app, report) -> None:
                  "wait in the outbox. Enable with: mailctl settings set sending_enabled true")
         return
     if report.problems:
-        out.table(["ID", "OUTCOME", "PROFILE", "NEXT TRY", "REPLY"],
+        out.table([Col("ID", "keep"), Col("OUTCOME", "keep"), Col("PROFILE", "keep", drop=1), Col("NEXT TRY", "keep"),
+                   Col("REPLY", "cut", min_width=20)],
                   [(p.id, p.outcome + (f", {len(p.failed_recipients)} failed" if p.failed_recipients and p.outcome != "failed" else ""),
                     p.profile or "", _when(p.next_attempt_at), p.reply) for p in report.problems])
     for name, message in report.profile_errors.items():
@@ -293,7 +295,7 @@ def _list_table(app, rows) -> list[str]:
     """queue list's table. On a terminal the recipients are the first and "+N" (all of them in
     show and --json) and narrow screens leave out PROFILE, TRIES, FROM and SUBJECT before an
     id, a date or an address wraps; a reply is cut with an ellipsis."""
-    from mailctl.output import Col
+
 
     compact = app.output.is_terminal
 
@@ -360,7 +362,7 @@ def show(
     out.line(head)
     out.line("")
     if info.attempt_log:
-        from mailctl.output import Col
+
 
         # here a reply is shown whole: wrapped, never cut
         out.table([Col("WHEN", "keep"), Col("OUTCOME", "keep"), Col("SERVER", "keep", drop=2),
@@ -412,14 +414,22 @@ def stats(
     for active in data["failover"]:
         out.info(f"Sticky failover: profile {active['profile']} sends through the alternate {active['server']} "
                  f"(primary {active['primary']}); back with: mailctl profile failback {active['profile']}")
-    out.table(["STATE", "MESSAGES"], [*data["by_state"].items(), ("total", data["total"])]
+    out.table([Col("STATE", "keep"), Col("MESSAGES", "keep")], [*data["by_state"].items(), ("total", data["total"])]
               + ([("partly failed", f"{data['partially_failed']} ({data['partially_failed_recipients']} recipient(s) refused)")]
                  if data.get("partially_failed") else []))
     out.line("")
     buckets = data["age_buckets"]
     rows = [("TOTAL", sum(data["by_age"].values()), *data["by_age"].values())]
     rows += [(d["domain"], d["total"], *d["by_age"].values()) for d in data["by_domain"]]
-    out.table(["DOMAIN (pending recipients)", "T", *buckets], rows)
+    # domains and counts never wrap; on a narrow terminal the middle age buckets give way first
+    # (the newest and the oldest say the most: is mail moving, is any stuck)
+    middle = list(range(1, len(buckets) - 1))
+    order = {b: len(middle) - rank for rank, b in enumerate(middle)}  # next to the newest goes first
+    left_out = out.table([Col("DOMAIN", "keep"), Col("T", "keep"),
+                          *[Col(b, "keep", drop=order.get(i, 0)) for i, b in enumerate(buckets)]],
+                         rows, title="Pending recipients by domain and age")
+    if left_out:
+        out.info(f"Not shown at this width: the {', '.join(left_out)} columns (a wider terminal or --json has them).")
     if data["domains_total"] > len(data["by_domain"]):
         out.info(f"{data['domains_total'] - len(data['by_domain'])} more domain(s); use --top or --json.")
 
