@@ -312,8 +312,14 @@ def test_ctrl_c_and_end_of_input_stop_with_nothing_saved(term_env, keys, code, m
     # a person's Ctrl-C never lands in the microseconds between the prompt's write and
     # input()'s read(), where CPython can miss a signal (it then waits for a line)
     time.sleep(0.3)
-    t.key(keys)
-    t.expect(message)
+    for attempt in range(5):  # on a loaded machine the race can still be hit: press again, as a person would
+        t.key(keys)
+        try:
+            t.expect(message, timeout=3 if keys == b"\x03" and attempt < 4 else 30)
+            break
+        except AssertionError:
+            if keys != b"\x03" or attempt == 4:
+                raise
     assert t.wait() == code, t.text
     assert not (term_env["home"] / "profiles.toml").exists()
     assert "Traceback" not in t.text
