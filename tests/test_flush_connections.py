@@ -333,3 +333,43 @@ def test_ctrl_c_stops_every_connection_after_its_message_in_flight_claims_given_
     assert counts["sent"] == delivered and counts["sending"] == 0 and counts["queued"] == n - delivered
     assert all(c == 1 for c in handler.by_message_id.values())
     box.close()
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_sigterm_ends_queue_flush_after_the_messages_in_flight(outbox_factory, isolated_env, tmp_path, connections):
+    """systemd stopping a flush unit, `timeout 60 mailctl queue flush`: SIGTERM finishes what
+    is on the wire, records it, gives the rest back at once (no lease to wait out), exit 75."""
+    import signal
+    import subprocess
+
+    from worker_procs import env_for, location_of, mailctl, wait_until
+
+    n = 300
+    box = outbox_factory()
+    fill(box, n)
+    handler = SessionCounter(delay=0.02)
+    with SmtpServer(handler) as server:
+        (isolated_env / "profiles.toml").write_text(
+            'schema_version = 1\ndefault = "relay"\n[settings]\nretention_days = 0\n\n'
+            + server.profile_toml("relay", max_connections=connections))
+        err = tmp_path / "flush.err"
+        with open(err, "wb") as fh:
+            proc = subprocess.Popen(mailctl("queue", "flush", "--connections", str(connections), "--json"),
+                                    env=env_for(isolated_env, location_of(box)), stdout=subprocess.PIPE, stderr=fh)
+        try:
+            assert wait_until(lambda: handler.count >= 30, 60), err.read_text()
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 75, err.read_text()
+    report = json.loads(out)
+    assert report["stopped"] is True and report["exit_code"] == 75
+    assert "Stopped by SIGTERM" in err.read_text()
+    delivered = handler.count
+    assert 30 <= delivered < n and all(c == 1 for c in handler.by_message_id.values())
+    counts = box.count_by_state()
+    assert counts["sent"] == delivered == report["sent"] and counts["sending"] == 0
+    assert counts["queued"] == n - delivered
+    box.close()

@@ -103,7 +103,8 @@ def flush_cmd(
     json_: JsonOpt = False,
 ) -> None:
     """Deliver due messages (run it from cron). Exit 0: nothing left to retry; 75: messages
-    remain deferred; 1: some failed permanently or expired."""
+    remain deferred, or a SIGTERM stopped it after the messages in flight; 1: some failed
+    permanently or expired."""
     from mailctl.outbox.flush import FlushOptions
     from mailctl.outbox.service import profile_flush
 
@@ -117,8 +118,12 @@ def flush_cmd(
         from mailctl.profiles.resolve import check_delivery_config
         check_delivery_config(doc, profile or app.profile_name, dry_run=dry_run)  # no config: 78, never local by accident
         app.explain_outbox(outbox, doc.settings())
-        with _ProgressBar(app, enabled=not as_json and not dry_run) as bar:
-            report = profile_flush(box, doc, app.secrets, options, progress=bar.update, trace=app.trace)
+        with _ProgressBar(app, enabled=not as_json and not dry_run) as bar, _TermStop() as stop:
+            report = profile_flush(box, doc, app.secrets, options, progress=bar.update, trace=app.trace,
+                                   stop=stop.asked)
+    if report.stopped:
+        app.output.info("Stopped by SIGTERM: the messages in flight were finished and recorded; "
+                        "the rest stay queued for the next flush.")
     for name, most in report.connections_capped.items():
         app.output.info(f"Note: profile {name} allows {most} connection(s) at a time (max_connections = {most}), "
                         f"so --connections {connections} used {most}.")
@@ -209,6 +214,41 @@ class _ProgressBar:
             self.progress.update(self.task, advance=1, description="Sending")
         elif event == "wait":
             self.progress.update(self.task, description=f"Waiting {data['seconds']:.0f}s ({data['reason']})")
+
+
+class _TermStop:
+    """SIGTERM during a flush (systemd stopping the unit, `timeout`, a shutdown): finish the
+    messages in flight, record them, give the rest back, exit 75. A second SIGTERM is as the
+    default (the dead-holder check then frees the claims at the next flush)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.event = threading.Event()
+        self.previous = None
+
+    def asked(self) -> bool:
+        return self.event.is_set()
+
+    def _on_term(self, signum, frame) -> None:
+        import signal
+
+        self.event.set()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def __enter__(self) -> "_TermStop":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._on_term)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def _render_flush(app, report) -> None:

@@ -132,7 +132,7 @@ class FlushReport:
     left: int = 0
     partially_failed: int = 0  # sent (or deferred) with some recipients refused for good (5xx)
     duration: float = 0.0
-    stopped: bool = False  # asked to stop (the worker's SIGTERM): untried claims were given back (not serialised)
+    stopped: bool = False  # asked to stop (SIGTERM): untried claims were given back
     # --connections asked for more than a profile's max_connections: profile -> the connections used
     connections_capped: dict[str, int] = field(default_factory=dict)
 
@@ -146,7 +146,7 @@ class FlushReport:
             return ExitCode.CONFIG
         if self.failed or self.expired or self.partially_failed:
             return ExitCode.PROBLEMS
-        if self.remaining.get("deferred"):
+        if self.remaining.get("deferred") or self.stopped:  # stopped: the rest waits for the next flush
             return ExitCode.TEMPFAIL
         return ExitCode.OK
 
@@ -169,6 +169,7 @@ class FlushReport:
             "left": self.left,
             "partially_failed": self.partially_failed,
             "connections_capped": dict(self.connections_capped),
+            "stopped": self.stopped,
             "duration": round(self.duration, 3),
             "exit_code": int(self.exit_code),
         }
@@ -305,11 +306,13 @@ def flush(
     options: FlushOptions | None = None,
     sleep: Callable[[float], None] = time.sleep,
     progress: ProgressFn | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> FlushReport:
     """Deliver due messages. `resolve(name or None)` -> ResolvedProfile (None: the default);
-    `open_transport(profile)` -> an unopened Transport. The clock is the outbox's."""
+    `open_transport(profile)` -> an unopened Transport. The clock is the outbox's. `stop()`
+    True (a SIGTERM) ends the run after the messages in flight, the rest given back."""
     return FlushRun(outbox, policy=policy, resolve=resolve, open_transport=open_transport, options=options,
-                    sleep=sleep, progress=progress).run()
+                    sleep=sleep, progress=progress, stop=stop).run()
 
 
 def partial_refusal(refused: Mapping[str, str] | None, recipients: Sequence[str], *,
@@ -513,18 +516,24 @@ class FlushRun:
         and commits it, then the untried claims go back."""
         self.store = _Serialized(self.store, self.results.lock)  # one handle, one caller at a time
         lanes = self.lanes = _Lanes(self)
-        threads = [threading.Thread(target=lanes.run_lane, args=(self.lane_copy(),), name=f"mailctl-flush-{k}",
+        # A lane says it is done with an Event, not by ending its thread: on Python 3.11 a
+        # Thread.join() that Ctrl-C interrupts can leave a running thread marked as stopped,
+        # so joins would return while a lane still writes to the outbox we then close.
+        done = [threading.Event() for _ in range(self.options.connections)]
+        threads = [threading.Thread(target=lanes.run_lane, args=(self.lane_copy(), done[k]), name=f"mailctl-flush-{k}",
                                     daemon=True) for k in range(self.options.connections)]
+        started: list[threading.Event] = []
         try:
-            for t in threads:
+            for t, d in zip(threads, done):
                 t.start()
-            while any(t.is_alive() for t in threads):  # joined in slices: Ctrl-C reaches this thread
-                for t in threads:
-                    t.join(0.2)
+                started.append(d)
+            for d in done:  # waited for in slices: Ctrl-C reaches this thread
+                while not d.wait(0.2):
+                    pass
         except BaseException:
             lanes.halt()
-            for t in threads:
-                t.join()
+            for d in started:
+                d.wait()
             raise
         finally:
             self.store.release_claims(self.owner)
@@ -943,9 +952,16 @@ class _Lanes:
             if self.error is None:
                 self.error = exc
 
-    def run_lane(self, lane: FlushRun) -> None:
+    def run_lane(self, lane: FlushRun, done: threading.Event | None = None) -> None:
         """One lane's thread: take, deliver, until nothing is left or a stop; its last result
-        committed, its sessions closed."""
+        committed, its sessions closed; then `done` is set (nothing of it runs after)."""
+        try:
+            self._lane(lane)
+        finally:
+            if done is not None:
+                done.set()
+
+    def _lane(self, lane: FlushRun) -> None:
         try:
             while True:
                 lane.check_stop()

@@ -22,6 +22,7 @@ def profile_flush(
     sleep: Callable[[float], None] = time.sleep,
     trace: Callable[[int, str], None] | None = None,
     explain_profiles: bool = True,
+    stop: Callable[[], bool] | None = None,
 ) -> FlushReport:
     """Flush with the settings and profiles of a loaded profiles document. trace(level,
     text) hears, for mailctl -v, each profile used and why (unless explain_profiles is
@@ -36,6 +37,7 @@ def profile_flush(
         options=options,
         sleep=sleep,
         progress=progress,
+        stop=stop,
     )
 
 
