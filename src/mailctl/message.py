@@ -152,6 +152,19 @@ def append_signature(text: str, signature: str) -> str:
     return text + f"{SIGNATURE_SEPARATOR}\n" + body
 
 
+def _read_file(path: Path, what: str, field: str) -> bytes:
+    """A file's bytes, or the one-line error naming it: 66 when missing or unreadable, 65 for
+    a directory."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ValidationError(f"{what} is a directory: {path}", field=field) from None
+    except PermissionError:
+        raise NotFoundError(f"{what} not readable (permission denied): {path}") from None
+
+
 def build_message(
     profile: Any,
     settings: Mapping[str, Any] | None,
@@ -231,14 +244,7 @@ def build_message(
 
     for item in attachments:
         path = Path(item).expanduser()
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise NotFoundError(f"attachment not found: {path}") from None
-        except IsADirectoryError:
-            raise ValidationError(f"attachment is a directory: {path}", field="attach") from None
-        except PermissionError:
-            raise NotFoundError(f"attachment not readable (permission denied): {path}") from None
+        data = _read_file(path, "attachment", "attach")
         ctype, encoding = mimetypes.guess_type(path.name)
         if ctype is None or encoding is not None:
             ctype = "application/octet-stream"
@@ -312,15 +318,7 @@ def message_from_file(path: str, profile: Any, *, to: Sequence[str], from_addres
     if path == "-":
         data = sys.stdin.buffer.read()
     else:
-        file = Path(path).expanduser()
-        try:
-            data = file.read_bytes()
-        except FileNotFoundError:
-            raise NotFoundError(f"--data: message file not found: {file}") from None
-        except IsADirectoryError:
-            raise ValidationError(f"--data: {file} is a directory, not a message file", field="data") from None
-        except PermissionError:
-            raise NotFoundError(f"--data: message file not readable (permission denied): {file}") from None
+        data = _read_file(Path(path).expanduser(), "--data: message file", "data")
     raw = wire_bytes(data)
     first = raw.split(b"\r\n", 1)[0]
     if not raw.strip() or b":" not in first or first[:1] in (b" ", b"\t"):

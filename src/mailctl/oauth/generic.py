@@ -327,14 +327,7 @@ def finish_device_login(login: DeviceLogin, *, sleep: Callable[[float], None] = 
             return _save_tokens(profile, login.secrets, reply, "device", method, login.scopes)
         if reply.get("error") == "slow_down":
             interval += 5
-        wait_until = clock() + interval
-        while clock() < wait_until:
-            if clock() >= login.expires_at:
-                raise AuthError(f"profile {profile.name!r}: the code {login.user_code} expired before the sign-in finished",
-                                hint=f"start again: mailctl auth login {profile.name} --flow device")
-            if on_tick:
-                on_tick(login.expires_at - clock())
-            sleep(min(1.0, wait_until - clock()))
+        loopback.wait_to_poll(profile, login, interval, clock=clock, sleep=sleep, on_tick=on_tick)
 
 
 # --- silent use -------------------------------------------------------------------------

@@ -207,6 +207,21 @@ def wait_for_redirect(
         login.close()
 
 
+def wait_to_poll(profile, login, interval: float, *, clock: Callable[[], float], sleep: Callable[[float], None],
+                 on_tick: Callable[[float], None] | None = None) -> None:
+    """The device flow's (RFC 8628) wait before the next token poll, any provider: `interval`
+    seconds in one-second slices (on_tick hears the time left on the code), or an AuthError
+    once the user code has expired."""
+    wait_until = clock() + interval
+    while clock() < wait_until:
+        if clock() >= login.expires_at:
+            raise AuthError(f"profile {profile.name!r}: the code {login.user_code} expired before the sign-in finished",
+                            hint=f"start again: mailctl auth login {profile.name} --flow device")
+        if on_tick:
+            on_tick(login.expires_at - clock())
+        sleep(min(1.0, wait_until - clock()))
+
+
 def redirect_query(profile, redirect_url: str, state: str) -> dict[str, str]:
     """The redirect's query after checking it answers this sign-in (state). The caller turns
     an error= into its provider's message and reads code=."""
