@@ -68,7 +68,7 @@ class MailctlGroup(TyperGroup):
         return cmd
 
     def parse_args(self, ctx, args):
-        ctx.meta[_JSON_SEEN] = _json_flag_in(args)
+        ctx.meta[_ARGS_SEEN] = list(args)  # read only when an error is reported (_json_seen)
         try:
             return super().parse_args(ctx, args)
         except _usage_error() as exc:  # a bad global option: Click reports it (stderr, exit 2)
@@ -105,18 +105,64 @@ class MailctlGroup(TyperGroup):
             raise typer.Exit(int(ExitCode.PROBLEMS))
 
 
-_JSON_SEEN = "mailctl.json_seen"
+_ARGS_SEEN = "mailctl.args_seen"
 
 
-def _json_flag_in(args) -> bool:
-    """Whether `--json` is on the command line (the global flag or a command's own), before a
-    `--` that ends the options: an error is then also an object on stdout."""
-    for arg in args:
+def _json_seen(ctx) -> bool:
+    """Whether the command line that failed has the `--json` option (see _json_flag_in)."""
+    if ctx is None:
+        return False
+    root = ctx.find_root()
+    args = root.meta.get(_ARGS_SEEN)
+    return bool(args) and _json_flag_in(args, root.command, root)
+
+
+def _json_flag_in(args, command=None, ctx=None) -> bool:
+    """Whether `--json` is on the command line as an option (the global flag or a command's
+    own), before a `--` that ends the options: an error is then also an object on stdout.
+    The words are walked as Click parses them, down the command tree, so that a "--json"
+    that is the VALUE of an option taking one (`send --subject --json`) is not the flag.
+    Without a command (or past a word that names no command) every option is taken for a
+    flag."""
+    takes_value = _value_options(command, ctx)
+    words = iter(args)
+    for arg in words:
         if arg == "--":
             return False
         if arg == "--json":
             return True
+        if arg.startswith("--"):
+            if "=" not in arg and arg in takes_value:
+                next(words, None)  # its value, whatever it looks like
+        elif arg.startswith("-") and len(arg) > 1:  # -v, -vv, -pNAME, -p NAME
+            for i in range(1, len(arg)):
+                if "-" + arg[i] in takes_value:
+                    if i == len(arg) - 1:
+                        next(words, None)
+                    break
+        elif command is not None and hasattr(command, "get_command"):  # a group: the word is its command
+            try:
+                command = command.get_command(ctx, arg)
+            except Exception:  # a command that does not load: Click reports it
+                command = None
+            if command is None:
+                takes_value = set()
+            else:
+                takes_value = _value_options(command, ctx)
     return False
+
+
+def _value_options(command, ctx) -> set[str]:
+    """The option names of `command` that take a value (not flags, not counters like -v)."""
+    if command is None:
+        return set()
+    try:
+        params = command.get_params(ctx) if ctx is not None else command.params
+    except Exception:
+        params = getattr(command, "params", [])
+    return {name for p in params if getattr(p, "param_type_name", "") == "option"
+            and not getattr(p, "is_flag", False) and not getattr(p, "count", False)
+            for name in getattr(p, "opts", ())}
 
 
 def _usage_error() -> tuple[type[BaseException], ...]:
@@ -148,7 +194,7 @@ def _report_json(ctx, message: str, hint: str | None, exit_code: int, context: d
     stdout sees why the command failed without parsing stderr."""
     app_ctx = ctx.find_root().obj if ctx is not None else None
     output = app_ctx.output if isinstance(app_ctx, AppContext) else Output()
-    if not (output.json_mode or (ctx is not None and ctx.meta.get(_JSON_SEEN))):
+    if not (output.json_mode or _json_seen(ctx)):
         return
     from mailctl.output import error_document
 

@@ -172,8 +172,10 @@ def worker_cmd(
         resolve_profile(doc, profile)  # an unknown profile: say so now, not at every round
     options = WorkerOptions(interval=seconds, profile=profile, concurrency=concurrency, hold_backlog=hold_backlog,
                             lease_seconds=lease, connections=connections)
+    app.explain_outbox(outbox, doc.settings())  # -v: as queue flush says it
+    trace = app.trace  # -v / -vv reach every round's flush, as they reach queue flush
     worker = Worker(lambda: open_location(location, clock=app.clock, synchronous="NORMAL"),
-                    lambda: config_from_profiles(app.store.load(), app.secrets), options,
+                    lambda: config_from_profiles(app.store.load(), app.secrets, trace), options,
                     log=EventLog(fmt=log_format, quiet=app.output.quiet), location=display(location))
     raise typer.Exit(worker.run())
 

@@ -271,7 +271,7 @@ def _reply_words(code: Any) -> str:
 _GENERIC_REPLY_IDS = ("smtp-generic-4xx", "smtp-generic-5xx")
 # Stages where a refusal is about who is sending (the client, its login, its sender address),
 # not about a recipient or the message: a permanent policy refusal there is exit 77.
-SENDER_STAGES = ("banner", "ehlo", "starttls", "auth", "mail")
+SENDER_STAGES = ("banner", "ehlo", "starttls", "ehlo_tls", "auth", "mail")
 
 # (class, subject) -> the fix for a refusal no specific entry knows; subject None: any subject
 CLASS_FIXES: dict[tuple[int, int | None], str] = {

@@ -368,15 +368,17 @@ def _close_quietly(store: Any) -> None:
     return None
 
 
-def config_from_profiles(doc: Any, secrets: Any) -> WorkerConfig:
-    """A WorkerConfig from a loaded profiles document (what `mailctl queue worker` reloads)."""
-    from mailctl.profiles.resolve import resolve_profile
-    from mailctl.transports import open_transport
+def config_from_profiles(doc: Any, secrets: Any, trace: Callable[[int, str], None] | None = None) -> WorkerConfig:
+    """A WorkerConfig from a loaded profiles document (what `mailctl queue worker` reloads).
+    trace: mailctl -v / -vv, as `queue flush` has it (service.profile_flush): each profile
+    used and why, the timings and at level 2 the redacted transcript."""
+    from mailctl.outbox.service import _resolver
+    from mailctl.transports.traced import traced_transport
 
     settings = dict(doc.settings())
     return WorkerConfig(
         policy=FlushPolicy.from_settings(settings),
-        resolve=lambda name: resolve_profile(doc, name),
-        open_transport=lambda profile: open_transport(profile, secrets),
+        resolve=_resolver(doc, trace),
+        open_transport=lambda profile: traced_transport(profile, secrets, trace),
         settings=settings,
     )

@@ -238,6 +238,16 @@ class GraphTransport(HttpStaged, SessionTransport):
         self._emit("token", "static access_token secret" if self._static_token else f"{self.auth} token", time.monotonic() - t0)
 
     def _call(self, method: str, url: str, *, stage: str, headers: dict | None = None, **kwargs: Any):
+        response = self._authorized(method, url, stage=stage, headers=headers, **kwargs)
+        if response.status_code >= 400:
+            raise self._error(response, stage=stage)
+        return response
+
+    def _authorized(self, method: str, url: str, *, stage: str, headers: dict | None = None, **kwargs: Any):
+        """The request with the bearer token; a 401 gets a fresh token (force_refresh) and one
+        more try, since a cached token may have been revoked or expired early (not for a static
+        access_token secret, which cannot be refreshed). Returns the response, whatever its
+        status: sending (_call) and the probe's mailbox lookup (probe_mailbox) judge it."""
         refreshed = False
         while True:
             hdrs = {"Authorization": f"Bearer {self._token}", **(headers or {})}
@@ -249,8 +259,6 @@ class GraphTransport(HttpStaged, SessionTransport):
                 refreshed = True
                 self._fetch_token(force_refresh=True)
                 continue
-            if response.status_code >= 400:
-                raise self._error(response, stage=stage)
             return response
 
     def _on_retry(self, attempt: int, delay: float, response) -> None:
@@ -447,10 +455,8 @@ def probe_mailbox(transport: GraphTransport):
     """GET {mailbox} -> (status, detail). Needs User.Read (delegated) or User.Read.All; a 403
     here is reported as a warning by diagnostics, not as a failure of sendMail."""
     url = f"{transport.endpoint}{transport.mailbox_path}"
-    response = request(transport.session, "GET", url, retry=transport.retry,
-                       headers={"Authorization": f"Bearer {transport._token}"},
-                       params={"$select": "mail,userPrincipalName"})
-    return response
+    # a 401 refreshes the token once and tries again, as sending does (GraphTransport._authorized)
+    return transport._authorized("GET", url, stage="mailbox", params={"$select": "mail,userPrincipalName"})
 
 
 __all__ = ["GraphTransport", "graph_error", "with_envelope_recipients", "split_attachments", "mime_to_graph_json"]

@@ -281,7 +281,8 @@ class _Plan:
                 response = probe_mailbox(transport)
                 if response.status_code >= 400 and response.status_code != 403:
                     # 403 only says the token may not read the user object (User.Read); sendMail may still work.
-                    raise graph_error(response, server=transport.endpoint, stage="mailbox", profile_name=transport.profile.name)
+                    raise graph_error(response, server=transport.endpoint, stage="mailbox", profile_name=transport.profile.name,
+                                      static_token=transport._static_token)  # a 401 after probe_mailbox's one refresh
                 return response
 
             detail = f"GET {transport.mailbox_path} (Authorization: Bearer [redacted])"

@@ -67,6 +67,7 @@ from mailctl.transports.base import (
 _STAGE_5XX_EXIT = {
     "banner": ExitCode.UNAVAILABLE,
     "ehlo": ExitCode.PROTOCOL,
+    "ehlo_tls": ExitCode.PROTOCOL,
     "starttls": ExitCode.PROTOCOL,
     "auth": ExitCode.NOPERM,
     "mail": ExitCode.PROBLEMS,
@@ -86,6 +87,8 @@ _REPLY_NAMES = {
     "banner": "greeting", "ehlo": "EHLO reply", "ehlo_tls": "EHLO reply", "starttls": "STARTTLS reply",
     "auth": "AUTH reply", "mail": "MAIL FROM reply", "rcpt": "RCPT TO reply", "data": "DATA reply", "quit": "QUIT reply",
 }
+# what a stage's command is called in messages ("during EHLO after STARTTLS"); else its name in capitals
+_COMMAND_NAMES = {"ehlo_tls": "EHLO after STARTTLS"}
 
 _QUEUE_ID_HINT = re.compile(r"queued as|id=|gsmtp|<", re.I)
 _LEADING_DOT = re.compile(rb"(?m)^\.")  # dot-stuffing (RFC 5321 4.5.2), as smtplib's data()
@@ -495,7 +498,7 @@ class SmtpTransport:
         if stage == "auth" and permanent:
             err: MailctlError = AuthError(message)
             err.code, err.enhanced, err.text, err.permanent = code, enhanced, text, True
-        elif stage in ("ehlo", "starttls") and permanent and code != 421:
+        elif stage in ("ehlo", "ehlo_tls", "starttls") and permanent and code != 421:
             err = ProtocolError(message)
             err.code, err.enhanced, err.text, err.permanent = code, enhanced, text, True
         else:
@@ -526,11 +529,12 @@ class SmtpTransport:
             failure = "reply-too-slow"
         elif isinstance(exc, (TimeoutError, socket.timeout)):
             waited = exc.waited if isinstance(exc, ReplyTimeout) else self.timeout
-            msg = f"{server.address} did not answer within {self.timeout:g}s during {stage.upper()} (timed out after {waited:.1f} s)"
+            msg = (f"{server.address} did not answer within {self.timeout:g}s during "
+                   f"{_COMMAND_NAMES.get(stage, stage.upper())} (timed out after {waited:.1f} s)")
             err = DeliveryError(msg, permanent=False, server=server.address, stage=stage, exit_code=ExitCode.TEMPFAIL)
             return self._timed_out(self._error(err, stage, exc), stage, waited)
         else:
-            msg = f"connection to {server.address} lost during {stage.upper()}: {self.redactor.redact(str(exc))}"
+            msg = f"connection to {server.address} lost during {_COMMAND_NAMES.get(stage, stage.upper())}: {self.redactor.redact(str(exc))}"
         err = DeliveryError(msg, permanent=False, server=server.address, stage=stage, exit_code=ExitCode.TEMPFAIL)
         return self._error(err, stage, exc, failure_id=failure)
 
@@ -795,7 +799,9 @@ class SmtpTransport:
             raise err
         return code, self.redactor.redact(_decode(msg))
 
-    def ehlo(self) -> tuple[int, str]:
+    def ehlo(self, stage: str = "ehlo") -> tuple[int, str]:
+        """EHLO (HELO when refused). stage: "ehlo_tls" for the EHLO sent after STARTTLS, so
+        that its failure (a timeout, a lost connection, a refusal) names that stage."""
         session = self.session
         session.deadline = _monotonic() + self.timeout  # EHLO (and HELO) within `timeout`
         try:
@@ -803,11 +809,11 @@ class SmtpTransport:
             if 500 <= code < 600:  # a server without ESMTP: fall back to HELO
                 code, msg = session.helo(self.ehlo_name)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            raise self._lost("ehlo", exc) from exc
+            raise self._lost(stage, exc) from exc
         finally:
             session.deadline = None
         if code != 250:
-            err = self._reply_error("ehlo", code, msg, what="EHLO")
+            err = self._reply_error(stage, code, msg, what="EHLO after STARTTLS" if stage == "ehlo_tls" else "EHLO")
             self._drop()
             raise err
         return code, self.redactor.redact(_decode(msg))
@@ -1142,7 +1148,7 @@ class SmtpTransport:
         if self.security == "starttls":
             yield Stage("starttls", self.starttls, lambda _v: self._describe_tls(), address, stop_names=(),
                         on_failure=lambda err: self._failed_certificate_facts(server, err), alternate=alt)
-            yield Stage("ehlo_tls", self.ehlo, lambda _v: self._describe_caps(caps), address, stop_names=("starttls", "tls"),
+            yield Stage("ehlo_tls", lambda: self.ehlo("ehlo_tls"), lambda _v: self._describe_caps(caps), address, stop_names=("starttls", "tls"),
                         alternate=alt)
         else:
             why = "security = tls (implicit TLS)" if implicit else "security = none: the connection is NOT encrypted"
