@@ -125,6 +125,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", default="1", help="comma-separated session counts, e.g. 1,2,4")
     a = ap.parse_args()
+    import compileall  # as a wheel install would: no module compiled again in every process
+
+    compileall.compile_dir(str(ROOT / "src" / "mailctl"), quiet=1)
     ns = sorted({int(n) for n in a.connections.split(",")} | {1})
     port = free_port()
     sink = start_sink(port)

@@ -32,7 +32,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+# --src DIR: measure another checkout's mailctl (what --baseline runs); read before the import
+SRC = Path(sys.argv[sys.argv.index("--src") + 1]) if "--src" in sys.argv[:-1] else ROOT / "src"
+sys.path.insert(0, str(SRC))
 
 from mailctl.outbox import FlushOptions, FlushPolicy, Outbox, flush  # noqa: E402
 
@@ -138,7 +140,17 @@ def engine_round(box, connections: int = 1, delay: float = 0.0) -> tuple[float, 
     profile.values = {"max_connections": connections}
     commits = [0]
     if hasattr(box.conn, "set_trace_callback"):
-        box.conn.set_trace_callback(lambda sql: sql == "COMMIT" and commits.__setitem__(0, commits[0] + 1))
+        def count(sql: str, txn=[False]) -> None:
+            # a COMMIT, or a write statement outside BEGIN ... COMMIT (its own transaction)
+            if sql.startswith("BEGIN"):
+                txn[0] = True
+            elif sql == "COMMIT" or sql == "ROLLBACK":
+                txn[0] = False
+                commits[0] += sql == "COMMIT"
+            elif not txn[0] and sql.split(None, 1)[0] in ("INSERT", "UPDATE", "DELETE"):
+                commits[0] += 1
+
+        box.conn.set_trace_callback(count)
 
     def transport(p):
         t = Accepting()
@@ -161,7 +173,13 @@ def main() -> None:
     ap.add_argument("--pg", metavar="URL", help="a PostgreSQL outbox (a throwaway database) instead of SQLite")
     ap.add_argument("--connections", type=int, default=1, help="lanes of the engine round (max_connections too)")
     ap.add_argument("--server-us", type=float, default=200.0, help="with --connections > 1: the transport's time a message")
+    ap.add_argument("--src", help="the src directory of the mailctl to measure (default: this checkout's)")
+    ap.add_argument("--baseline", metavar="REV", help="also measure git revision REV (a temporary worktree), "
+                    "round by round interleaved with this checkout, and print both and their ratios")
     a = ap.parse_args()
+    if a.baseline:
+        compare(a)
+        return
     msgs = messages(a.count)
     store_cpu, engine_cpu, wal, commits = [], [], [], []
     with tempfile.TemporaryDirectory() as d:
@@ -192,6 +210,35 @@ def main() -> None:
         "connections": a.connections,
         "engine_commits_per_msg": round(statistics.median(commits) / a.count, 3) if not a.pg else None,
         "wal_bytes_per_commit": statistics.median(wal) if wal else None,
+        "load_average": os.getloadavg()[0],
+    }))
+
+
+def compare(a) -> None:
+    """This checkout against `a.baseline` in one run: one round of each in turn, so that the
+    machine's drift hits both alike; the medians and after/before ratios (0.5: halved)."""
+    import shutil
+    import subprocess
+
+    wt = Path(tempfile.mkdtemp(prefix="bookkeeping-baseline-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(wt), a.baseline], check=True)
+    try:
+        runs: dict[str, list[dict]] = {"after": [], "before": []}
+        base = [sys.executable, __file__, "--count", str(a.count), "--rounds", "1", "--connections", str(a.connections)]
+        for _ in range(a.rounds):
+            for name, extra in (("before", ["--src", str(wt / "src")]), ("after", [])):
+                out = subprocess.run(base + extra, check=True, capture_output=True, text=True).stdout
+                runs[name].append(json.loads(out))
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(wt)], check=False)
+        shutil.rmtree(wt, ignore_errors=True)
+    keys = ("store_cpu_us_per_msg", "engine_cpu_us_per_msg", "wal_bytes_per_commit")
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in keys} for name, rs in runs.items()}
+    print(json.dumps({
+        "bench": "outbox_bookkeeping", "baseline": a.baseline, "count": a.count, "rounds": a.rounds,
+        "before": med["before"], "after": med["after"],
+        "after_vs_before": {k: round(med["after"][k] / med["before"][k], 3) for k in keys},
+        "target": "store and engine CPU per message at most 0.5 of before",
         "load_average": os.getloadavg()[0],
     }))
 

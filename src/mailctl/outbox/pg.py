@@ -225,6 +225,9 @@ class PgOutbox(Outbox):
     def _write(self):
         return _Transaction(self)
 
+    def _settle_results(self) -> None:
+        """Nothing to fold: a result is one statement here (record_attempt), no journal."""
+
     def _insert(self, row: tuple, raw: bytes) -> int:
         from mailctl.outbox.store import _INSERT
 

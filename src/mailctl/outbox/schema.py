@@ -101,6 +101,26 @@ MIGRATIONS: list[tuple[str, str]] = [
             WHERE done_at IS NULL AND json_array_length(recipients) > 1;
         """,
     ),
+    (
+        "005_results_journal",
+        """
+        -- A flush's plain successes (sent to every recipient), each committed on its own in ONE
+        -- small insert before the connection's next message goes out; folded into messages and
+        -- attempts in batches by the next write transaction (store.py: _fold_results), so it
+        -- holds at most about a claim's worth of rows, and none between flushes. A row here is a
+        -- delivery already made: applying it is all any later writer may do with it.
+        CREATE TABLE results (
+            id          INTEGER PRIMARY KEY,
+            message     INTEGER NOT NULL,       -- messages.id (no foreign key: no index to maintain)
+            owner       TEXT NOT NULL,          -- the flush that held the lease
+            at          REAL NOT NULL,
+            profile     TEXT,
+            server      TEXT,
+            reply       TEXT,
+            duration    REAL
+        );
+        """,
+    ),
 ]
 
 

@@ -173,8 +173,43 @@ class Outbox:
         if isinstance(exc, sqlite3.Error):
             raise outbox_error(self.path, exc) from exc
 
-    def _write(self):
-        return _WriteTxn(self.conn)
+    def _write(self, *, fold: bool = True):
+        """A write transaction. It first folds the results journal in (see _fold_results), so
+        whatever it does sees every delivery made; only a flush's own result insert skips it."""
+        return _WriteTxn(self.conn, self._fold_results if fold else None)
+
+    def _fold_results(self) -> int:
+        """Apply the journal's plain successes (schema 005, written by record_attempt's fast
+        path) to their messages and the attempt log, and empty it; inside the caller's
+        transaction. A whole claim's worth at once: consecutive rows share their pages, so a
+        result costs a fraction of a commit of its own. Returns the results applied."""
+        (count,) = self.conn.execute("SELECT count(*) FROM results").fetchone()
+        if not count:
+            return 0
+        if _UPDATE_FROM:  # SQLite 3.33+: each statement does the whole journal
+            self.conn.execute(_FOLD_MESSAGES)
+            self.conn.execute(_FOLD_ATTEMPTS)
+        else:
+            rows = self.conn.execute(_JOURNAL_READ).fetchall()
+            self.conn.executemany(_RESULT_SENT, [(at, reply, server, at, at, message, owner)
+                                                 for message, owner, at, _profile, server, reply, _duration in rows])
+            self.conn.executemany(_ATTEMPT_INSERT, [(message, at, profile, server, "sent", reply, duration)
+                                                    for message, _owner, at, profile, server, reply, duration in rows])
+        self.conn.execute("DELETE FROM results")
+        return int(count)
+
+    def _settle_results(self) -> None:
+        """Before a read that shows states or counts: fold what a flush has journaled, so a
+        message it delivered reads as sent at once. Waits at most half a second for the write
+        lock (a flush holds it for microseconds at a time); busy, or a read-only file, and the
+        read shows those few messages as still sending until the flush's next claim."""
+        if self.conn.in_transaction or self.conn.execute(_JOURNAL_ANY).fetchone() is None:
+            return
+        try:
+            with _busy_timeout(self.conn, 0.5), self._write():
+                pass
+        except sqlite3.OperationalError:
+            pass
 
     def describe_error(self, exc: BaseException) -> MailctlError | None:
         """A failure of this outbox's storage as a one-line MailctlError naming it; None when
@@ -428,6 +463,18 @@ class Outbox:
         Returns False if the row was no longer ours (another flush reclaimed it)."""
         if outcome not in ("sent", "deferred", "failed", "expired"):
             raise ValueError(outcome)
+        if outcome == "sent" and recipients is None and not failed_recipients:
+            now = self.clock()
+            if not renew_lease:  # one statement: its own transaction (no BEGIN/COMMIT round)
+                ours = self._journal(claim.id, owner, now, reply, server, profile, duration)
+            else:
+                with self._write(fold=False):
+                    ours = self._journal(claim.id, owner, now, reply, server, profile, duration)
+                    if ours:
+                        self._renew(owner, now + renew_lease)
+            if ours:
+                return True
+            # no longer ours: logged below as any other result is
         result = AttemptResult(claim, outcome, reply, server, profile, duration, next_attempt_at,
                                None if recipients is None else list(recipients), dict(failed_recipients or {}))
         now = self.clock()
@@ -446,11 +493,25 @@ class Outbox:
             if r.outcome not in ("sent", "deferred", "failed", "expired"):
                 raise ValueError(r.outcome)
         now = self.clock()
-        with self._write():
-            ours = [self._record(r, owner, now) for r in results]
+        with self._write(fold=False):
+            ours = [self._journal_or_record(r, owner, now) for r in results]
             if renew_lease:
                 self._renew(owner, now + renew_lease)
         return ours
+
+    def _journal(self, message: int, owner: str, now: float, reply: str, server: str | None,
+                 profile: str | None, duration: float | None) -> bool:
+        """A plain success as ONE insert into the results journal (a page or two per commit,
+        against seven for the row, its four indexes and the attempt log), made only while
+        the row is still this owner's; False when it is not (nothing written)."""
+        cur = self.conn.execute(_JOURNAL_INSERT, (message, owner, now, profile, server, reply, duration, message, owner))
+        return cur.rowcount == 1
+
+    def _journal_or_record(self, r: AttemptResult, owner: str, now: float) -> bool:
+        if r.outcome == "sent" and r.recipients is None and not r.failed_recipients:
+            if self._journal(r.claim.id, owner, now, r.reply, r.server, r.profile, r.duration):
+                return True
+        return self._record(r, owner, now)
 
     def _renew(self, owner: str, until: float) -> None:
         self.conn.execute("UPDATE messages SET lease_until=? WHERE lease_owner=? AND state='sending'", (until, owner))
@@ -523,7 +584,8 @@ class Outbox:
         """Times of the last `limit` delivery attempts that reached a server since `since`, all
         profiles or one (so a rate limit holds across successive and concurrent flushes). Walks
         the log backwards from the newest entry: no index on time needed."""
-        times: list[float] = []
+        times: list[float] = [at for at, prof, server in self.conn.execute("SELECT at, profile, server FROM results")
+                              if at >= since and server is not None and (profile is None or prof == profile)]
         for at, prof, server in self.conn.execute(
             "SELECT at, profile, server FROM attempts WHERE outcome IN ('sent','deferred','failed') ORDER BY id DESC"
         ):
@@ -533,7 +595,7 @@ class Outbox:
                 times.append(at)
                 if len(times) >= limit:
                     break
-        return sorted(times)
+        return sorted(times)[-limit:] if limit else sorted(times)
 
     # reading -------------------------------------------------------------
     def count_due(self, *, profiles: Sequence[str | None] | None = None) -> int:
@@ -551,6 +613,7 @@ class Outbox:
         million kept sent messages, `sent` is the total (a count SQLite takes from the b-tree's
         pages, not entry by entry) less the other states (index ranges), one statement, one
         snapshot."""
+        self._settle_results()
         if profiles is None:
             others = [s for s in STATES if s != "sent"]
             total, *counts = self.conn.execute(
@@ -568,6 +631,7 @@ class Outbox:
 
     def due_messages(self, *, profiles: Sequence[str | None] | None = None, limit: int | None = None) -> Iterator[MessageInfo]:
         """What a flush would take now (for --dry-run), in the order it would take them."""
+        self._settle_results()
         now = self.clock()
         params: list[Any] = [now, now]
         where = ["((state IN ('queued','deferred') AND next_attempt_at <= ?) OR (state='sending' AND lease_until < ?))"]
@@ -585,6 +649,7 @@ class Outbox:
         profile or all, oldest first or `newest_first`, at most `limit`. Newest first with a
         limit reads only the rows shown (the newest ids of each state, from an index), so a
         page of a million-row outbox costs what a page of a small one does."""
+        self._settle_results()
         where, params = self._list_where(states, profile)
         if newest_first and limit is not None:
             ids = self._newest_ids(states, profile, int(limit))
@@ -605,6 +670,7 @@ class Outbox:
 
     def count_listed(self, *, states: Sequence[str] | None = None, profile: str | None = None) -> int:
         """How many messages list() would give without a limit (queue list's "N more")."""
+        self._settle_results()
         where, params = self._list_where(states, profile)
         (count,) = self.conn.execute(
             "SELECT count(*) FROM messages" + (f" WHERE {' AND '.join(where)}" if where else ""), params).fetchone()
@@ -644,6 +710,7 @@ class Outbox:
         return sorted(found, reverse=True)[:limit]
 
     def get(self, message_id: int, *, with_raw: bool = False) -> MessageInfo:
+        self._settle_results()
         row = _named(self.conn.execute(f"SELECT {_INFO_COLS} FROM messages WHERE id=?", (message_id,))).fetchone()
         if row is None:
             raise NotFoundError(f"no message {message_id} in the outbox", hint="list them with: mailctl queue list")
@@ -842,6 +909,7 @@ class Outbox:
     def attempt_counts(self, since: float | None = None) -> dict[str, int]:
         """Entries of the attempt log by outcome (sent, deferred, failed, expired,
         interrupted), all of them or those at or after `since` (for queue stats' metrics)."""
+        self._settle_results()
         counts = {o: 0 for o in ATTEMPT_OUTCOMES}
         sql, params = "SELECT outcome, count(*) FROM attempts", []
         if since is not None:
@@ -853,6 +921,7 @@ class Outbox:
 
     def oldest_created(self, states: Sequence[str]) -> float | None:
         """When the oldest message in these states was queued (store clock), None if none is."""
+        self._settle_results()
         (oldest,) = self.conn.execute(
             f"SELECT min(created_at) FROM messages WHERE state IN ({','.join('?' * len(states))})", list(states)).fetchone()
         return None if oldest is None else float(oldest)
@@ -861,6 +930,7 @@ class Outbox:
     def export_batch(self, after_id: int, limit: int = 500) -> tuple[list[dict[str, Any]], dict[int, bytes], list[dict[str, Any]]]:
         """Up to `limit` messages with ids above `after_id`, whole (every column), in id order,
         with their bodies and attempt logs: (messages, bodies by id, attempts)."""
+        self._settle_results()
         msgs = [dict(zip(r.keys(), r)) for r in _named(self.conn.execute(
             f"SELECT {_COPY_MESSAGE_COLS} FROM messages WHERE id > ? ORDER BY id LIMIT ?", (int(after_id), int(limit))))]
         if not msgs:
@@ -1062,6 +1132,19 @@ _RESULT_COMMON = ("attempts=attempts+1, last_attempt_at=?, last_reply=?, last_se
                   " lease_owner=NULL, lease_until=NULL")
 _RESULT_SENT = (f"UPDATE messages SET state='sent', {_RESULT_COMMON} WHERE id=? AND state='sending' AND lease_owner=?")
 _ATTEMPT_INSERT = "INSERT INTO attempts (message, at, profile, server, outcome, reply, duration) VALUES (?,?,?,?,?,?,?)"
+# the results journal (schema 005): a plain success, written only while the row is still the owner's
+_JOURNAL_INSERT = ("INSERT INTO results (message, owner, at, profile, server, reply, duration) SELECT ?,?,?,?,?,?,?"
+                   " WHERE EXISTS (SELECT 1 FROM messages WHERE id=? AND state='sending' AND lease_owner=?)")
+_JOURNAL_READ = "SELECT message, owner, at, profile, server, reply, duration FROM results ORDER BY id"
+_JOURNAL_ANY = "SELECT 1 FROM results LIMIT 1"
+# folding it (_fold_results): the rows' new state as _RESULT_SENT sets it, and their attempt-log entries
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
+_FOLD_MESSAGES = ("UPDATE messages SET state='sent', attempts=attempts+1, last_attempt_at=r.at, last_reply=r.reply,"
+                  " last_server=r.server, updated_at=r.at, done_at=r.at, lease_owner=NULL, lease_until=NULL"
+                  " FROM results AS r WHERE messages.id=r.message AND messages.state='sending'"
+                  " AND messages.lease_owner=r.owner")
+_FOLD_ATTEMPTS = ("INSERT INTO attempts (message, at, profile, server, outcome, reply, duration)"
+                  " SELECT message, at, profile, server, 'sent', reply, duration FROM results ORDER BY id")
 
 
 def _result_sets(r: AttemptResult, now: float, done: float | None) -> tuple[list[str], list[Any]]:
@@ -1155,11 +1238,18 @@ class _WriteTxn:
     """BEGIN IMMEDIATE ... COMMIT: take the write lock up front so two writers never deadlock
     upgrading read locks; SQLite's busy timeout makes the second one wait."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, first: Callable[[], Any] | None = None) -> None:
         self.conn = conn
+        self.first = first
 
     def __enter__(self) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
+        if self.first is not None:
+            try:
+                self.first()
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
