@@ -482,9 +482,9 @@ class FlushRun:
                 claims = self.claim()
                 if not claims:
                     break
-                for c in claims:
+                for i, c in enumerate(claims):
                     self.check_stop()
-                    if self.deliver(c):
+                    if self.deliver(c, claims[i + 1] if i + 1 < len(claims) else None):
                         self.processed += 1
                 self.in_batch += len(claims)
                 if self.policy.batch_size and self.in_batch >= self.policy.batch_size:
@@ -743,9 +743,11 @@ class FlushRun:
             self.notify("message", id=result.id, outcome=result.outcome, reply=result.reply)
 
     # delivering one message ----------------------------------------------------
-    def deliver(self, c: ClaimedMessage) -> bool:
+    def deliver(self, c: ClaimedMessage, nxt: ClaimedMessage | None = None) -> bool:
         """Deliver one claimed message; True when that was a delivery attempt (--limit counts
-        those), False when it was left alone (a configuration problem) or expired untried."""
+        those), False when it was left alone (a configuration problem) or expired untried.
+        `nxt`: the message after it in this claim, whose envelope may follow this one's data
+        on the wire (then_on_wire)."""
         s = self.session_for(c.profile)
         if s.error is not None and config_problem(s.error):
             self.leave(c, s)
@@ -772,8 +774,11 @@ class FlushRun:
             if self.shared_limits is None:  # shared ones were taken in wait_for_rate_limits
                 for lim in limiters:
                     lim.record(self.clock())
-            if overlap and self.pending is not None:
-                result = s.transport.send(c.raw, c.sender, list(c.recipients), while_waiting=self.settle_while_waiting)
+            then = self.then_on_wire(s, nxt, limiters) if overlap and getattr(s.transport, "announces_next", False) else None
+            if overlap and (self.pending is not None or then is not None):
+                result = s.transport.send(c.raw, c.sender, list(c.recipients),
+                                          while_waiting=self.settle_while_waiting if self.pending is not None else None,
+                                          then=then)
             else:
                 result = s.transport.send(c.raw, c.sender, list(c.recipients))
         except DeliveryError as exc:
@@ -792,6 +797,20 @@ class FlushRun:
         s.failures = 0
         self.accepted(c, s, result, time.monotonic() - t0)
         return True
+
+    def then_on_wire(self, s: _Session, nxt: ClaimedMessage | None, limiters: Sequence[RateLimiter]) -> tuple | None:
+        """The next message to announce after this one's data (SmtpTransport.send(then=)):
+        only when nothing can come between the two on this connection: the same session,
+        no rate limit to wait for, not due to expire untried, one connection, no --limit
+        about to end the run. Its data still waits for this message's result to be committed."""
+        if nxt is None or limiters or self.options.connections > 1 or self.overdue(nxt):
+            return None
+        if self.options.limit is not None and self.processed + 1 >= self.options.limit:
+            return None
+        key = nxt.profile if nxt.profile is not None else self.default_name
+        if self.sessions.get(key) is not s:
+            return None
+        return (nxt.raw, nxt.sender, list(nxt.recipients))
 
     def overdue(self, c: ClaimedMessage) -> bool:
         """A message that was deferred (tried before) and is past max_retry_age. A flush of

@@ -77,6 +77,7 @@ class UnixServer(Server):
 
 class LmtpTransport(SmtpTransport):
     name = "lmtp"
+    announces_next = False  # one reply per recipient after the data: one message at a time
     session_class = LmtpSession
     recording_session_class = RecordingLmtpSession
 

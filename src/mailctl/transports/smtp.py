@@ -422,6 +422,13 @@ class SmtpTransport:
     secret_source = ""  # where the secret came from ("keyring:corp", "env:corp", "OAuth token")
     _refused: dict[str, Any] | None = None  # what a refused TLS handshake showed (chain, problem, version)
     _client: dict[str, Any] | None = None  # the local address, and the one the server saw (EHLO reply)
+    # send(then=...): the next message's MAIL FROM, RCPT TO and DATA may follow this one's
+    # end of data in the same write (RFC 2920; Postfix's smtp client does the same); LMTP,
+    # whose data gets one reply per recipient, does not
+    announces_next = True
+    # the envelope sent after the last message's data, its replies not read yet:
+    # (sender, recipients, size of the data); None when the wire holds no such thing
+    _announced: tuple[str, tuple[str, ...], int] | None = None
 
     def __init__(self, profile, secrets, *, recorder: TranscriptRecorder | None = None, **options: Any) -> None:
         self.profile = profile
@@ -1017,6 +1024,7 @@ class SmtpTransport:
         session = self.session
         self.session = None
         self.encrypted = False
+        self._announced = None
         if session is not None:
             try:
                 session.close()
@@ -1488,19 +1496,48 @@ class SmtpTransport:
         # smtplib's send (encodes with the session's command_encoding; OSError: disconnected)
         smtplib.SMTP.send(session, "".join(commands))
 
-    def _write_data(self, raw: bytes, recipients: Sequence[str] = (), refused: dict[str, str] | None = None) -> tuple[int, str]:
+    def _write_data(self, raw: bytes, recipients: Sequence[str] = (), refused: dict[str, str] | None = None,
+                    then: tuple[bytes, str, list[str]] | None = None) -> tuple[int, str]:
         """The message data after DATA's 354 (dot-stuffed, ended by CRLF.CRLF, as smtplib's
         data() sends it) and the final reply. recipients / refused (the RCPT TO refusals): for
-        LMTP, which replies once per accepted recipient."""
+        LMTP, which replies once per accepted recipient. `then` (see send()): the next
+        message's envelope goes out in the same write, after the final dot."""
         session = self.session
         data = _LEADING_DOT.sub(b"..", raw) if (b"\n." in raw or raw[:1] == b".") else raw
         if data[-2:] != b"\r\n":
             data += b"\r\n"
+        data += b".\r\n"
+        announced, commands = self._next_envelope(then) if then is not None else (None, [])
         try:
-            session.send(data + b".\r\n")
+            if commands:
+                if isinstance(session, RecordingSmtpSession):
+                    session._record_client(data)
+                    for line in commands:
+                        session._record_client(line)
+                smtplib.SMTP.send(session, data + "".join(commands).encode("ascii"))
+                self._announced = announced
+            else:
+                session.send(data)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise self._lost("data", exc) from exc
         return self._data_reply(recipients, refused)
+
+    def _next_envelope(self, then: tuple[bytes, str, list[str]]) -> tuple[tuple[str, tuple[str, ...], int] | None, list[str]]:
+        """The commands that announce the next message (MAIL FROM, RCPT TO, DATA) and what
+        send() will check them against; none when that message needs anything but plain ASCII
+        commands (SMTPUTF8, IDNA, a re-encoding: it goes its usual way)."""
+        raw, sender, recipients = then
+        if not (sender.isascii() and all(map(str.isascii, recipients))) or not recipients:
+            return None, []
+        raw = strip_bcc(raw)
+        if not raw.isascii():
+            return None, []
+        opts = self._mail_options(sender, raw, recipients)
+        params = (" " + " ".join(opts)) if opts else ""
+        commands = [f"MAIL FROM:{_quote_address(sender)}{params}\r\n"]
+        commands += [f"RCPT TO:{_quote_address(rcpt)}\r\n" for rcpt in recipients]
+        commands.append("DATA\r\n")
+        return (sender, tuple(recipients), len(raw)), commands
 
     def _data_reply(self, recipients: Sequence[str], refused: dict[str, str] | None) -> tuple[int, str]:
         """The server's reply to the message data (LMTP: one per recipient, LmtpTransport)."""
@@ -1509,11 +1546,16 @@ class SmtpTransport:
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise self._lost("data", exc) from exc
         if code != 250:
+            if self._announced is not None and code != 421:
+                # the next envelope is on the wire (maybe in DATA mode already): an RSET would
+                # be taken as its data; after the reply to the final dot none is needed
+                raise self._reply_error("data", code, resp, what="DATA")
             raise self._fail_message("data", code, resp, "DATA")
         return code, self.redactor.redact(_decode(resp))
 
     def _send_pipelined(self, raw: bytes, sender: str, recipients: list[str],
-                        while_waiting: Callable[[], None] | None) -> tuple[dict[str, str], int, str]:
+                        while_waiting: Callable[[], None] | None,
+                        then: tuple[bytes, str, list[str]] | None = None) -> tuple[dict[str, str], int, str]:
         """RFC 2920: MAIL FROM, every RCPT TO and DATA in one write, then their replies in
         order (one round trip for the envelope instead of 2 + len(recipients)); the data only
         after DATA's 354 and when MAIL and at least one RCPT were accepted. `while_waiting`
@@ -1521,17 +1563,25 @@ class SmtpTransport:
         is sent; if it raises, the connection is dropped (the server may be waiting for data
         after a 354) and nothing of this message goes out. Returns (refused, code, text)."""
         session = self.session
-        opts = self._mail_options(sender, raw, recipients)
-        params = (" " + " ".join(opts)) if opts else ""
-        commands = [f"MAIL FROM:{_quote_address(sender)}{params}\r\n"]
-        commands += [f"RCPT TO:{_quote_address(rcpt)}\r\n" for rcpt in recipients]
-        commands.append("DATA\r\n")
-        if "SMTPUTF8" in opts:
-            session.command_encoding = "utf-8"  # as smtplib's mail() does (rset() undoes it)
-        try:
-            self._write_commands(commands)  # a non-ASCII address without SMTPUTF8: UnicodeEncodeError, nothing sent
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            raise self._lost("mail", exc) from exc
+        announced, self._announced = self._announced, None
+        if announced is not None and announced != (sender, tuple(recipients), len(raw)):
+            # another message than the one announced after the last data (never, from the
+            # outbox's flush): its transaction cannot be taken back, so a new connection
+            self._drop()
+            self.open()
+            session, announced = self.session, None
+        if announced is None:
+            opts = self._mail_options(sender, raw, recipients)
+            params = (" " + " ".join(opts)) if opts else ""
+            commands = [f"MAIL FROM:{_quote_address(sender)}{params}\r\n"]
+            commands += [f"RCPT TO:{_quote_address(rcpt)}\r\n" for rcpt in recipients]
+            commands.append("DATA\r\n")
+            if "SMTPUTF8" in opts:
+                session.command_encoding = "utf-8"  # as smtplib's mail() does (rset() undoes it)
+            try:
+                self._write_commands(commands)  # a non-ASCII address without SMTPUTF8: UnicodeEncodeError, nothing sent
+            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                raise self._lost("mail", exc) from exc
         if while_waiting is not None:
             try:
                 while_waiting()
@@ -1566,7 +1616,7 @@ class SmtpTransport:
         shown = self._judge_refusals(recipients, refused, data_open=data_open)  # all refused: raises
         if not data_open:
             raise self._fail_message("data", data_code, data_resp, "DATA")
-        code, text = self._write_data(raw, recipients, shown)
+        code, text = self._write_data(raw, recipients, shown, then if self.announces_next else None)
         return shown, code, text
 
     def send_data(self, raw: bytes) -> tuple[int, str]:
@@ -1585,14 +1635,21 @@ class SmtpTransport:
     overlaps_work = True
 
     def send(self, raw: bytes, sender: str, recipients: list[str], *,
-             while_waiting: Callable[[], None] | None = None) -> SendResult:
+             while_waiting: Callable[[], None] | None = None,
+             then: tuple[bytes, str, list[str]] | None = None) -> SendResult:
         """Deliver one message. When the server advertises PIPELINING (RFC 2920), MAIL FROM,
         every RCPT TO and DATA go out in one write and their replies are read in order
         (_send_pipelined); otherwise one command at a time. `while_waiting` runs once, after
         this message's first commands went out and before their replies are read, so the
         caller's bookkeeping (the outbox commits the previous message's result) overlaps the
         server's work instead of adding to it. It runs before any of this message's data is
-        sent; if it raises, nothing of this message is delivered and the exception propagates."""
+        sent; if it raises, nothing of this message is delivered and the exception propagates.
+        `then` (raw, sender, recipients): the message the caller sends next on this connection,
+        whatever this one's outcome; with PIPELINING its MAIL FROM, RCPT TO and DATA follow this
+        message's final dot in the same write, so a message costs one round trip, not two.
+        Its data still goes out only in that next send(), after its `while_waiting`; a
+        connection closed before then is dropped (no QUIT), and the server discards the
+        transaction it never got the data of."""
         if self.session is None:
             self.open()
         start = time.perf_counter()
@@ -1604,7 +1661,7 @@ class SmtpTransport:
         raw = self._for_wire(raw)
         try:
             if session.does_esmtp and "pipelining" in session.esmtp_features:
-                refused, code, text = self._send_pipelined(raw, sender, recipients, while_waiting)
+                refused, code, text = self._send_pipelined(raw, sender, recipients, while_waiting, then)
             else:
                 self.mail_from(sender, raw, recipients, while_waiting)
                 refused = self.rcpt_to(recipients)
@@ -1636,6 +1693,9 @@ class SmtpTransport:
         return err
 
     def close(self) -> None:
+        if self._announced is not None:  # a transaction waits for data that will not come
+            self._drop()
+            return
         self.quit()
 
     def __enter__(self) -> "SmtpTransport":
