@@ -775,10 +775,11 @@ class FlushRun:
                 for lim in limiters:
                     lim.record(self.clock())
             then = self.then_on_wire(s, nxt, limiters) if overlap and getattr(s.transport, "announces_next", False) else None
-            if overlap and (self.pending is not None or then is not None):
-                result = s.transport.send(c.raw, c.sender, list(c.recipients),
-                                          while_waiting=self.settle_while_waiting if self.pending is not None else None,
-                                          then=then)
+            if then is not None:  # a transport that announces_next takes both
+                result = s.transport.send(c.raw, c.sender, list(c.recipients), then=then,
+                                          while_waiting=self.settle_while_waiting if self.pending is not None else None)
+            elif overlap and self.pending is not None:
+                result = s.transport.send(c.raw, c.sender, list(c.recipients), while_waiting=self.settle_while_waiting)
             else:
                 result = s.transport.send(c.raw, c.sender, list(c.recipients))
         except DeliveryError as exc:
