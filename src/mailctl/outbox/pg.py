@@ -222,8 +222,8 @@ class PgOutbox(Outbox):
         if isinstance(exc, psycopg.Error):
             raise pg_error(self.display, exc) from exc
 
-    def _write(self):
-        return _Transaction(self)
+    def _write(self, *, fold: bool = True):
+        return _Transaction(self)  # no results journal here: `fold` has nothing to fold
 
     def _settle_results(self) -> None:
         """Nothing to fold: a result is one statement here (record_attempt), no journal."""
