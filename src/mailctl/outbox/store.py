@@ -582,10 +582,14 @@ class Outbox:
 
     def sent_since(self, since: float, profile: str | None = None, *, limit: int = 1000) -> list[float]:
         """Times of the last `limit` delivery attempts that reached a server since `since`, all
-        profiles or one (so a rate limit holds across successive and concurrent flushes). Walks
-        the log backwards from the newest entry: no index on time needed."""
+        profiles or one (so a rate limit holds across successive and concurrent flushes), the
+        results journal's included. Walks the log backwards from the newest entry (no index on
+        time needed). The log is in time order but for the successes a fold appended after
+        results written directly meanwhile (at most about a claim's worth): the walk goes on
+        _LOG_DISORDER entries past the limit before it trusts what it has."""
         times: list[float] = [at for at, prof, server in self.conn.execute("SELECT at, profile, server FROM results")
                               if at >= since and server is not None and (profile is None or prof == profile)]
+        counted = beyond = 0
         for at, prof, server in self.conn.execute(
             "SELECT at, profile, server FROM attempts WHERE outcome IN ('sent','deferred','failed') ORDER BY id DESC"
         ):
@@ -593,9 +597,13 @@ class Outbox:
                 break
             if at >= since and server is not None and (profile is None or prof == profile):
                 times.append(at)
-                if len(times) >= limit:
+                counted += 1
+            if counted >= limit:
+                beyond += 1
+                if beyond > _LOG_DISORDER:
                     break
-        return sorted(times)[-limit:] if limit else sorted(times)
+        times.sort()
+        return times[-limit:] if limit else times
 
     # reading -------------------------------------------------------------
     def count_due(self, *, profiles: Sequence[str | None] | None = None) -> int:
@@ -1137,6 +1145,9 @@ _JOURNAL_INSERT = ("INSERT INTO results (message, owner, at, profile, server, re
                    " WHERE EXISTS (SELECT 1 FROM messages WHERE id=? AND state='sending' AND lease_owner=?)")
 _JOURNAL_READ = "SELECT message, owner, at, profile, server, reply, duration FROM results ORDER BY id"
 _JOURNAL_ANY = "SELECT 1 FROM results LIMIT 1"
+# how far out of time order the attempt log can be (sent_since): a fold appends a claim's worth
+# of successes (100 a connection) after what other connections wrote directly meanwhile
+_LOG_DISORDER = 2000
 # folding it (_fold_results): the rows' new state as _RESULT_SENT sets it, and their attempt-log entries
 _UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
 _FOLD_MESSAGES = ("UPDATE messages SET state='sent', attempts=attempts+1, last_attempt_at=r.at, last_reply=r.reply,"
