@@ -5,7 +5,8 @@ of them flushes, with the SQLite outbox's guarantees (backend.py).
 written once, in store.py; this module supplies what differs:
 
 * the connection (libpq conventions: the URL, PGPASSWORD, ~/.pgpass, PGSERVICE, sslmode),
-  made in autocommit mode, every write its own short transaction;
+  made in autocommit mode, every write its own short transaction, its settings SET after
+  connecting (PgBouncer refuses the `options` startup parameter);
 * the schema: the same named, append-only migrations as SQLite (pg_schema.py), applied on
   open under a transaction-level advisory lock, in their own schema (MAILCTL_PG_SCHEMA,
   default `mailctl`), so two hosts opening a fresh database at once are safe;
@@ -13,7 +14,9 @@ written once, in store.py; this module supplies what differs:
   flushes on different hosts take disjoint rows without waiting for each other;
 * a claim names its holder (the database session: backend pid and start time); a flush that
   finds the holder's session gone (the worker died, its connection dropped) reclaims the rows
-  at once instead of waiting for the lease to run out;
+  at once instead of waiting for the lease to run out. That needs one server session per
+  client for the client's life: a pooler that shares them (PgBouncer in transaction or
+  statement pooling mode) is refused at open (`_direct`, `_shares_sessions`);
 * SQL spelling: `%s` parameters, `IS NOT DISTINCT FROM` for `IS ?`, RETURNING for new ids.
 
 psycopg is imported only here, and this module only when a postgresql:// URL is used. The
@@ -93,6 +96,92 @@ def _enqueue_sql(*, notify: bool) -> str:
     tail = "SELECT id, pg_notify('mailctl_outbox', id::text) FROM m" if notify else "SELECT id FROM m"
     return (f"WITH m AS ({_sql(_INSERT)} RETURNING id),"
             " b AS (INSERT INTO bodies (message, raw) SELECT id, %s::bytea FROM m) " + tail)
+
+
+def _direct(raw, pid: int, client_addr: str | None, client_port: int | None, server_addr: str | None,
+            server_port: int | None) -> bool:
+    """True when the server session's peer is this very socket: nothing (no pooler) between
+    this connection and its PostgreSQL session (`pid`). TCP: the server's client_addr/port is
+    this socket's local address and its own address/port this socket's peer. A Unix socket:
+    the process at the other end (SO_PEERCRED: the postmaster, or a pooler) is the session's
+    parent. Anything not proven (a pooler, NAT, no /proc) is for `_shares_sessions`."""
+    import ipaddress
+    import socket
+
+    with socket.socket(fileno=os.dup(raw.pgconn.socket)) as sock:
+        if sock.family == socket.AF_UNIX:
+            return client_port == -1 and _peer_pid(sock) == _parent_pid(pid) is not None
+        local, peer = sock.getsockname()[:2], sock.getpeername()[:2]
+    if None in (client_addr, server_addr) or (client_port, server_port) != (local[1], peer[1]):
+        return False
+    try:
+        return (ipaddress.ip_address(local[0]), ipaddress.ip_address(peer[0])) == (
+            ipaddress.ip_address(client_addr), ipaddress.ip_address(server_addr))
+    except ValueError:
+        return False
+
+
+def _peer_pid(sock) -> int | None:
+    import socket
+    import struct
+
+    if not hasattr(socket, "SO_PEERCRED"):  # not Linux: not proven, the probe decides
+        return None
+    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0] or None
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            return next((int(line.split()[1]) for line in status if line.startswith("PPid:")), None)
+    except (OSError, ValueError):  # another host or pid namespace, no /proc
+        return None
+
+
+def _shares_sessions(raw, pid: int, connect: Callable[[], Any], rounds: int = 3) -> bool:
+    """Whether this connection's transactions may run on server sessions other clients use (a
+    pooler in transaction or statement pooling mode, e.g. PgBouncer pool_mode = transaction),
+    where a claim's holder (the session) would not name this process: a second connection,
+    open at the same time, that lands on this one's server session (`pid`), or this one's
+    session changing between two transactions, proves it. A direct or session-pooled
+    connection keeps one server session that no other client has. A pooler hands out the
+    server connection released last (PgBouncer's default), so the first round normally tells;
+    the probe's wait is bounded (a session pool with no free server: no evidence)."""
+    probe = connect()
+    try:
+        for _ in range(rounds):
+            other = _probe_pid(probe, 2.0)
+            (mine,) = raw.execute("SELECT pg_backend_pid()").fetchone()
+            if other == pid or int(mine) != pid:
+                return True
+            if other is None:
+                break
+    finally:
+        probe.close()
+    return False
+
+
+def _probe_pid(conn, timeout: float) -> int | None:
+    """pg_backend_pid() on `conn`, or None without an answer within `timeout` (a pooler that
+    waits for a free server connection): libpq's asynchronous calls, so the wait is bounded."""
+    import select
+    import time
+
+    from psycopg import pq
+
+    pgconn = conn.pgconn
+    pgconn.send_query(b"SELECT pg_backend_pid()")
+    end = time.monotonic() + timeout
+    while pgconn.is_busy():
+        left = end - time.monotonic()
+        if left <= 0 or not select.select([pgconn.socket], [], [], left)[0]:
+            return None
+        pgconn.consume_input()
+    value = None
+    while (result := pgconn.get_result()) is not None:
+        if result.status == pq.ExecStatus.TUPLES_OK:
+            value = int(result.get_value(0, 0))
+    return value
 
 
 def _sql(statement: str) -> str:
@@ -185,28 +274,51 @@ class PgOutbox(Outbox):
             kwargs["password"] = password
         # synchronous=FULL (the one-shot paths): wait for the commit to reach disk; NORMAL:
         # PostgreSQL's own default for this session (synchronous_commit as configured).
-        options = f"-c search_path={self.schema} -c lock_timeout={int(timeout * 1000)}"
+        settings = {"search_path": self.schema, "lock_timeout": f"{int(timeout * 1000)}ms"}
         if synchronous.upper() == "NORMAL":
-            options += " -c synchronous_commit=off"
-        kwargs["options"] = options
+            settings["synchronous_commit"] = "off"
+        raw = self._connect(psycopg, kwargs)
+        self.conn = _Connection(raw, self.display)
         try:
-            raw = psycopg.connect(url, **kwargs)
+            self._holder = self._session_id(settings)
+            if not _direct(raw, *self._peer) and _shares_sessions(raw, self._peer[0],
+                                                                   lambda: self._connect(psycopg, kwargs)):
+                raise ConfigError(
+                    f"outbox {self.display}: a connection pooler in transaction pooling mode (PgBouncer pool_mode ="
+                    " transaction or statement) is not supported: it runs this connection's transactions on server"
+                    " sessions other clients share, so claims, LISTEN and the session's settings would not hold",
+                    hint="connect to PostgreSQL directly, or use session pooling (PgBouncer: pool_mode = session)")
+            migrate_pg(raw, self.schema)
+        except psycopg.Error as exc:
+            raw.close()
+            raise pg_error(self.display, exc) from None
+        except BaseException:
+            raw.close()
+            raise
+
+    def _connect(self, psycopg, kwargs: dict[str, Any]):
+        try:
+            return psycopg.connect(self.url, **kwargs)
         except psycopg.Error as exc:
             raise pg_error(self.display, exc) from None
         except Exception as exc:  # a malformed URL (psycopg.ProgrammingError is an Error too)
             raise ConfigError(f"outbox {self.display}: {exc}", hint="postgresql://USER@HOST:PORT/DATABASE") from None
-        self.conn = _Connection(raw, self.display)
-        try:
-            migrate_pg(raw, self.schema)
-            self._holder = self._session_id()
-        except psycopg.Error as exc:
-            raw.close()
-            raise pg_error(self.display, exc) from None
 
-    def _session_id(self) -> str:
-        (holder,) = self.conn.raw.execute(
-            f"SELECT {_HOLDER} FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()
-        return holder
+    def _session_id(self, settings: dict[str, str]) -> str:
+        """Set the session's settings and return its id (a claim's holder), in one round trip.
+        The settings are SET after connecting, not sent as the `options` startup parameter:
+        PgBouncer refuses that one ("unsupported startup parameter: options"), and where it is
+        told to ignore it the settings (search_path!) would be lost without a word. Also kept:
+        how the server sees this session's peer, for `_direct`."""
+        sets = "".join(f"set_config('{name}', %s, false), " for name in settings)
+        row = self.conn.raw.execute(
+            f"SELECT {sets}{_HOLDER}, pid, host(client_addr), client_port, host(inet_server_addr()),"
+            " inet_server_port() FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            list(settings.values())).fetchone()
+        self._peer = tuple(row[len(settings) + 1:])
+        return row[len(settings)]
+
+    _peer: tuple = (0, None, None, None, None)
 
     # lifecycle -------------------------------------------------------------
     def close(self) -> None:
