@@ -448,7 +448,9 @@ def _ledger_classes():
 
         async def handle_DATA(self, server, session, envelope):
             with sqlite3.connect(self.db) as conn:
-                sent = conn.execute("SELECT count(*) FROM messages WHERE state='sent'").fetchone()[0]
+                # committed: the row says sent, or its result waits in the results journal (schema 005)
+                sent = conn.execute("SELECT count(*) FROM messages WHERE state='sent'"
+                                    " OR id IN (SELECT message FROM results)").fetchone()[0]
             self.committed_at_data.append((self.count, sent))
             return await super().handle_DATA(server, session, envelope)
 

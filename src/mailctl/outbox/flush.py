@@ -774,7 +774,8 @@ class FlushRun:
             if self.shared_limits is None:  # shared ones were taken in wait_for_rate_limits
                 for lim in limiters:
                     lim.record(self.clock())
-            then = self.then_on_wire(s, nxt, limiters) if overlap and getattr(s.transport, "announces_next", False) else None
+            # (also on a connection just opened for this message: no result is pending then)
+            then = self.then_on_wire(s, nxt, limiters) if getattr(s.transport, "announces_next", False) else None
             if then is not None:  # a transport that announces_next takes both
                 result = s.transport.send(c.raw, c.sender, list(c.recipients), then=then,
                                           while_waiting=self.settle_while_waiting if self.pending is not None else None)

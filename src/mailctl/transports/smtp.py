@@ -1532,12 +1532,19 @@ class SmtpTransport:
         raw = strip_bcc(raw)
         if not raw.isascii():
             return None, []
+        return (sender, tuple(recipients), len(raw)), self._envelope(sender, raw, recipients)
+
+    def _envelope(self, sender: str, raw: bytes, recipients: list[str]) -> list[str]:
+        """MAIL FROM (with the parameters the server's extensions call for), every RCPT TO and
+        DATA: the commands of one pipelined write."""
         opts = self._mail_options(sender, raw, recipients)
         params = (" " + " ".join(opts)) if opts else ""
         commands = [f"MAIL FROM:{_quote_address(sender)}{params}\r\n"]
         commands += [f"RCPT TO:{_quote_address(rcpt)}\r\n" for rcpt in recipients]
         commands.append("DATA\r\n")
-        return (sender, tuple(recipients), len(raw)), commands
+        if "SMTPUTF8" in opts:
+            self.session.command_encoding = "utf-8"  # as smtplib's mail() does (rset() undoes it)
+        return commands
 
     def _data_reply(self, recipients: Sequence[str], refused: dict[str, str] | None) -> tuple[int, str]:
         """The server's reply to the message data (LMTP: one per recipient, LmtpTransport)."""
@@ -1553,6 +1560,21 @@ class SmtpTransport:
             raise self._fail_message("data", code, resp, "DATA")
         return code, self.redactor.redact(_decode(resp))
 
+    def _write_envelope(self, sender: str, raw: bytes, recipients: list[str]) -> None:
+        try:
+            self._write_commands(self._envelope(sender, raw, recipients))  # non-ASCII without SMTPUTF8: UnicodeEncodeError, nothing sent
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise self._lost("mail", exc) from exc
+
+    def _read_replies(self, stages: list[str], replies: list[tuple[int, bytes]]) -> None:
+        """The replies to a pipelined envelope, in order, into `replies`; a 421 ends them."""
+        getreply = self.session.getreply
+        for _stage in stages:
+            reply = getreply()
+            replies.append(reply)
+            if reply[0] == 421:  # the server closes the channel: nothing more will come
+                break
+
     def _send_pipelined(self, raw: bytes, sender: str, recipients: list[str],
                         while_waiting: Callable[[], None] | None,
                         then: tuple[bytes, str, list[str]] | None = None) -> tuple[dict[str, str], int, str]:
@@ -1562,26 +1584,15 @@ class SmtpTransport:
         runs once the commands are on the wire, before any reply is read and before any data
         is sent; if it raises, the connection is dropped (the server may be waiting for data
         after a 354) and nothing of this message goes out. Returns (refused, code, text)."""
-        session = self.session
         announced, self._announced = self._announced, None
         if announced is not None and announced != (sender, tuple(recipients), len(raw)):
             # another message than the one announced after the last data (never, from the
             # outbox's flush): its transaction cannot be taken back, so a new connection
             self._drop()
             self.open()
-            session, announced = self.session, None
+            announced = None
         if announced is None:
-            opts = self._mail_options(sender, raw, recipients)
-            params = (" " + " ".join(opts)) if opts else ""
-            commands = [f"MAIL FROM:{_quote_address(sender)}{params}\r\n"]
-            commands += [f"RCPT TO:{_quote_address(rcpt)}\r\n" for rcpt in recipients]
-            commands.append("DATA\r\n")
-            if "SMTPUTF8" in opts:
-                session.command_encoding = "utf-8"  # as smtplib's mail() does (rset() undoes it)
-            try:
-                self._write_commands(commands)  # a non-ASCII address without SMTPUTF8: UnicodeEncodeError, nothing sent
-            except (smtplib.SMTPServerDisconnected, OSError) as exc:
-                raise self._lost("mail", exc) from exc
+            self._write_envelope(sender, raw, recipients)
         if while_waiting is not None:
             try:
                 while_waiting()
@@ -1590,15 +1601,21 @@ class SmtpTransport:
                 raise
         stages = ["mail"] + ["rcpt"] * len(recipients) + ["data"]
         replies: list[tuple[int, bytes]] = []
-        getreply = session.getreply
         try:
-            for _stage in stages:
-                reply = getreply()
-                replies.append(reply)
-                if reply[0] == 421:  # the server closes the channel: nothing more will come
-                    break
+            self._read_replies(stages, replies)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            raise self._lost(stages[len(replies)], exc) from exc
+            if announced is None or replies:
+                raise self._lost(stages[len(replies)], exc) from exc
+            # the server hung up before answering the envelope announced after the last data
+            # (it refused that data and closed, say): nothing of this message went out, so
+            # once more, on a new connection, as without pipelining
+            self._drop()
+            self.open()
+            self._write_envelope(sender, raw, recipients)
+            try:
+                self._read_replies(stages, replies)
+            except (smtplib.SMTPServerDisconnected, OSError) as again:
+                raise self._lost(stages[len(replies)], again) from again
         code, resp = replies[0]
         if code == 421 or (code != 250 and len(replies) < len(stages)):
             raise self._fail_message("mail", code, resp, f"MAIL FROM:<{sender}>")
