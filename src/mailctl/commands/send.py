@@ -4,7 +4,9 @@ Both go through the outbox: the message is queued first, then (unless --queue / 
 sending is disabled) tried once right away; a temporary failure leaves it for the next
 `mailctl queue flush`."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Typer reads each command's signature with
+# get_type_hints() three times, which evaluates string annotations anew each time (~5 ms per
+# command built; the module is on every `mailctl send` / `mailctl test` path).
 
 import sys
 from typing import Annotated, List, Optional
@@ -49,9 +51,6 @@ def send(
 ) -> None:
     """Send a message now; on a temporary failure it stays queued for `queue flush`.
     Exit 0 sent (or queued with --queue, or saved with --draft), 75 queued for retry, 1 rejected by the server."""
-    from mailctl.message import build_message, envelope, message_bytes, parse_header_option
-    from mailctl.outbox import open_outbox
-    from mailctl.outbox.service import submit
     from mailctl.addresses import parse_address_list
     from mailctl.profiles.resolve import profile_for_sender, resolve_profile
 
@@ -68,6 +67,14 @@ def send(
                               on_choice=chosen.append)
     resolved = resolve_profile(doc, name)
     app.explain_profile(doc, resolved, named_by=app.named_by(profile), by_sender=chosen)
+    if not queue and not draft and doc.settings().get("sending_enabled", True):
+        from mailctl.transports import prefetch_tls
+
+        prefetch_tls(resolved)  # the CA store loads while the rest (imports, outbox, connect) runs
+    from mailctl.message import build_message, envelope, message_bytes, parse_header_option
+    from mailctl.outbox import open_outbox
+    from mailctl.outbox.service import submit
+
     msg = build_message(resolved, doc.settings(), to=to or [], subject=subject, body=body, cc=cc or [], bcc=bcc or [],
                         attachments=attach or [], from_address=from_address, reply_to=reply_to)
     sender, recipients = envelope(msg)

@@ -2,7 +2,9 @@
 
 The work happens in mailctl.diagnostics.probe; this module parses options and renders."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Typer reads each command's signature with
+# get_type_hints() three times, which evaluates string annotations anew each time (~5 ms per
+# command built; the module is on every `mailctl send` / `mailctl test` path).
 
 from typing import Annotated, List, Optional
 
@@ -65,6 +67,16 @@ def _quit_after_callback(value: Optional[str]) -> Optional[str]:
     return value.lower() if value else None
 
 
+def _prefetch_tls(prof, quit_after: Optional[str]) -> None:
+    """Have the TLS context built in the background while the probe gets going (the CA store
+    loads meanwhile: mailctl.transports.prefetch_tls), unless the probe stops before TLS."""
+    if quit_after in ("resolve", "connect", "banner", "ehlo"):
+        return
+    from mailctl.transports import prefetch_tls
+
+    prefetch_tls(prof)
+
+
 def _load(ctx: typer.Context, name: Optional[str]):
     from mailctl.profiles.resolve import check_complete, implicit_local, resolve_profile
 
@@ -97,10 +109,11 @@ def connect(
     json_: JsonOpt = False,
 ) -> None:
     """Connect step by step (resolve, connect, banner, EHLO, STARTTLS, EHLO, AUTH, QUIT): timings, TLS and certificate, capabilities."""
-    from mailctl.diagnostics.probe import probe
-
     app, _doc, prof = _load(ctx, profile)
     prof = _with_session_options(prof, auth_mechanism, ehlo, source_address)
+    _prefetch_tls(prof, quit_after)
+    from mailctl.diagnostics.probe import probe
+
     report = probe(prof, app.secrets, quit_after=quit_after, transcript=transcript)
     _finish(app, report, json_=json_, transcript=transcript)
 
@@ -129,18 +142,24 @@ def send(
     """Send a test message through every stage, then MAIL FROM, RCPT TO, DATA; show the server's final reply and queue id."""
     from datetime import datetime
 
-    from mailctl.diagnostics.probe import ProbeMessage, probe
     from mailctl.errors import UsageError
-    from mailctl.message import build_message, envelope, message_bytes, message_from_file, parse_header_option, set_headers
 
     if not to:
         raise UsageError("give a recipient with --to ADDR", hint="e.g. mailctl test send --to you@example.com")
-    headers = [parse_header_option(h) for h in header]
+    headers: list[tuple[str, str]] = []
+    if header:  # checked before the profile, as always; without any, mailctl.message loads while the TLS context builds
+        from mailctl.message import parse_header_option
+
+        headers = [parse_header_option(h) for h in header]
     if data is not None and (subject is not None or body is not None or attach):
         raise UsageError("--data sends a complete message: --subject, --body and --attach do not go with it",
                          hint="put them in the message file, or add headers with --header")
     app, doc, prof = _load(ctx, profile)
     prof = _with_session_options(prof, auth_mechanism, ehlo, source_address)
+    _prefetch_tls(prof, quit_after)
+    from mailctl.diagnostics.probe import ProbeMessage, probe
+    from mailctl.message import build_message, envelope, message_bytes, message_from_file, set_headers
+
     if data is not None:
         raw, sender, recipients = message_from_file(data, prof, to=to, from_address=from_)
         report = probe(prof, app.secrets, message=ProbeMessage(set_headers(raw, headers), sender, recipients),

@@ -20,7 +20,6 @@ from typing import Any
 
 from mailctl.diagnostics.report import ProbeMessage, ProbeReport, StageResult, reply_data
 from mailctl.errors import ConfigError, ExitCode, MailctlError, UsageError
-from mailctl.knowledge.smtp import explain
 from mailctl.transports.base import Failover, Reached, Stage, StageInfo, TranscriptRecorder, drive, get_transport_class
 
 __all__ = ["ProbeMessage", "ProbeReport", "StageResult", "probe", "QUIT_AFTER_CHOICES", "SMTP_STAGES", "HTTP_QUIT_AFTER"]
@@ -91,6 +90,8 @@ class _Runner:
             self._judge_result()
         except MailctlError as err:
             if id(err) not in self.failed:  # raised before any stage: proxy URL, ca_file...
+                from mailctl.knowledge.smtp import explain  # failures only: a probe that passes does not load it
+
                 report.stages.append(StageResult("config", "failed", 0.0, report.target, error=err.message,
                                                  explanation=explain(err), exit_code=int(err.exit_code)))
             self._fail(err)
@@ -112,6 +113,8 @@ class _Runner:
             if stage.explain is not None:
                 explanation = stage.explain(err)
             else:
+                from mailctl.knowledge.smtp import explain  # failures only (see run())
+
                 explanation = err.explanation or explain(err, context=self._context(stage))
             explanation = self._for_this_probe(explanation)
             report.stages.append(StageResult(stage.name, "failed", duration, stage.server, stage.detail, error=err.message,

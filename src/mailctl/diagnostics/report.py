@@ -6,10 +6,12 @@ to_dict()."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailctl.errors import MailctlError
-from mailctl.knowledge.smtp import Explanation
+
+if TYPE_CHECKING:  # only failures carry one: mailctl.knowledge.smtp loads when a probe explains a failure
+    from mailctl.knowledge.smtp import Explanation
 
 # The reply fields of an error that a failed stage shows in its data.
 REPLY_FIELDS = ("http_status", "error_code", "code", "enhanced", "text", "failure_id", "refused")

@@ -29,7 +29,6 @@ import os
 import re
 import ssl
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -120,6 +119,13 @@ class TlsConfig:
         verifying = self.mode in (SYSTEM, CA_FILE)
         key = _context_key(verifying, self.ca_file)
         ctx = _contexts.get(key) if key is not None else None
+        if isinstance(ctx, _Prefetch):  # being built in the background (prefetch_context)
+            try:
+                ctx = ctx.result()  # waits; its error, if building it failed, is raised here
+            except BaseException:
+                _contexts.pop(key, None)  # not cached: the next use builds (and reports) it again
+                raise
+            _contexts[key] = ctx
         if ctx is None:
             ctx = _build_context(verifying, self.ca_file)
             if key is not None:
@@ -188,7 +194,55 @@ class RequestsVerify:
             self.temp_bundle = None
 
 
-_contexts: dict[tuple, ssl.SSLContext] = {}  # see TlsConfig.ssl_context
+_contexts: dict[tuple, "ssl.SSLContext | _Prefetch"] = {}  # see TlsConfig.ssl_context and prefetch_context
+
+
+class _Prefetch:
+    """A verifying context being built in a background thread (prefetch_context). The thread
+    is not a daemon: one nobody asked for is finished before the interpreter exits, never cut
+    off inside OpenSSL."""
+
+    def __init__(self, ca_file: str) -> None:
+        import threading
+
+        self._ca_file = ca_file
+        self._ctx: ssl.SSLContext | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="mailctl-tls-context")
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._ctx = _build_context(True, self._ca_file)
+        except BaseException as exc:  # handed to the thread that needs the context (result())
+            self._error = exc
+
+    def result(self) -> ssl.SSLContext:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._ctx is not None
+        return self._ctx
+
+
+def prefetch_context(values: Mapping[str, Any], profile: str = "") -> None:
+    """Start building the socket context of this profile in a background thread, so that
+    loading the system CA store (tens of milliseconds of OpenSSL parsing, which releases the
+    GIL) overlaps with what a one-shot command does before its TLS handshake (imports, the
+    message, the outbox, connect, banner, EHLO). TlsConfig.ssl_context() then takes it (and
+    raises its error, if building it failed: the same error at the same point as without a
+    prefetch). Nothing to do for a pin or tls_verify = false (a bare context costs nothing),
+    for a context already built, or for a ca_file that is not there (reported when used)."""
+    config = tls_config(values, profile)
+    if config.mode not in (SYSTEM, CA_FILE):
+        return
+    key = _context_key(True, config.ca_file)
+    if key is None or key in _contexts:
+        return
+    try:
+        _contexts[key] = _Prefetch(config.ca_file)  # taken (and waited for) by ssl_context()
+    except RuntimeError:  # no thread to be had: the context is built when it is used, as without this
+        pass
 
 
 def _context_key(verifying: bool, ca_file: str) -> tuple | None:
@@ -214,12 +268,15 @@ def _load_system_store(ctx: ssl.SSLContext) -> None:
     OpenSSL reads a hashed directory (Debian's /etc/ssl/certs with its c_rehash links, or
     $SSL_CERT_DIR) one certificate at a time, only the issuers a handshake asks for; the
     bundle file costs about 30 ms to parse in every process, most of a one-shot send's TLS
-    cost. Without such a directory (or with $SSL_CERT_FILE set), the usual full load."""
-    if not os.environ.get("SSL_CERT_FILE"):
-        capath = os.environ.get("SSL_CERT_DIR") or ssl.get_default_verify_paths().capath
-        if capath and _is_hashed_dir(capath):
-            ctx.load_verify_locations(capath=capath)
-            return
+    cost. Without such a directory, the usual full load; with $SSL_CERT_FILE set too (OpenSSL
+    then trusts that file and the directory), the directory alone only when it already holds
+    every certificate of that file (as Debian's ca-certificates.crt and /etc/ssl/certs do):
+    the same CAs, trusted the same way."""
+    cafile = os.environ.get("SSL_CERT_FILE")
+    capath = os.environ.get("SSL_CERT_DIR") or ssl.get_default_verify_paths().capath
+    if capath and _is_hashed_dir(capath) and (not cafile or _bundle_in_dir(cafile, capath)):
+        ctx.load_verify_locations(capath=capath)
+        return
     ctx.load_default_certs()
 
 
@@ -229,6 +286,49 @@ def _is_hashed_dir(path: str) -> bool:
             return any(_HASHED_NAME.fullmatch(e.name) for e in entries)
     except OSError:
         return False
+
+
+_BEGIN, _END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+
+
+def _pem_certificates(data: bytes) -> set[bytes] | None:
+    """The DER certificates of a PEM file; None when it holds anything else OpenSSL would read
+    from it too (a CRL, a TRUSTED CERTIFICATE with trust settings) or a block is cut off."""
+    import base64
+
+    if b"-----BEGIN " in data.replace(_BEGIN, b""):
+        return None
+    found = set()
+    for chunk in data.split(_BEGIN)[1:]:
+        body, end, _rest = chunk.partition(_END)
+        if not end:
+            return None
+        found.add(base64.b64decode(body))
+    return found
+
+
+def _bundle_in_dir(cafile: str, capath: str) -> bool:
+    """Whether every certificate of the bundle `cafile` is also a file of the hashed directory
+    (compared as DER; ~5 ms for Debian's 140 CAs, where OpenSSL parses the bundle in ~50)."""
+    try:
+        with open(cafile, "rb") as fh:
+            wanted = _pem_certificates(fh.read())
+        if wanted is None:
+            return False
+        held: set[bytes] = set()
+        with os.scandir(capath) as entries:
+            names = [e.path for e in entries if _HASHED_NAME.fullmatch(e.name)]
+        for name in names:
+            try:
+                with open(name, "rb") as fh:
+                    held |= _pem_certificates(fh.read()) or set()
+            except OSError:  # a dangling link: OpenSSL cannot read it either
+                continue
+            if wanted <= held:
+                return True
+    except (OSError, ValueError):  # an unreadable bundle or directory, or bad base64: OpenSSL's own load decides
+        return False
+    return wanted <= held
 
 
 def _keylog(ctx: ssl.SSLContext) -> None:
@@ -317,6 +417,8 @@ def _write_bundle(extra: bytes) -> str:
         with open(system, "rb") as fh:
             parts.append(fh.read())
     parts.append(extra)
+    import tempfile  # here, not at import: a one-shot command that reads never needs it
+
     fd, path = tempfile.mkstemp(prefix=BUNDLE_PREFIX, suffix=".pem")
     with os.fdopen(fd, "wb") as fh:
         fh.write(b"\n".join(parts))

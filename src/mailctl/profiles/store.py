@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -411,6 +410,8 @@ def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
     path = Path(os.path.realpath(path)) if os.path.islink(path) else path
     private_dir(path.parent)
     _clean_stale_temp_files(path.parent, path.name)
+    import tempfile  # here, not at import: a one-shot command that reads never needs it
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode) if hasattr(os, "fchmod") else None

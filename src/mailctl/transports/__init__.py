@@ -9,6 +9,8 @@ functions, never at import time of this package."""
 
 from __future__ import annotations
 
-from mailctl.transports.base import SendResult, Transport, get_transport_class, open_transport, register_transport, save_draft
+from mailctl.transports.base import (SendResult, Transport, get_transport_class, open_transport, prefetch_tls, register_transport,
+                                     save_draft)
 
-__all__ = ["SendResult", "Transport", "open_transport", "register_transport", "get_transport_class", "save_draft"]
+__all__ = ["SendResult", "Transport", "open_transport", "register_transport", "get_transport_class", "save_draft",
+           "prefetch_tls"]

@@ -65,10 +65,14 @@ class Redactor:
             self._forms = sorted(set(self._forms).union(new), key=len, reverse=True)
         if len(b64) >= self.ECHO and b64 not in self._encoded:
             self._encoded.append(b64)
-        self._probe = re.compile("|".join(re.escape(f) for f in self._forms + [e[: self.ECHO] for e in self._encoded]))
+        self._probe = None  # compiled when next needed: AUTH adds several values in a row
 
     def redact(self, text: str) -> str:
-        if self._probe is None or not text or self._probe.search(text) is None:
+        if not self._forms or not text:
+            return text
+        if self._probe is None:
+            self._probe = re.compile("|".join(re.escape(f) for f in self._forms + [e[: self.ECHO] for e in self._encoded]))
+        if self._probe.search(text) is None:
             return text
         for form in self._forms:
             if form in text:
@@ -287,6 +291,20 @@ def open_transport(profile, secrets, **options: Any) -> Transport:
     """A transport instance for a ResolvedProfile (not yet connected; use it as a context manager)."""
     cls = get_transport_class(profile.type)
     return cls(profile, secrets, **options)
+
+
+def prefetch_tls(profile) -> None:
+    """A one-shot command that is about to connect with this profile calls this as soon as
+    it has resolved it: an smtp or lmtp profile that verifies its server gets its TLS context
+    (the system CA store) built in the background meanwhile (mailctl.net.tls.prefetch_context).
+    Best effort: nothing changes but when the store is read."""
+    values = getattr(profile, "values", None) or {}
+    default = "none" if profile.type == "lmtp" else "starttls"  # as LmtpTransport / SmtpTransport read it
+    if profile.type not in ("smtp", "lmtp") or (values.get("security") or default) == "none":
+        return
+    from mailctl.net.tls import prefetch_context
+
+    prefetch_context(values, profile.name)
 
 
 def save_draft(profile, secrets, raw: bytes, sender: str, recipients: list[str]) -> SendResult:
