@@ -1,7 +1,5 @@
 """`mailctl queue ...`: parse, call mailctl.outbox, render."""
 
-from __future__ import annotations
-
 import sys
 from datetime import datetime, timezone
 from typing import Annotated, List, Optional
