@@ -52,7 +52,7 @@ _mailctl_options() {  # $1: command path -> REPLY: its options
         'dns check-spf') REPLY='--ip --sender --helo -n --nameserver --timeout --junit --strict --json -h --help' ;;
         'dns check-dkim') REPLY='-s --selector -n --nameserver --timeout --junit --strict --json -h --help' ;;
         'dns check-dmarc') REPLY='-n --nameserver --timeout --junit --strict --json -h --help' ;;
-        'dns check') REPLY='-p --profile --ip --sender -s --selector --checks --skip --smtp --smtp-port --ca-file --connect-timeout --dnssec-resolver -n --nameserver --timeout --junit --strict --json -h --help' ;;
+        'dns check') REPLY='-p --profile --ip --sender -s --selector --checks --skip --smtp --smtp-port --ca-file --connect-timeout --dnssec-resolver --helo -n --nameserver --timeout --junit --strict --json -h --help' ;;
         'queue') REPLY='-h --help' ;;
         'queue add') REPLY='-f --from --to --hold --outbox --json -h --help' ;;
         'queue flush') REPLY='-p --profile --limit --dry-run --lease --connections --outbox --json -h --help' ;;
@@ -220,6 +220,7 @@ _mailctl_option_values() {  # 'PATH|OPTION' -> REPLY: its values, @profile, @fil
         'dns check|--ca-file') REPLY='@file' ;;
         'dns check|--connect-timeout') REPLY='@value' ;;
         'dns check|--dnssec-resolver') REPLY='@value' ;;
+        'dns check|--helo') REPLY='@value' ;;
         'dns check|-n'|'dns check|--nameserver') REPLY='@value' ;;
         'dns check|--timeout') REPLY='@value' ;;
         'dns check|--junit') REPLY='@file' ;;

@@ -267,7 +267,7 @@ def test_every_finding_id_is_documented():
 
     root = Path(__file__).resolve().parent.parent
     source = "\n".join(p.read_text() for p in (root / "src/mailctl/dns").glob("*.py"))
-    prefixes = "spf|dkim|dmarc|profile|mx|starttls|mta-sts|tls-rpt|bimi|dnssec|ns"
+    prefixes = "spf|dkim|dmarc|profile|mx|starttls|mta-sts|tls-rpt|bimi|dnssec|ns|helo"
     in_source = set(re.findall(rf'"((?:{prefixes})\.[a-z0-9-]+)"', source)) | {"dns.timeout", "dns.servfail"}
     documented = set(re.findall(r"^\| `([a-z-]+\.[a-z0-9-]+)` \|", (root / "docs/dns.md").read_text(), re.M))
     assert in_source == documented

@@ -248,6 +248,8 @@ def _dns_commands(w: World) -> None:
               schema="dns-report", status=None)
     w.run("dns check-spf", "dns", "check-spf", "twospf.test", "--nameserver", ns, "--timeout", "3", "--json",
           schema="dns-report", status=1)
+    w.run("dns check", "dns", "check", "valid.test", "--checks", "helo", "--helo", "host.ptr.test", "--ip", "192.0.2.5",
+          "--nameserver", ns, "--timeout", "3", "--json", schema="dns-report", status=0)
 
 
 def _misc_commands(w: World, home: Path) -> None:

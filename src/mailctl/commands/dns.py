@@ -102,7 +102,7 @@ def check(ctx: typer.Context, domain: Annotated[Optional[str], typer.Argument(
           ip: IpOpt = None, sender: SenderOpt = None, selector: SelectorOpt = None,
           checks: Annotated[Optional[list[str]], typer.Option(
               "--checks", metavar="LIST", help="Checks to run, comma-separated (repeatable): spf,dkim,dmarc,mx,starttls,"
-              "mta-sts,tls-rpt,bimi,dnssec,ns or all. Default: all but starttls.")] = None,
+              "mta-sts,tls-rpt,bimi,dnssec,ns or all, and helo (not in all). Default: all but starttls.")] = None,
           skip: Annotated[Optional[list[str]], typer.Option("--skip", metavar="LIST", help="Checks not to run, comma-separated (repeatable).")] = None,
           smtp: Annotated[bool, typer.Option("--smtp", help="Also connect to every MX host on port 25: STARTTLS offered, "
                                              "certificate valid for the MX name, expiry, TLS version.")] = False,
@@ -115,26 +115,43 @@ def check(ctx: typer.Context, domain: Annotated[Optional[str], typer.Argument(
                                                          "step of the STARTTLS probe and the MTA-STS fetch (connect, TLS, each reply).")] = 10.0,
           dnssec_resolver: Annotated[Optional[str], typer.Option("--dnssec-resolver", metavar="IP[:PORT]", help="A validating "
                                                                  "resolver whose AD bit says whether DNSSEC validates.")] = None,
+          helo: Annotated[Optional[str], typer.Option("--helo", metavar="NAME", help="Also check this HELO/EHLO name as "
+                                                      "receivers do: a fully-qualified name that resolves, and with --ip "
+                                                      "forward-confirmed reverse DNS of the address matching it (also SPF's "
+                                                      "%{h}). With --checks helo and no --helo: the profile's ehlo_name, "
+                                                      "else this machine's name.")] = None,
           nameserver: NameserverOpt = None, timeout: TimeoutOpt = 5.0, junit: JunitOpt = None,
           strict: StrictOpt = False, json_: JsonOpt = False) -> None:
     """Run every check: SPF, DKIM, DMARC, MX, MTA-STS, TLS-RPT, BIMI, DNSSEC, NS/SOA (and with --smtp the MX
-    STARTTLS probe; with --profile the profile's provider expectations and DMARC alignment)."""
+    STARTTLS probe; with --profile the profile's provider expectations and DMARC alignment; with --helo the
+    HELO name and the --ip addresses' reverse DNS)."""
     from mailctl.dns.check import profile_expectation, run_checks, select_checks
     from mailctl.errors import UsageError
 
     expectation = None
+    ehlo_name = None
     if profile or (domain is None and app_context(ctx).profile_name):
         from mailctl.profiles.resolve import resolve_profile
 
         resolved = resolve_profile(app_context(ctx).store.load(), profile or app_context(ctx).profile_name)
         expectation = profile_expectation(resolved.name, resolved.values)
+        ehlo_name = resolved.values.get("ehlo_name") or None
     if domain is None and expectation is None:
         raise UsageError("missing DOMAIN", hint="mailctl dns check DOMAIN, or mailctl dns check --profile NAME")
-    selected = select_checks(checks, skip, smtp)
+    selected = select_checks(checks, skip, smtp, helo=helo is not None)
+    if "helo" in selected and helo is None:
+        helo = ehlo_name or _default_ehlo_name()
     opts = _options(nameserver, timeout, strict, ips=ip or [], sender=sender, selectors=selector or [],
                     smtp_port=smtp_port, https_port=mta_sts_port, ca_file=ca_file or "", connect_timeout=connect_timeout,
-                    dnssec_resolver=dnssec_resolver)
+                    dnssec_resolver=dnssec_resolver, helo=helo)
     _finish(ctx, run_checks(domain or expectation.from_domain, selected, opts, expectation), "check", json_, junit)
+
+
+def _default_ehlo_name() -> str:
+    """The name the SMTP transport says in EHLO when the profile sets no ehlo_name."""
+    from mailctl.transports.smtp import default_ehlo_name
+
+    return default_ehlo_name()
 
 
 def register(app: typer.Typer, name: str) -> None:

@@ -32,17 +32,23 @@ class CheckOptions:
     smtp_port: int = 25
     https_port: int = 443
     dnssec_resolver: str | None = None
+    helo: str | None = None  # the HELO/EHLO name for the helo check (and SPF's %{h} for --ip)
 
 
 # Every check `dns check` knows, in report order. starttls connects to the MX hosts on port 25,
 # so it runs only when asked for (--smtp, or named in --checks).
 ALL_CHECKS = ("spf", "dkim", "dmarc", "mx", "starttls", "mta-sts", "tls-rpt", "bimi", "dnssec", "ns")
 DEFAULT_CHECKS = tuple(c for c in ALL_CHECKS if c != "starttls")
+# Checks of the sending host rather than of the domain: not part of `all`, run when named
+# (or, for helo, when --helo gives the name).
+HOST_CHECKS = ("helo",)
 
 
-def select_checks(checks: list[str] | None = None, skip: list[str] | None = None, smtp: bool = False) -> tuple[str, ...]:
+def select_checks(checks: list[str] | None = None, skip: list[str] | None = None, smtp: bool = False,
+                  helo: bool = False) -> tuple[str, ...]:
     """The checks of `dns check`: --checks (comma-separated, repeatable; default all but
-    starttls), minus --skip, plus starttls with --smtp. Unknown names are a usage error."""
+    starttls), minus --skip, plus starttls with --smtp and helo with --helo. Unknown names
+    are a usage error."""
 
     def names(values: list[str] | None, option: str) -> list[str]:
         out = []
@@ -52,19 +58,21 @@ def select_checks(checks: list[str] | None = None, skip: list[str] | None = None
                     continue
                 if name == "all":
                     out += list(ALL_CHECKS)
-                elif name in ALL_CHECKS:
+                elif name in ALL_CHECKS or name in HOST_CHECKS:
                     out.append(name)
                 else:
-                    raise UsageError(f"{option}: unknown check {name!r}", hint="checks: " + ",".join(ALL_CHECKS))
+                    raise UsageError(f"{option}: unknown check {name!r}", hint="checks: " + ",".join(ALL_CHECKS + HOST_CHECKS))
         return out
 
     chosen = set(names(checks, "--checks") or DEFAULT_CHECKS)
     if smtp:
         chosen.add("starttls")
+    if helo:
+        chosen.add("helo")
     chosen -= set(names(skip, "--skip"))
     if not chosen:
         raise UsageError("no check left to run", hint="--skip removed every check of --checks")
-    return tuple(c for c in ALL_CHECKS if c in chosen)
+    return tuple(c for c in ALL_CHECKS + HOST_CHECKS if c in chosen)
 
 
 @dataclass(frozen=True)
@@ -103,12 +111,14 @@ def run_checks(domain: str, checks: tuple[str, ...], options: CheckOptions,
     provider = options.provider or (profile.provider if profile else None)
     jobs: dict[str, Callable[[Resolver], CheckResult]] = {}
     if "spf" in checks:
-        jobs["spf"] = lambda r: check_spf(r, domain, ips, options.sender)
+        jobs["spf"] = lambda r: check_spf(r, domain, ips, options.sender, helo=options.helo)
     if "dkim" in checks:
         jobs["dkim"] = lambda r: check_dkim(r, domain, options.selectors, provider)
     if "dmarc" in checks:
         jobs["dmarc"] = lambda r: check_dmarc(r, domain)
     jobs.update(_more_jobs(domain, checks, options))
+    if "helo" in checks:
+        jobs["helo"] = _helo_job(options.helo, ips)
     if profile is not None:
         jobs["profile"] = lambda r: check_profile(r, profile.from_domain, provider=profile.provider, host=profile.host,
                                                   transport=profile.transport, profile=profile.name,
@@ -174,6 +184,17 @@ def _more_jobs(domain: str, checks: tuple[str, ...], options: CheckOptions) -> d
 
             jobs[name] = lambda r: check_ns(r, domain)
     return jobs
+
+
+def _helo_job(helo: str | None, ips: list[str]) -> Callable[[Resolver], CheckResult]:
+    """The helo check of the name (given by the command: --helo, the profile's ehlo_name or
+    the transport's default) from the --ip addresses."""
+    from mailctl.dns.helo import check_helo
+
+    if not helo or not helo.strip() or any(c.isspace() for c in helo.strip()):
+        raise UsageError(f"invalid --helo {helo!r}: expected a host name such as mail.example.com",
+                         hint="mailctl dns check DOMAIN --helo mail.example.com [--ip ADDR]")
+    return lambda r: check_helo(r, helo.strip(), ips)
 
 
 def profile_expectation(name: str, values: dict) -> ProfileExpectation:

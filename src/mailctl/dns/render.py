@@ -66,7 +66,7 @@ def _more_lines(check, status: str) -> list[str]:
     """The checks beyond SPF/DKIM/DMARC: one line each, and the MX hosts / STARTTLS probes."""
     d = check.data
     name = {"mx": "MX", "starttls": "STARTTLS", "mta-sts": "MTA-STS", "tls-rpt": "TLS-RPT", "bimi": "BIMI",
-            "dnssec": "DNSSEC", "ns": "NS/SOA"}.get(check.check, check.check)
+            "dnssec": "DNSSEC", "ns": "NS/SOA", "helo": "HELO"}.get(check.check, check.check)
     head = f"{name} {check.domain}: {status}"
     lines = []
     if check.check == "mx":
@@ -103,6 +103,11 @@ def _more_lines(check, status: str) -> list[str]:
     elif check.check == "ns":
         servers = [n["host"] for n in d.get("nameservers", [])]
         lines.append(head + (f"  (zone {d.get('zone')}: {', '.join(servers) or 'no NS'})" if d.get("zone") else ""))
+    elif check.check == "helo":
+        lines.append(head + (f"  ({', '.join(d['addresses'])})" if d.get("addresses") else ""))
+        for e in d.get("ips", []):
+            state = ("forward-confirmed" if e["fcrdns"] else "not forward-confirmed") + (", matches HELO" if e["helo_matches_ptr"] else "")
+            lines.append(f"  --ip {e['ip']}: " + (f"PTR {', '.join(e['ptr'])}, {state}" if e["ptr"] else "no PTR"))
     else:
         lines.append(head)
     return lines
