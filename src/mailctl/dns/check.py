@@ -193,7 +193,7 @@ def _helo_job(helo: str | None, ips: list[str]) -> Callable[[Resolver], CheckRes
 
     if not helo or not helo.strip() or any(c.isspace() for c in helo.strip()):
         raise UsageError(f"invalid --helo {helo!r}: expected a host name such as mail.example.com",
-                         hint="mailctl dns check DOMAIN --helo mail.example.com [--ip ADDR]")
+                         hint="give a host name, e.g.: mailctl dns check DOMAIN --helo mail.example.com --ip 192.0.2.25")
     return lambda r: check_helo(r, helo.strip(), ips)
 
 
