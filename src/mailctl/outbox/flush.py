@@ -802,10 +802,11 @@ class FlushRun:
 
     def then_on_wire(self, s: _Session, nxt: ClaimedMessage | None, limiters: Sequence[RateLimiter]) -> tuple | None:
         """The next message to announce after this one's data (SmtpTransport.send(then=)):
-        only when nothing can come between the two on this connection: the same session,
-        no rate limit to wait for, not due to expire untried, one connection, no --limit
-        about to end the run. Its data still waits for this message's result to be committed."""
-        if nxt is None or limiters or self.options.connections > 1 or self.overdue(nxt):
+        only when nothing can come between the two on this connection: the same session (a
+        lane's own, with --connections), no rate limit to wait for, not due to expire untried,
+        no --limit about to end the run. Its data still waits for this message's result to be
+        committed."""
+        if nxt is None or limiters or self.overdue(nxt):
             return None
         if self.options.limit is not None and self.processed + 1 >= self.options.limit:
             return None
@@ -984,14 +985,20 @@ class _Lanes:
 
     def _lane(self, lane: FlushRun) -> None:
         try:
+            c = None
             while True:
                 lane.check_stop()
-                c = self.next(lane)
+                c = c or self.next(lane)
                 if c is None:
                     break
-                if not lane.deliver(c):  # not a delivery attempt: --limit does not count it
+                # the lane's next message, taken now if one is ready, so that its envelope can
+                # follow this one's data (then_on_wire); untried at a stop, it goes back with
+                # the run's other claims
+                nxt = self.take_ready(lane)
+                if not lane.deliver(c, nxt):  # not a delivery attempt: --limit does not count it
                     with self.cond:
                         self.used -= 1
+                c = nxt
             lane.settle()
         except _Stop:
             pass
@@ -1025,6 +1032,11 @@ class _Lanes:
                 if run.policy.batch_size and self.in_batch >= run.policy.batch_size:
                     self.end_batch(lane)
                 self.claim(lane)
+
+    def take_ready(self, lane: FlushRun) -> ClaimedMessage | None:
+        """A message for this lane from what is claimed already (no claim made), or None."""
+        with self.cond:
+            return None if self.halted or self.error is not None else self.take(lane)
 
     def take(self, lane: FlushRun) -> ClaimedMessage | None:
         for key in lane.held:
