@@ -605,3 +605,21 @@ def test_racing_flush_processes_never_claim_a_journaled_delivery(tmp_path):
     refused = sum(1 for kind, _at, *rest in events if kind == "result" and not rest[1])
     assert takeovers >= 1  # the race did happen: leases ran out under a sender
     assert stale == refused  # a result no longer ours is logged, not applied (and not journaled)
+
+
+def test_a_journaled_message_past_its_lease_is_not_counted_as_due(tmp_path):
+    # a flush that died after journaling: its lease runs out, but the message was delivered;
+    # count_due (the flush's "anything more?" between batches) folds first and counts nothing
+    clock = Clock(1000.0)
+    path = tmp_path / "o.sqlite3"
+    box = Outbox(path, clock=clock)
+    box.enqueue(raw_msg(0), "app@example.com", ["user@example.org"])
+    (c,) = box.claim_batch(OWNER, 10, 5)
+    assert box.record_attempt(c, OWNER, "sent", server="s")
+    box.close()
+    clock.now = 2000.0  # far past the 5 s lease
+    other = Outbox(path, clock=clock)
+    assert len(journal_rows(path)) == 1
+    assert other.count_due() == 0
+    assert journal_rows(path) == [] and other.get(c.id).state == "sent"
+    other.close()

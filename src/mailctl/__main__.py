@@ -6,7 +6,12 @@ def sendmail() -> None:
     /usr/sbin/sendmail (link it there, or point cron's MAILER at it; docs/outbox.md)."""
     import sys
 
-    main(["sendmail", *sys.argv[1:]])
+    from mailctl.cli import _before_exit
+
+    try:
+        main(["sendmail", *sys.argv[1:]])
+    finally:  # the program itself, as `mailctl` is: the same quick exit
+        _before_exit()
 
 
 if __name__ == "__main__":  # pragma: no cover

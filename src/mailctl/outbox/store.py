@@ -607,6 +607,7 @@ class Outbox:
 
     # reading -------------------------------------------------------------
     def count_due(self, *, profiles: Sequence[str | None] | None = None) -> int:
+        self._settle_results()  # a killed flush's journaled messages are sent, not due
         now = self.clock()
         extra: list[Any] = []
         tail = "".join(f" AND {w}" for w in self._profile_filter(profiles, extra))
