@@ -166,9 +166,9 @@ def test_export_oauth_uses_mailctl_auth_token(cli, isolated_env):
         'schema_version = 1\n[profiles.m365]\nprovider = "microsoft365"\nusername = "ops@contoso.com"\n'
         'tenant_id = "contoso.onmicrosoft.com"\nclient_id = "abc"\n[profiles.g]\ntype = "graph"\ntenant_id = "t.example"\nclient_id = "abc"\n')
     out = cli("profile", "export", "m365").stdout
-    assert "auth xoauth2" in out and 'passwordeval "mailctl auth token m365"' in out and "host smtp.office365.com" in out
+    assert "auth xoauth2" in out and 'passwordeval "mailctl auth token m365 --no-check"' in out and "host smtp.office365.com" in out
     env = cli("profile", "export", "m365", "--format", "env").stdout
-    assert "SMTP_PASSWORD_COMMAND='mailctl auth token m365'" in env
+    assert "SMTP_PASSWORD_COMMAND='mailctl auth token m365 --no-check'" in env
     res = cli("profile", "export", "g")
     assert res.exit_code == 65 and "SMTP only" in res.stderr
     res = cli("profile", "export", "m365", "--format", "swaks")

@@ -7,7 +7,8 @@ or, with store_passwords=False, is left out and reported.
 
 export: a resolved smtp profile as an msmtp account, a swaks command line or shell environment
 variables. Secrets are never exported; `secret_command` is (as msmtp's `passwordeval`), and an
-OAuth profile gets `passwordeval "mailctl auth token NAME"`."""
+OAuth profile gets `passwordeval "mailctl auth token NAME --no-check"` (msmtp's own login is
+the check: trying the token first would log in twice a message)."""
 
 from __future__ import annotations
 
@@ -342,7 +343,7 @@ def _to_msmtp(p) -> str:
         lines.append("auth off")
     elif auth == "oauth":
         lines += ["auth xoauth2", f"user {v.get('username') or v.get('from_address') or ''}",
-                  f"passwordeval {_quote_msmtp('mailctl auth token ' + name)}"]
+                  f"passwordeval {_quote_msmtp('mailctl auth token ' + name + ' --no-check')}"]
     else:
         lines += ["auth on", f"user {_quote_msmtp(v.get('username') or '')}"]
         if v.get("secret_command"):
@@ -396,7 +397,7 @@ def _to_env(p) -> str:
              ("SMTP_AUTH", v.get("auth")), ("SMTP_USERNAME", v.get("username")), ("SMTP_FROM", v.get("from_address")),
              ("SMTP_SENDER_NAME", v.get("sender_name")), ("SMTP_TLS_VERIFY", "false" if v.get("tls_verify") is False else "true"),
              ("SMTP_CA_FILE", v.get("ca_file")), ("SMTP_EHLO_NAME", v.get("ehlo_name")),
-             ("SMTP_PASSWORD_COMMAND", v.get("secret_command") or (f"mailctl auth token {p.name}" if v.get("auth") == "oauth" else ""))]
+             ("SMTP_PASSWORD_COMMAND", v.get("secret_command") or (f"mailctl auth token {p.name} --no-check" if v.get("auth") == "oauth" else ""))]
     lines = [f"# profile {p.name} exported by mailctl (no secrets; SMTP_PASSWORD_COMMAND prints the password or token)"]
     lines += [f"{k}={shlex.quote(str(val))}" for k, val in pairs if val not in (None, "")]
     return "\n".join(lines) + "\n"
