@@ -16,6 +16,36 @@ from aiosmtpd.smtp import SMTP
 _MID = re.compile(rb"^Message-ID:\s*(\S+)", re.I | re.M)
 
 
+def journaled_ids(db) -> set[int]:
+    """The messages whose plain success is on record but not folded into their row yet: in the
+    results table (schema 005) or in a side file beside the outbox (mailctl.outbox.resultsfile).
+    Either is committed: a crash after it never sends the message again."""
+    import sqlite3
+    from pathlib import Path
+
+    from mailctl.outbox import resultsfile
+
+    with sqlite3.connect(db, timeout=5) as conn:
+        ids = {i for (i,) in conn.execute("SELECT message FROM results")}
+    directory = resultsfile.results_dir(Path(db))
+    if directory.is_dir():
+        for f in directory.iterdir():
+            if not f.name.startswith("."):
+                try:
+                    ids |= {e[0] for e in resultsfile.decode(f.read_bytes())}
+                except OSError:  # emptied and removed meanwhile
+                    pass
+    return ids
+
+
+def block_side_files(db) -> None:
+    """A file where the outbox's side-file directory would be: plain successes then have to
+    be committed to the database itself (what a test of a locked database needs)."""
+    from pathlib import Path
+
+    Path(f"{db}.results").write_text("")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,7 +20,7 @@ from mailctl.profiles.model import ResolvedProfile
 from mailctl.transports import open_transport
 
 sys.path.insert(0, str(Path(__file__).parent))
-from outbox_smtp import RecordingHandler, SmtpServer, free_port, write_profiles  # noqa: E402
+from outbox_smtp import RecordingHandler, SmtpServer, free_port, journaled_ids, write_profiles  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -94,10 +94,9 @@ class LedgerHandler(RecordingHandler):
 
     async def handle_DATA(self, server, session, envelope):
         with sqlite3.connect(self.db) as conn:
-            # committed: the row says sent, or its result waits in the results journal (schema 005)
-            sent = conn.execute("SELECT count(*) FROM messages WHERE state='sent'"
-                                " OR id IN (SELECT message FROM results)").fetchone()[0]
-        self.committed_at_data.append((self.count, sent))
+            # committed: the row says sent, or its result waits in the journal or a side file
+            sent = {i for (i,) in conn.execute("SELECT id FROM messages WHERE state='sent'")}
+        self.committed_at_data.append((self.count, len(sent | journaled_ids(self.db))))
         return await super().handle_DATA(server, session, envelope)
 
 
@@ -132,11 +131,16 @@ class LockingHandler(RecordingHandler):
         return reply
 
 
-def test_a_result_that_cannot_be_written_stops_the_flush_before_more_mail_goes_out(tmp_path):
+@pytest.mark.parametrize("nowhere", ["side file blocked", "synchronous FULL"])
+def test_a_result_that_cannot_be_written_stops_the_flush_before_more_mail_goes_out(tmp_path, nowhere):
+    # the result has nowhere to go: no side file (its directory cannot be made, or every commit
+    # must be synced), and the database is locked by another connection
     path = tmp_path / "o.sqlite3"
+    if nowhere == "side file blocked":  # a file where the side files' directory would be
+        Path(f"{path}.results").write_text("")
     handler = LockingHandler(path)
     with SmtpServer(handler) as server:
-        box = Outbox(path, timeout=0.3)
+        box = Outbox(path, timeout=0.3, synchronous="FULL" if nowhere == "synchronous FULL" else "NORMAL")
         ids = [box.enqueue(message(n), "app@example.com", ["user@example.org"]) for n in range(5)]
         with pytest.raises(sqlite3.OperationalError, match="locked"):
             smtp_flush(box, profile_for(server))
@@ -152,6 +156,33 @@ def test_a_result_that_cannot_be_written_stops_the_flush_before_more_mail_goes_o
         assert handler.by_message_id["<m0@test.example>"] == 2
         assert all(handler.by_message_id[f"<m{n}@test.example>"] == 1 for n in range(1, 5))
         box.close()
+
+
+def test_a_locked_database_does_not_stop_results_that_go_to_the_side_file(tmp_path):
+    # Plain successes go to the side file, which needs no database lock: the claimed messages
+    # all go out, each on record before the next; the flush stops at its next write (locked).
+    # Once the lock is gone, a later flush (the first one's lease run out) sends none again.
+    path = tmp_path / "o.sqlite3"
+    handler = LockingHandler(path)
+    with SmtpServer(handler) as server:
+        box = Outbox(path, timeout=0.3)
+        ids = [box.enqueue(message(n), "app@example.com", ["user@example.org"]) for n in range(5)]
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            smtp_flush(box, profile_for(server))
+        assert handler.count == 5
+        assert journaled_ids(path) == set(ids)
+        handler.holder.execute("ROLLBACK")
+        handler.holder.close()
+        box.close()  # its lines are not folded: the side file stays for the next handle
+        assert journaled_ids(path) == set(ids)
+        later = Outbox(path, clock=lambda: time.time() + 3600)
+        report = smtp_flush(later, profile_for(server))
+        assert report.sent == 0 and report.reclaimed == 0
+        assert all(handler.by_message_id[f"<m{n}@test.example>"] == 1 for n in range(5))
+        assert [later.get(i).state for i in ids] == ["sent"] * 5
+        assert all([e["outcome"] for e in later.get(i).attempt_log] == ["sent"] for i in ids)
+        later.close()
+    assert not [f for f in Path(f"{path}.results").iterdir()]  # the dead handle's file is gone
 
 
 # --- processes -----------------------------------------------------------------------------

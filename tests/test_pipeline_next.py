@@ -35,6 +35,7 @@ from mailctl.transports.base import TranscriptRecorder
 from mailctl.transports.lmtp import LmtpTransport
 from mailctl.transports.smtp import SmtpTransport
 
+from outbox_smtp import block_side_files, journaled_ids  # noqa: E402
 from test_lmtp import BOB, dovecot  # noqa: F401 - the private Dovecot LMTP instance (a module fixture)
 
 pytestmark = pytest.mark.timeout(60)
@@ -295,8 +296,7 @@ def committed_ids(db: Path) -> set[int]:
     or a row in the results journal (the flush's successes before they are folded in)."""
     with sqlite3.connect(db, timeout=5) as conn:
         return {i for (i,) in conn.execute(
-            "SELECT id FROM messages WHERE state IN ('sent','failed','deferred','expired')"
-            " UNION SELECT message FROM results")}
+            "SELECT id FROM messages WHERE state IN ('sent','failed','deferred','expired')")} | journaled_ids(db)
 
 
 # --- 1. one round trip a message -----------------------------------------------------------
@@ -416,6 +416,7 @@ def test_a_result_that_cannot_be_committed_sends_none_of_the_announced_data(tmp_
         if index == 2:  # message 3's result will have to wait: the flush commits it before message 4's data
             holder.execute("BEGIN IMMEDIATE")
 
+    block_side_files(path)  # the result must go to the locked database
     box = Outbox(path, timeout=0.3)
     queued = fill(box, 5)
     with PipeServer(on_dot=lock_after_third) as srv:
@@ -821,12 +822,13 @@ def test_each_result_is_committed_before_the_next_data_on_both_backends(outbox_f
     box = outbox_factory()
     checker = outbox_factory()  # another handle: what a crash would leave
     check_lock = threading.Lock()
-    journal = " UNION SELECT message FROM results" if outbox_factory.backend == "sqlite" else ""
+    sqlite = outbox_factory.backend == "sqlite"
 
     def committed(index: int) -> set[int]:
         with check_lock:
-            return {int(i) for (i,) in checker.conn.execute(
-                f"SELECT id FROM messages WHERE state IN ('sent','failed','deferred','expired'){journal}")}
+            done = {int(i) for (i,) in checker.conn.execute(
+                "SELECT id FROM messages WHERE state IN ('sent','failed','deferred','expired')")}
+            return done | journaled_ids(checker.path) if sqlite else done
 
     queued = fill(box, 5)
     with PipeServer(at_data=committed) as srv:

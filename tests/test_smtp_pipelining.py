@@ -10,6 +10,7 @@ import smtplib
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -18,6 +19,7 @@ from mailctl.errors import DeliveryError, ExitCode
 from mailctl.profiles.model import ResolvedProfile
 from mailctl.transports.smtp import SmtpSession, SmtpTransport
 
+from outbox_smtp import journaled_ids
 from smtpserver import RecordingHandler, ScriptedSMTP, free_port
 
 SENDER = "app@example.com"
@@ -448,10 +450,9 @@ def _ledger_classes():
 
         async def handle_DATA(self, server, session, envelope):
             with sqlite3.connect(self.db) as conn:
-                # committed: the row says sent, or its result waits in the results journal (schema 005)
-                sent = conn.execute("SELECT count(*) FROM messages WHERE state='sent'"
-                                    " OR id IN (SELECT message FROM results)").fetchone()[0]
-            self.committed_at_data.append((self.count, sent))
+                # committed: the row says sent, or its result waits in the journal or a side file
+                sent = {i for (i,) in conn.execute("SELECT id FROM messages WHERE state='sent'")}
+            self.committed_at_data.append((self.count, len(sent | journaled_ids(self.db))))
             return await super().handle_DATA(server, session, envelope)
 
     class Locking(PipeliningHandler):
@@ -503,15 +504,18 @@ def test_pipelined_flush_commits_each_result_before_the_next_message_is_delivere
         box.close()
 
 
-def test_pipelined_flush_stops_before_any_data_when_a_result_cannot_be_written(tmp_path):
+@pytest.mark.parametrize("nowhere", ["side file blocked", "synchronous FULL"])
+def test_pipelined_flush_stops_before_any_data_when_a_result_cannot_be_written(tmp_path, nowhere):
     import sqlite3
 
     from mailctl.outbox import Outbox
 
     _, Locking = _ledger_classes()
     path = tmp_path / "o.sqlite3"
+    if nowhere == "side file blocked":  # a file where the side files' directory would be
+        Path(f"{path}.results").write_text("")
     with _outbox_server(Locking, path) as server:
-        box = Outbox(path, timeout=0.3)
+        box = Outbox(path, timeout=0.3, synchronous="FULL" if nowhere == "synchronous FULL" else "NORMAL")
         ids = [box.enqueue(_msg(n), SENDER, ["user@example.org"]) for n in range(5)]
         with pytest.raises(sqlite3.OperationalError, match="locked"):
             _flush(box, server)

@@ -30,6 +30,7 @@ from mailctl.addresses import check_address, check_sender
 from mailctl.errors import ConfigError, MailctlError, NotFoundError, TemporaryFailure, UsageError, ValidationError
 from mailctl.message import wire_bytes
 from mailctl.outbox.backend import AttemptResult, ClaimedMessage, MessageInfo, _iso
+from mailctl.outbox.resultsfile import Entry, Others, ResultsFile, pending_elsewhere, results_dir
 from mailctl.outbox.schema import migrate
 from mailctl.profiles.model import validate_name
 
@@ -160,9 +161,15 @@ class Outbox:
                 raise
         except sqlite3.Error as exc:
             raise outbox_error(self.path, exc) from exc
+        # plain successes go to a side file (resultsfile.py) unless every commit must reach
+        # the disk: a write() is as safe as a commit from a process's death, not from power loss
+        self._results = ResultsFile(self._real_path()) if synchronous.upper() in _SIDE_FILE_MODES else None
+        self._folding: tuple[int, Others] | None = None
 
     # lifecycle -------------------------------------------------------------
     def close(self) -> None:
+        if self._results is not None:
+            self._results.close()
         self.conn.close()
 
     def __enter__(self) -> "Outbox":
@@ -176,40 +183,81 @@ class Outbox:
     def _write(self, *, fold: bool = True):
         """A write transaction. It first folds the results journal in (see _fold_results), so
         whatever it does sees every delivery made; only a flush's own result insert skips it."""
-        return _WriteTxn(self.conn, self._fold_results if fold else None)
+        if not fold:
+            return _WriteTxn(self.conn)
+        return _WriteTxn(self.conn, self._fold_results, self._folded)
 
     def _fold_results(self) -> int:
-        """Apply the journal's plain successes (schema 005, written by record_attempt's fast
-        path) to their messages and the attempt log, and empty it; inside the caller's
-        transaction. A whole claim's worth at once: consecutive rows share their pages, so a
-        result costs a fraction of a commit of its own. Returns the results applied."""
+        """Apply every plain success on record but not applied yet to its message and the
+        attempt log, inside the caller's transaction: this handle's side-file lines (kept in
+        memory), the other handles' side files (a killed flush's among them), and the results
+        table (schema 005: where they go when there is no side file). A whole claim's worth at
+        once: consecutive rows share their pages, so a result costs a fraction of a commit of its
+        own. A result changes its message only while the row is still its owner's, and is
+        logged once, however many handles fold it. Returns the results applied."""
+        own = self._results.pending if self._results is not None else []
+        others = Others(results_dir(self._real_path()), self._results.path if self._results is not None else None)
+        self._folding = (len(own), others)
+        if own or others.entries:
+            staged = {e[:3]: e for e in [*own, *others.entries]}  # (message, owner, at): one result
+            self.conn.executemany(_JOURNAL_STAGE, list(staged.values()))
         (count,) = self.conn.execute("SELECT count(*) FROM results").fetchone()
         if not count:
             return 0
         if _UPDATE_FROM:  # SQLite 3.33+: each statement does the whole journal
-            self.conn.execute(_FOLD_MESSAGES)
             self.conn.execute(_FOLD_ATTEMPTS)
+            self.conn.execute(_FOLD_MESSAGES)
         else:
             rows = self.conn.execute(_JOURNAL_READ).fetchall()
+            self.conn.executemany(_ATTEMPT_ONCE, [(message, at, profile, server, reply, duration, message, at, server, reply)
+                                                  for message, _owner, at, profile, server, reply, duration in rows])
             self.conn.executemany(_RESULT_SENT, [(at, reply, server, at, at, message, owner)
                                                  for message, owner, at, _profile, server, reply, _duration in rows])
-            self.conn.executemany(_ATTEMPT_INSERT, [(message, at, profile, server, "sent", reply, duration)
-                                                    for message, _owner, at, profile, server, reply, duration in rows])
         self.conn.execute("DELETE FROM results")
         return int(count)
+
+    def _folded(self, committed: bool) -> None:
+        """After the transaction that folded: committed, this handle's lines are applied (its
+        file is emptied) and dead writers' files go; rolled back, everything stays."""
+        if self._folding is None:
+            return
+        own, others = self._folding
+        self._folding = None
+        if committed:
+            if own and self._results is not None:
+                self._results.clear(own)
+            others.remove()
+        else:
+            others.release()
 
     def _settle_results(self) -> None:
         """Before a read that shows states or counts: fold what a flush has journaled, so a
         message it delivered reads as sent at once. Waits at most half a second for the write
         lock (a flush holds it for microseconds at a time); busy, or a read-only file, and the
         read shows those few messages as still sending until the flush's next claim."""
-        if self.conn.in_transaction or self.conn.execute(_JOURNAL_ANY).fetchone() is None:
+        if self.conn.in_transaction or not self._unfolded():
             return
         try:
             with _busy_timeout(self.conn, 0.5), self._write():
                 pass
         except sqlite3.OperationalError:
             pass
+
+    def _real_path(self) -> Path:
+        """The file itself, links resolved: every process names the same side-file directory,
+        whatever path it opened the outbox by."""
+        if self._real is None:
+            self._real = Path(os.path.realpath(self.path))
+        return self._real
+
+    _real: Path | None = None
+
+    def _unfolded(self) -> bool:
+        """Whether any plain success on record waits for a fold (cheap: no lock taken)."""
+        own = self._results.path if self._results is not None else None
+        return bool((self._results is not None and self._results.pending)
+                    or pending_elsewhere(self._real_path(), own)
+                    or self.conn.execute(_JOURNAL_ANY).fetchone() is not None)
 
     def describe_error(self, exc: BaseException) -> MailctlError | None:
         """A failure of this outbox's storage as a one-line MailctlError naming it; None when
@@ -395,6 +443,7 @@ class Outbox:
         return self._holder
 
     _holder: str | None = None
+    _results: ResultsFile | None = None  # (PgOutbox has none: it records every result in the database)
 
     def _free_dead_holders(self, now: float) -> None:
         """Claims whose holder process on this host is gone (killed, OOM, reboot) are due at
@@ -465,6 +514,9 @@ class Outbox:
             raise ValueError(outcome)
         if outcome == "sent" and recipients is None and not failed_recipients:
             now = self.clock()
+            if not renew_lease and self._results is not None and self._results.append(
+                    [(claim.id, owner, now, profile, server, reply, duration)]):
+                return True  # one write(): folded by the next write transaction
             if not renew_lease:  # one statement: its own transaction (no BEGIN/COMMIT round)
                 ours = self._journal(claim.id, owner, now, reply, server, profile, duration)
             else:
@@ -493,6 +545,9 @@ class Outbox:
             if r.outcome not in ("sent", "deferred", "failed", "expired"):
                 raise ValueError(r.outcome)
         now = self.clock()
+        if not renew_lease and self._results is not None and all(_plain(r) for r in results) and self._results.append(
+                [(r.claim.id, owner, now, r.profile, r.server, r.reply, r.duration) for r in results]):
+            return [True] * len(results)
         with self._write(fold=False):
             ours = [self._journal_or_record(r, owner, now) for r in results]
             if renew_lease:
@@ -508,7 +563,7 @@ class Outbox:
         return cur.rowcount == 1
 
     def _journal_or_record(self, r: AttemptResult, owner: str, now: float) -> bool:
-        if r.outcome == "sent" and r.recipients is None and not r.failed_recipients:
+        if _plain(r):
             if self._journal(r.claim.id, owner, now, r.reply, r.server, r.profile, r.duration):
                 return True
         return self._record(r, owner, now)
@@ -589,6 +644,8 @@ class Outbox:
         _LOG_DISORDER entries past the limit before it trusts what it has."""
         times: list[float] = [at for at, prof, server in self.conn.execute("SELECT at, profile, server FROM results")
                               if at >= since and server is not None and (profile is None or prof == profile)]
+        times += [e[2] for e in self._side_file_entries() if e[2] >= since and e[4] is not None
+                  and (profile is None or e[3] == profile)]
         counted = beyond = 0
         for at, prof, server in self.conn.execute(
             "SELECT at, profile, server FROM attempts WHERE outcome IN ('sent','deferred','failed') ORDER BY id DESC"
@@ -604,6 +661,23 @@ class Outbox:
                     break
         times.sort()
         return times[-limit:] if limit else times
+
+    def _side_file_entries(self) -> list[Entry]:
+        """The side files' results not applied yet (their message still sending for their
+        owner), this handle's and the others': once applied, a result is in the attempt log."""
+        others = Others(results_dir(self._real_path()), self._results.path if self._results is not None else None)
+        others.release()  # read only: the folding is a write transaction's
+        entries = [*(self._results.pending if self._results is not None else ()), *others.entries]
+        if not entries:
+            return []
+        owners = {}
+        ids = sorted({e[0] for e in entries})
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            owners.update(self.conn.execute(
+                f"SELECT id, lease_owner FROM messages WHERE state='sending' AND id IN ({','.join('?' * len(chunk))})",
+                chunk).fetchall())
+        return [e for e in entries if owners.get(e[0]) == e[1]]
 
     # reading -------------------------------------------------------------
     def count_due(self, *, profiles: Sequence[str | None] | None = None) -> int:
@@ -1145,6 +1219,11 @@ _ATTEMPT_INSERT = "INSERT INTO attempts (message, at, profile, server, outcome, 
 _JOURNAL_INSERT = ("INSERT INTO results (message, owner, at, profile, server, reply, duration) SELECT ?,?,?,?,?,?,?"
                    " WHERE EXISTS (SELECT 1 FROM messages WHERE id=? AND state='sending' AND lease_owner=?)")
 _JOURNAL_READ = "SELECT message, owner, at, profile, server, reply, duration FROM results ORDER BY id"
+# the synchronous modes whose plain successes go to a side file (resultsfile.py): the others
+# sync every commit, which a write() to the side file would not match
+_SIDE_FILE_MODES = ("NORMAL", "OFF")
+# side-file lines (resultsfile.py) into the table, to be folded with it in the same transaction
+_JOURNAL_STAGE = "INSERT INTO results (message, owner, at, profile, server, reply, duration) VALUES (?,?,?,?,?,?,?)"
 _JOURNAL_ANY = "SELECT 1 FROM results LIMIT 1"
 # how far out of time order the attempt log can be (sent_since): a fold appends a claim's worth
 # of successes (100 a connection) after what other connections wrote directly meanwhile
@@ -1155,8 +1234,20 @@ _FOLD_MESSAGES = ("UPDATE messages SET state='sent', attempts=attempts+1, last_a
                   " last_server=r.server, updated_at=r.at, done_at=r.at, lease_owner=NULL, lease_until=NULL"
                   " FROM results AS r WHERE messages.id=r.message AND messages.state='sending'"
                   " AND messages.lease_owner=r.owner")
+# logged once: another handle may have folded the same side-file line before (its writer
+# empties the file only after its own fold); a result for a row taken over is logged all the same
 _FOLD_ATTEMPTS = ("INSERT INTO attempts (message, at, profile, server, outcome, reply, duration)"
-                  " SELECT message, at, profile, server, 'sent', reply, duration FROM results ORDER BY id")
+                  " SELECT message, at, profile, server, 'sent', reply, duration FROM results AS r"
+                  " WHERE NOT EXISTS (SELECT 1 FROM attempts AS a WHERE a.message=r.message AND a.outcome='sent'"
+                  " AND a.at=r.at AND a.server IS r.server AND a.reply IS r.reply) ORDER BY id")
+_ATTEMPT_ONCE = ("INSERT INTO attempts (message, at, profile, server, outcome, reply, duration)"
+                 " SELECT ?,?,?,?,'sent',?,? WHERE NOT EXISTS (SELECT 1 FROM attempts WHERE message=? AND outcome='sent'"
+                 " AND at=? AND server IS ? AND reply IS ?)")
+
+
+def _plain(r: AttemptResult) -> bool:
+    """A plain success: sent to every recipient (what the journal and the side file hold)."""
+    return r.outcome == "sent" and r.recipients is None and not r.failed_recipients
 
 
 def _result_sets(r: AttemptResult, now: float, done: float | None) -> tuple[list[str], list[Any]]:
@@ -1215,10 +1306,20 @@ def _named(cursor: sqlite3.Cursor) -> sqlite3.Cursor:
 def _claimed(row: sqlite3.Row, raw: bytes) -> ClaimedMessage:
     """A claimed row (_CLAIM_COLS) and its body as the record the flush works with."""
     return ClaimedMessage(
-        id=row["id"], profile=row["profile"], sender=row["sender"], recipients=json.loads(row["recipients"]),
+        id=row["id"], profile=row["profile"], sender=row["sender"], recipients=_recipients(row["recipients"]),
         raw=bytes(raw), attempts=row["attempts"], created_at=row["created_at"], age_base=row["age_base"],
         message_id=row["message_id"], reclaimed=row["state"] == "sending",
     )
+
+
+def _recipients(text: str) -> list[str]:
+    """The recipients column (json.dumps of a list, so ASCII with escapes). One address with
+    nothing escaped, the usual case, is read without the JSON parser."""
+    if text.startswith('["') and text.endswith('"]'):
+        inner = text[2:-2]
+        if '"' not in inner and "\\" not in inner:
+            return [inner]
+    return json.loads(text)
 
 
 def _info(row: sqlite3.Row) -> MessageInfo:
@@ -1250,9 +1351,11 @@ class _WriteTxn:
     """BEGIN IMMEDIATE ... COMMIT: take the write lock up front so two writers never deadlock
     upgrading read locks; SQLite's busy timeout makes the second one wait."""
 
-    def __init__(self, conn: sqlite3.Connection, first: Callable[[], Any] | None = None) -> None:
+    def __init__(self, conn: sqlite3.Connection, first: Callable[[], Any] | None = None,
+                 then: Callable[[bool], None] | None = None) -> None:
         self.conn = conn
         self.first = first
+        self.then = then  # after COMMIT (True) or ROLLBACK (False)
 
     def __enter__(self) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -1261,10 +1364,23 @@ class _WriteTxn:
                 self.first()
             except BaseException:
                 self.conn.execute("ROLLBACK")
+                self._then(False)
                 raise
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                self._then(False)
+                raise
+            self._then(True)
         else:
             self.conn.execute("ROLLBACK")
+            self._then(False)
+
+    def _then(self, committed: bool) -> None:
+        if self.then is not None:
+            self.then(committed)

@@ -1,0 +1,268 @@
+"""A flush's plain successes in an append-only side file, beside an SQLite outbox.
+
+A plain success (sent to every recipient) must be on record before the connection's next
+message goes out: that is the outbox's crash guarantee. An SQLite commit costs some ten
+system calls however small it is; one `write()` to a file opened O_APPEND costs one, and is
+just as safe from the death of the process: once it returns, the kernel has the bytes. (From a
+power cut or kernel crash neither is safe without a sync: the outbox's default
+`synchronous=NORMAL` does not sync a commit either; with FULL the store writes no side file.)
+
+Layout: the directory `<outbox>.results/`, one file per open Outbox handle that has recorded a
+result, named `<pid>-<random>`, created under a dot name, locked (flock, exclusive) and only then
+renamed into view, so a file anyone can see is locked for as long as its writer lives. One line a
+result: the CRC-32 of the rest, then message, at, duration, reply, owner, profile, server (the
+results table's columns), tab-separated, escaped, \\N for none; a torn line (a power cut
+mid-write) fails its check and is skipped.
+
+The handle keeps what it wrote in memory and folds it into the database in its next write
+transaction (store.py: Outbox._fold_results), then empties the file. Any other handle's write
+transaction folds the files it can see too, a line only while its message is still the
+owner's: a flush killed before its fold has its deliveries applied, not repeated. A file whose
+lock can be taken is a dead writer's: removed once its lines are committed."""
+
+from __future__ import annotations
+
+import binascii
+import fcntl
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+# one result: (message, owner, at, profile, server, reply, duration), the results table's columns
+Entry = tuple[int, str, float, Any, Any, str, Any]
+
+_NULL = "\\N"
+_UNESCAPE = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+_ESCAPED = re.compile(r"\\(.)")
+
+
+def results_dir(db_path: Path) -> Path:
+    return Path(f"{db_path}.results")
+
+
+class ResultsFile:
+    """This handle's side file: written by `append`, emptied by `clear` once the lines it
+    holds are committed to the database. `usable` turns False for good on the first error (a
+    directory that cannot be written, a full disk): the store then journals in SQLite."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.dir = results_dir(db_path)
+        self.path: Path | None = None
+        self.fd = -1
+        self.usable = True
+        self.pending: list[Entry] = []  # written to the file, not folded yet
+
+    def append(self, entries: list[Entry]) -> bool:
+        """Write `entries` in one write(); True when the file has them (and `pending` too)."""
+        if not self.usable:
+            return False
+        data = encode(entries[0]) if len(entries) == 1 else b"".join([encode(e) for e in entries])
+        try:
+            if self.fd < 0:
+                self._open()
+            written = os.write(self.fd, data)
+        except (OSError, UnicodeEncodeError):
+            written = -1
+        if written != len(data):
+            # a torn line stays torn (its check fails); nothing more is written after it
+            self._give_up()
+            return False
+        self.pending.extend(entries)
+        return True
+
+    def _open(self) -> None:
+        try:
+            self.dir.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        name = f"{os.getpid()}-{os.urandom(6).hex()}"
+        hidden = self.dir / f".{name}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(hidden, flags, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(hidden, self.dir / name)
+        except BaseException:
+            os.close(fd)
+            _unlink(hidden)
+            raise
+        self.fd, self.path = fd, self.dir / name
+
+    def _give_up(self) -> None:
+        self.usable = False  # pending lines stay pending: folded from memory as before
+
+    def clear(self, folded: int) -> None:
+        """The first `folded` pending entries are committed: forget them, and empty the file
+        once nothing it holds is pending."""
+        del self.pending[:folded]
+        if not self.pending and self.fd >= 0 and self.usable:
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError:
+                self._give_up()
+
+    def close(self) -> None:
+        """At the handle's close: nothing pending (folded, or no result since), the file goes;
+        otherwise it stays for the next write transaction of any handle to fold."""
+        if self.fd < 0:
+            return
+        if not self.pending and self.path is not None:
+            _unlink(self.path)
+        os.close(self.fd)
+        self.fd = -1
+
+
+class Others:
+    """What the other handles' files hold, read for one write transaction (or one read):
+    `entries` to fold, and `dead`, the files whose writer is gone, held locked by this handle
+    until `remove()` after the commit."""
+
+    def __init__(self, directory: Path, own: Path | None) -> None:
+        self.entries: list[Entry] = []
+        self.dead: list[tuple[Path, int]] = []
+        try:
+            names = os.listdir(directory)
+        except OSError:  # no directory yet (no flush has written one), or unreadable
+            return
+        for name in names:
+            path = directory / name
+            if name.startswith("."):
+                _drop_unborn(path)
+            elif own is None or path != own:
+                self._read(path)
+
+    def _read(self, path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return  # removed meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            dead = True
+        except OSError:
+            dead = False  # its writer lives: read only, it empties the file itself
+        data = _read_all(fd)
+        self.entries.extend(decode(data))
+        if dead:
+            self.dead.append((path, fd))
+        else:
+            os.close(fd)
+
+    def remove(self) -> None:
+        """After the commit that applied them: the dead writers' files go."""
+        for path, fd in self.dead:
+            _unlink(path)
+            os.close(fd)
+        self.dead = []
+
+    def release(self) -> None:
+        """Nothing committed (a rollback): keep the files for the next writer."""
+        for _path, fd in self.dead:
+            os.close(fd)
+        self.dead = []
+
+
+def pending_elsewhere(db_path: Path, own: Path | None) -> bool:
+    """Whether any other handle's file holds a line (a cheap test before a read folds)."""
+    directory = results_dir(db_path)
+    try:
+        with os.scandir(directory) as it:
+            for entry in it:
+                if entry.name.startswith(".") or (own is not None and entry.path == str(own)):
+                    continue
+                try:
+                    if entry.stat(follow_symlinks=False).st_size:
+                        return True
+                except OSError:
+                    continue
+    except OSError:
+        return False
+    return False
+
+
+def encode(e: Entry) -> bytes:
+    """One line: the check, then message, at, duration, reply, owner, profile, server (the last
+    three are the same line after line: escaped once, see _tail)."""
+    message, owner, at, profile, server, reply, duration = e
+    tail = _TAILS.get((owner, profile, server)) or _tail(owner, profile, server)
+    line = (f"{message:d}\t{at!r}\t{_NULL if duration is None else repr(duration)}\t{_esc(reply)}\t{tail}"
+            ).encode("utf-8", "surrogatepass")
+    return b"%08x\t%s\n" % (binascii.crc32(line), line)
+
+
+_TAILS: dict[tuple[Any, Any, Any], str] = {}
+
+
+def _tail(owner: Any, profile: Any, server: Any) -> str:
+    if len(_TAILS) > 256:
+        _TAILS.clear()
+    text = _TAILS[(owner, profile, server)] = f"{_esc(owner)}\t{_esc(profile)}\t{_esc(server)}"
+    return text
+
+
+def decode(data: bytes) -> list[Entry]:
+    """The whole lines of `data` that pass their check; anything else is skipped."""
+    entries: list[Entry] = []
+    for line in data.split(b"\n")[:-1]:  # the last piece is "" or a line still being written
+        crc, _, rest = line.partition(b"\t")
+        try:
+            if int(crc, 16) != binascii.crc32(rest):
+                continue
+            f = rest.decode("utf-8", "surrogatepass").split("\t")
+            if len(f) != 7:
+                continue
+            entries.append((int(f[0]), _unesc(f[4]) or "", float(f[1]), _unesc(f[5]), _unesc(f[6]),
+                            _unesc(f[3]) or "", None if f[2] == _NULL else float(f[2])))
+        except ValueError:
+            continue
+    return entries
+
+
+def _esc(s: Any) -> str:
+    if s is None:
+        return _NULL
+    s = str(s)
+    # printable text has no tab, newline or carriage return; only a backslash is left to find
+    if not s.isprintable() or "\\" in s:
+        s = s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return s
+
+
+def _unesc(s: str) -> str | None:
+    if s == _NULL:
+        return None
+    return _ESCAPED.sub(lambda m: _UNESCAPE.get(m.group(1), m.group(1)), s) if "\\" in s else s
+
+
+def _drop_unborn(path: Path) -> None:
+    """A dot file is a side file not renamed into view yet: empty by construction. Unlocked,
+    its writer died between creating and renaming it (or has not locked it yet: its rename
+    then fails and it journals in SQLite instead); either way it can go."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
