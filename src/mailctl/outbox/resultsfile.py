@@ -49,6 +49,7 @@ class ResultsFile:
     def __init__(self, db_path: Path) -> None:
         self.dir = results_dir(db_path)
         self.path: Path | None = None
+        self.name: str | None = None  # of the file in `dir`, once made
         self.fd = -1
         self.usable = True
         self.pending: list[Entry] = []  # written to the file, not folded yet
@@ -87,7 +88,7 @@ class ResultsFile:
             os.close(fd)
             _unlink(hidden)
             raise
-        self.fd, self.path = fd, self.dir / name
+        self.fd, self.path, self.name = fd, self.dir / name, name
 
     def _give_up(self) -> None:
         self.usable = False  # pending lines stay pending: folded from memory as before
@@ -116,23 +117,26 @@ class ResultsFile:
 class Others:
     """What the other handles' files hold, read for one write transaction (or one read):
     `entries` to fold, and `dead`, the files whose writer is gone, held locked by this handle
-    until `remove()` after the commit."""
+    until `remove()` after the commit. `directory` and `own` are strings: this runs in every
+    write transaction, where pathlib's objects would cost more than the listing."""
 
-    def __init__(self, directory: Path, own: Path | None) -> None:
+    def __init__(self, directory: str, own: str | None) -> None:
         self.entries: list[Entry] = []
-        self.dead: list[tuple[Path, int]] = []
+        self.dead: list[tuple[str, int]] = []
         try:
             names = os.listdir(directory)
         except OSError:  # no directory yet (no flush has written one), or unreadable
             return
         for name in names:
-            path = directory / name
+            if name == own:
+                continue
+            path = f"{directory}/{name}"
             if name.startswith("."):
                 _drop_unborn(path)
-            elif own is None or path != own:
+            else:
                 self._read(path)
 
-    def _read(self, path: Path) -> None:
+    def _read(self, path: str) -> None:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
@@ -163,13 +167,12 @@ class Others:
         self.dead = []
 
 
-def pending_elsewhere(db_path: Path, own: Path | None) -> bool:
+def pending_elsewhere(directory: str, own: str | None) -> bool:
     """Whether any other handle's file holds a line (a cheap test before a read folds)."""
-    directory = results_dir(db_path)
     try:
         with os.scandir(directory) as it:
             for entry in it:
-                if entry.name.startswith(".") or (own is not None and entry.path == str(own)):
+                if entry.name.startswith(".") or entry.name == own:
                     continue
                 try:
                     if entry.stat(follow_symlinks=False).st_size:
@@ -235,7 +238,7 @@ def _unesc(s: str) -> str | None:
     return _ESCAPED.sub(lambda m: _UNESCAPE.get(m.group(1), m.group(1)), s) if "\\" in s else s
 
 
-def _drop_unborn(path: Path) -> None:
+def _drop_unborn(path: str) -> None:
     """A dot file is a side file not renamed into view yet: empty by construction. Unlocked,
     its writer died between creating and renaming it (or has not locked it yet: its rename
     then fails and it journals in SQLite instead); either way it can go."""
@@ -261,7 +264,7 @@ def _read_all(fd: int) -> bytes:
         chunks.append(chunk)
 
 
-def _unlink(path: Path) -> None:
+def _unlink(path: str | Path) -> None:
     try:
         os.unlink(path)
     except OSError:

@@ -196,7 +196,7 @@ class Outbox:
         own. A result changes its message only while the row is still its owner's, and is
         logged once, however many handles fold it. Returns the results applied."""
         own = self._results.pending if self._results is not None else []
-        others = Others(results_dir(self._real_path()), self._results.path if self._results is not None else None)
+        others = Others(self._side_dir(), self._results.name if self._results is not None else None)
         self._folding = (len(own), others)
         if own or others.entries:
             staged = {e[:3]: e for e in [*own, *others.entries]}  # (message, owner, at): one result
@@ -252,11 +252,19 @@ class Outbox:
 
     _real: Path | None = None
 
+    def _side_dir(self) -> str:
+        """Where the side files are (resultsfile.py), as a string: looked at in every write."""
+        if self._side is None:
+            self._side = str(results_dir(self._real_path()))
+        return self._side
+
+    _side: str | None = None
+
     def _unfolded(self) -> bool:
         """Whether any plain success on record waits for a fold (cheap: no lock taken)."""
-        own = self._results.path if self._results is not None else None
+        own = self._results.name if self._results is not None else None
         return bool((self._results is not None and self._results.pending)
-                    or pending_elsewhere(self._real_path(), own)
+                    or pending_elsewhere(self._side_dir(), own)
                     or self.conn.execute(_JOURNAL_ANY).fetchone() is not None)
 
     def describe_error(self, exc: BaseException) -> MailctlError | None:
@@ -665,7 +673,7 @@ class Outbox:
     def _side_file_entries(self) -> list[Entry]:
         """The side files' results not applied yet (their message still sending for their
         owner), this handle's and the others': once applied, a result is in the attempt log."""
-        others = Others(results_dir(self._real_path()), self._results.path if self._results is not None else None)
+        others = Others(self._side_dir(), self._results.name if self._results is not None else None)
         others.release()  # read only: the folding is a write transaction's
         entries = [*(self._results.pending if self._results is not None else ()), *others.entries]
         if not entries:
