@@ -116,7 +116,7 @@ def connect_via_proxy(proxy: ProxySpec, host: str, port: int, timeout: float) ->
 
 class _Deadline:
     """The monotonic deadline of one proxy handshake. Every recv gets only what is left of it
-    as its socket timeout (as transports.smtp's _DeadlineReader does for SMTP replies), so the
+    as its socket timeout (as transports.smtp's SmtpSession does for SMTP replies), so the
     stage as a whole, not each read, is bounded by `timeout`."""
 
     def __init__(self, proxy: ProxySpec, timeout: float):
