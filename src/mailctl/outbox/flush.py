@@ -216,14 +216,31 @@ ProgressFn = Callable[..., None]
 
 class _Pending:
     """One connection's result, handed to the run's _Results; committed (`done`), or its
-    write failed (`error`)."""
+    write failed (`error`). It carries the AttemptResult's fields itself (one object a
+    message, not two); `result` builds the AttemptResult when several go in one commit."""
 
-    __slots__ = ("result", "done", "error")
+    __slots__ = ("claim", "outcome", "reply", "server", "profile", "duration", "next_attempt_at", "recipients",
+                 "failed_recipients", "done", "error")
 
-    def __init__(self, result: AttemptResult) -> None:
-        self.result = result
+    def __init__(self, claim: ClaimedMessage, outcome: str, reply: str, server: str | None, profile: str | None,
+                 duration: float | None, next_attempt_at: float | None, recipients: list[str] | None,
+                 failed_recipients: dict[str, str]) -> None:
+        self.claim = claim
+        self.outcome = outcome
+        self.reply = reply
+        self.server = server
+        self.profile = profile
+        self.duration = duration
+        self.next_attempt_at = next_attempt_at
+        self.recipients = recipients
+        self.failed_recipients = failed_recipients
         self.done = False
         self.error: BaseException | None = None
+
+    @property
+    def result(self) -> AttemptResult:
+        return AttemptResult(self.claim, self.outcome, self.reply, self.server, self.profile, self.duration,
+                             self.next_attempt_at, self.recipients, self.failed_recipients)
 
 
 class _Results:
@@ -239,50 +256,55 @@ class _Results:
         self.store = store
         self.owner = owner
         self.lease_seconds = lease_seconds
+        # renew the lease on the rest of our claim now and then (not on every commit: that
+        # would rewrite those rows' pages each time); a quarter of the lease leaves ample margin
+        self.renew_every = min(60.0, lease_seconds / 4)
         self.lock = threading.RLock()
-        self.waiting: list[_Pending] = []
+        # several threads (the lanes of --connections) use these results and the run's report:
+        # their locks are taken (FlushRun.deliver_in_lanes sets it before the lanes start).
+        # One connection: the run's own thread alone uses them, and no lock is taken (a `with`
+        # on a lock costs ~300 ns on the bench's VM, and a message took three)
+        self.shared = False
+        self.waiting: list[_Pending] = []  # appended to under `lock` when shared (FlushRun.commit)
         self.renewed = 0.0  # when the owner's claimed rows' leases were last pushed forward
-
-    def add(self, result: AttemptResult) -> _Pending:
-        p = _Pending(result)
-        with self.lock:
-            self.waiting.append(p)
-        return p
 
     def write(self, p: _Pending) -> None:
         """Make sure `p` is committed: written already by another connection's commit, or
         now, together with everything else pending. A failed write fails all it carried."""
+        if not self.shared:
+            self._write(p)
+            return
         with self.lock:
-            if p.done:
-                return
-            if p.error is not None:
-                raise p.error
-            batch, self.waiting = self.waiting, []
-            try:
-                renew = self.renewal()
-                if len(batch) == 1:  # one connection: always
-                    r = batch[0].result
-                    self.store.record_attempt(
-                        r.claim, self.owner, r.outcome, reply=r.reply, server=r.server, profile=r.profile,
-                        duration=r.duration, next_attempt_at=r.next_attempt_at, recipients=r.recipients,
-                        renew_lease=renew, failed_recipients=r.failed_recipients or None)
-                else:
-                    self.store.record_attempts(self.owner, [q.result for q in batch], renew_lease=renew)
-            except BaseException as exc:
-                for q in batch:
-                    q.error = exc
-                raise
-            for q in batch:
-                q.done = True
+            self._write(p)
 
-    def renewal(self) -> float | None:
-        # renew the lease on the rest of our claim now and then (not on every commit: that
-        # would rewrite those rows' pages each time); a quarter of the lease leaves ample margin
-        now = self.store.clock()
-        if now - self.renewed >= min(60.0, self.lease_seconds / 4):
-            self.renewed = now
-            return self.lease_seconds
-        return None
+    def _write(self, p: _Pending) -> None:
+        """write(), under `lock` when shared."""
+        if p.done:
+            return
+        if p.error is not None:
+            raise p.error
+        batch, self.waiting = self.waiting, []
+        try:
+            store = self.store
+            now = store.clock()  # the renewal, inline (once a commit: the hot path)
+            renew = None
+            if now - self.renewed >= self.renew_every:
+                self.renewed = now
+                renew = self.lease_seconds
+            if len(batch) == 1:  # one connection: always
+                r = batch[0]
+                store.record_attempt(
+                    r.claim, self.owner, r.outcome, reply=r.reply, server=r.server, profile=r.profile,
+                    duration=r.duration, next_attempt_at=r.next_attempt_at, recipients=r.recipients,
+                    renew_lease=renew, failed_recipients=r.failed_recipients or None)
+            else:
+                store.record_attempts(self.owner, [q.result for q in batch], renew_lease=renew)
+        except BaseException as exc:
+            for q in batch:
+                q.error = exc
+            raise
+        for q in batch:
+            q.done = True
 
 
 class _Session:
@@ -294,6 +316,9 @@ class _Session:
         self.error = error
         self.transport: Any = None
         self.limiter: RateLimiter | None = None
+        # the limiters in force for its messages (the run's and its own, those with a limit),
+        # worked out on its first message: the same for every message after
+        self.limiters: list[RateLimiter] | None = None
         self.failures = 0  # connection-level failures in a row
 
 
@@ -357,6 +382,9 @@ LOCAL_CREDENTIAL_FAILURES = ("secret-missing", "login-needed")
 
 def _quiet(*args: Any, **kwargs: Any) -> None:
     pass
+
+
+_monotonic = time.monotonic  # durations, read twice a message: one global lookup, not two
 
 
 class FlushRun:
@@ -482,9 +510,11 @@ class FlushRun:
                 claims = self.claim()
                 if not claims:
                     break
-                for i, c in enumerate(claims):
-                    self.check_stop()
-                    if self.deliver(c, claims[i + 1] if i + 1 < len(claims) else None):
+                stop, deliver = self.stop, self.deliver  # the per-message loop: no lookups it need not make
+                for c, nxt in zip(claims, [*claims[1:], None]):
+                    if stop is not None and stop():
+                        raise _Stop()
+                    if deliver(c, nxt):
                         self.processed += 1
                 self.in_batch += len(claims)
                 if self.policy.batch_size and self.in_batch >= self.policy.batch_size:
@@ -515,6 +545,7 @@ class FlushRun:
         this, the main thread) or a stop request: every lane finishes the message in flight
         and commits it, then the untried claims go back."""
         self.store = _Serialized(self.store, self.results.lock)  # one handle, one caller at a time
+        self.results.shared = True  # before the lanes start: from now on every use takes the lock
         lanes = self.lanes = _Lanes(self)
         # A lane says it is done with an Event, not by ending its thread: on Python 3.11 a
         # Thread.join() that Ctrl-C interrupts can leave a running thread marked as stopped,
@@ -567,9 +598,6 @@ class FlushRun:
             with self.report_lock:
                 self.report.connections_capped[prof.name or "(default)"] = most
         return max(1, min(want, most))
-
-    def profile_key(self, name: str | None) -> str | None:
-        return name if name is not None else self.default_name
 
     def check_stop(self) -> None:
         if self.stop is not None and self.stop():
@@ -627,6 +655,8 @@ class FlushRun:
 
     # sessions and rate limits ------------------------------------------------
     def session_for(self, name: str | None) -> _Session:
+        """The session of profile `name` (None: the default), made on its first message
+        (deliver() looks an existing one up itself: once a message)."""
         key = name if name is not None else self.default_name
         s = self.sessions.get(key)
         if s is None:
@@ -687,11 +717,13 @@ class FlushRun:
 
     def settle_while_waiting(self) -> None:
         # runs inside the transport; a failure must stop the flush, not count as this
-        # message's delivery trouble
-        try:
-            self.settle()
-        except BaseException as exc:
-            raise _SettleFailed(exc) from exc
+        # message's delivery trouble (settle(), inline: once a message)
+        p, self.pending = self.pending, None
+        if p is not None:
+            try:
+                self.results.write(p)
+            except BaseException as exc:
+                raise _SettleFailed(exc) from exc
 
     def commit(self, c: ClaimedMessage, outcome: str, reply: str, server: str | None, profile: str | None,
                duration: float | None, *, recipients: Sequence[str] | None = None,
@@ -703,12 +735,23 @@ class FlushRun:
         # see settle()): only ever one result a connection is uncommitted, and it is always
         # committed before that connection sends another message's data, so a kill at any
         # instant repeats at most that one (per connection).
-        self.settle()
-        failed = dict(failed_recipients or {})
-        self.pending = self.results.add(AttemptResult(
-            c, outcome, reply, server, profile, duration, next_at,
-            None if recipients is None else list(recipients), failed))
-        self.count(MessageOutcome(c.id, outcome, reply, server, profile, next_at, error, failed))
+        if self.pending is not None:
+            self.settle()
+        failed = dict(failed_recipients) if failed_recipients else {}
+        p = _Pending(c, outcome, reply, server, profile, duration, next_at,
+                     None if recipients is None else list(recipients), failed)
+        results = self.results
+        if results.shared:  # lanes share the results and the report
+            with results.lock:
+                results.waiting.append(p)
+        else:  # one connection: this thread alone uses them, no lock to take
+            results.waiting.append(p)
+        self.pending = p
+        if results.shared:
+            with self.report_lock:
+                self.count(c.id, outcome, reply, server, profile, next_at, error, failed)
+        else:
+            self.count(c.id, outcome, reply, server, profile, next_at, error, failed)
         if self.attempt_log is not None:
             with self.report_lock:
                 self.log_attempt(c, outcome, reply, server, profile, duration)
@@ -730,59 +773,78 @@ class FlushRun:
             return "expired", f"{reply} (expired: undelivered after max_retry_age)".strip(), None
         return "deferred", reply, now + backoff_delay(c.attempts + 1, self.policy.min_backoff, self.policy.max_backoff)
 
-    def count(self, result: MessageOutcome) -> None:
+    def count(self, message_id: int, outcome: str, reply: str, server: str | None, profile: str | None,
+              next_at: float | None, error: MailctlError | None, failed: dict[str, str]) -> None:
+        """Count one result into the report (commit() holds report_lock when lanes share it).
+        The MessageOutcome is built only when the report keeps it (a problem, --keep-results),
+        and the progress callback called only when there is one: a plain success costs a
+        counter."""
         report = self.report
-        with self.report_lock:
-            setattr(report, result.outcome, getattr(report, result.outcome) + 1)
-            if result.failed_recipients and result.outcome != "failed":
-                report.partially_failed += 1
-            if (result.outcome != "sent" or result.failed_recipients) and len(report.problems) < 100:
+        if outcome == "sent":
+            report.sent += 1
+        else:
+            setattr(report, outcome, getattr(report, outcome) + 1)
+        if failed and outcome != "failed":
+            report.partially_failed += 1
+        problem = (outcome != "sent" or bool(failed)) and len(report.problems) < 100
+        keep = self.options.keep_results
+        if problem or keep:
+            result = MessageOutcome(message_id, outcome, reply, server, profile, next_at, error, failed)
+            if problem:
                 report.problems.append(result)
-            if self.options.keep_results:
+            if keep:
                 report.results.append(result)
-            self.notify("message", id=result.id, outcome=result.outcome, reply=result.reply)
+        if self.notify is not _quiet:
+            self.notify("message", id=message_id, outcome=outcome, reply=reply)
 
     # delivering one message ----------------------------------------------------
     def deliver(self, c: ClaimedMessage, nxt: ClaimedMessage | None = None) -> bool:
         """Deliver one claimed message; True when that was a delivery attempt (--limit counts
         those), False when it was left alone (a configuration problem) or expired untried.
         `nxt`: the message after it in this claim, whose envelope may follow this one's data
-        on the wire (then_on_wire)."""
-        s = self.session_for(c.profile)
-        if s.error is not None and config_problem(s.error):
-            self.leave(c, s)
-            return False
-        overlap = s.error is None and s.transport is not None and getattr(s.transport, "overlaps_work", False)
-        if not overlap:
-            self.settle()
+        on the wire (then_on_wire). The hot path, run once a message: it reads each thing once
+        and builds nothing a plain success does not need."""
+        s = self.sessions.get(c.profile if c.profile is not None else self.default_name) or self.session_for(c.profile)
         if s.error is not None:
+            if config_problem(s.error):
+                self.leave(c, s)
+                return False
+            self.settle()
             self.commit(c, "deferred", f"profile {s.name or '(default)'}: {s.error.message}", None, s.name, None,
                         error=s.error)
             return True
-        overdue = self.overdue(c)
-        limiters = [lim for lim in (self.global_limiter, s.limiter) if lim and lim.per_minute]
-        if not overdue:
+        transport = s.transport
+        overlap = transport is not None and getattr(transport, "overlaps_work", False)
+        if not overlap and self.pending is not None:
+            self.settle()
+        overdue = c.attempts > 0 and self.overdue(c)
+        limiters = s.limiters
+        if limiters is None:
+            limiters = s.limiters = [lim for lim in (self.global_limiter, s.limiter) if lim and lim.per_minute]
+        if limiters and not overdue:
             self.wait_for_rate_limits(limiters)
-        t0 = time.monotonic()
-        if s.transport is None and not self.connect(s, c, t0):
-            return not config_problem(s.error)
+        t0 = _monotonic()
+        if transport is None:
+            if not self.connect(s, c, t0):
+                return not config_problem(s.error)
+            transport = s.transport
         if overdue:
             # still deferred after max_retry_age, and its profile works: give up without a try
             self.commit(c, "expired", "still undelivered after max_retry_age", None, s.name, None)
             return False
         try:
-            if self.shared_limits is None:  # shared ones were taken in wait_for_rate_limits
+            if limiters and self.shared_limits is None:  # shared ones were taken in wait_for_rate_limits
                 for lim in limiters:
                     lim.record(self.clock())
             # (also on a connection just opened for this message: no result is pending then)
-            then = self.then_on_wire(s, nxt, limiters) if getattr(s.transport, "announces_next", False) else None
+            then = self.then_on_wire(s, nxt, limiters) if getattr(transport, "announces_next", False) else None
             if then is not None:  # a transport that announces_next takes both
-                result = s.transport.send(c.raw, c.sender, list(c.recipients), then=then,
-                                          while_waiting=self.settle_while_waiting if self.pending is not None else None)
+                result = transport.send(c.raw, c.sender, list(c.recipients), then=then,
+                                        while_waiting=self.settle_while_waiting if self.pending is not None else None)
             elif overlap and self.pending is not None:
-                result = s.transport.send(c.raw, c.sender, list(c.recipients), while_waiting=self.settle_while_waiting)
+                result = transport.send(c.raw, c.sender, list(c.recipients), while_waiting=self.settle_while_waiting)
             else:
-                result = s.transport.send(c.raw, c.sender, list(c.recipients))
+                result = transport.send(c.raw, c.sender, list(c.recipients))
         except DeliveryError as exc:
             s.failures = 0
             self.refused(c, s, exc, t0)
@@ -797,7 +859,7 @@ class FlushRun:
             self.connection_trouble(c, s, exc, t0)
             return not config_problem(s.error)
         s.failures = 0
-        self.accepted(c, s, result, time.monotonic() - t0)
+        self.accepted(c, s, result, _monotonic() - t0)
         return True
 
     def then_on_wire(self, s: _Session, nxt: ClaimedMessage | None, limiters: Sequence[RateLimiter]) -> tuple | None:
@@ -806,7 +868,7 @@ class FlushRun:
         lane's own, with --connections), no rate limit to wait for, not due to expire untried,
         no --limit about to end the run. Its data still waits for this message's result to be
         committed."""
-        if nxt is None or limiters or self.overdue(nxt):
+        if nxt is None or limiters or (nxt.attempts > 0 and self.overdue(nxt)):  # overdue needs a try before
             return None
         if self.options.limit is not None and self.processed + 1 >= self.options.limit:
             return None
@@ -898,10 +960,12 @@ class FlushRun:
 
     def accepted(self, c: ClaimedMessage, s: _Session, result: Any, duration: float) -> None:
         """The server accepted the message, for every recipient or (partial refusal) some."""
-        refused = dict(getattr(result, "refused", None) or {})
-        reply = result.reply or ""
-        if refused:
-            reply += "; refused: " + _refusals(refused)
+        refused = getattr(result, "refused", None)
+        if not refused:  # every recipient (nearly always): no refusal to work out
+            self.commit(c, "sent", result.reply or "", result.server, s.name, duration)
+            return
+        refused = dict(refused)
+        reply = (result.reply or "") + "; refused: " + _refusals(refused)
         retry = partial_refusal(refused, c.recipients, accepted=True)
         failed = _permanent(refused)  # delivered to the others: kept, shown as partly failed
         if retry is not None:
@@ -945,7 +1009,9 @@ class _Lanes:
 
     def __init__(self, run: FlushRun) -> None:
         self.run = run
-        self.cond = threading.Condition()
+        # the hand-out's one lock (nothing waits on it: a plain RLock, whose `with` costs no
+        # Python call, where a Condition's does; taken twice a message)
+        self.cond = threading.RLock()
         self.ready: deque[ClaimedMessage] = deque()
         self.parked: dict[str | None, deque[ClaimedMessage]] = {}
         self.busy: dict[str | None, int] = {}  # lanes holding a slot of each profile
@@ -1043,9 +1109,10 @@ class _Lanes:
             q = self.parked.get(key)
             if q:
                 return q.popleft()
-        while self.ready:
-            c = self.ready.popleft()
-            key = self.run.profile_key(c.profile)
+        ready, default = self.ready, self.run.default_name
+        while ready:
+            c = ready.popleft()
+            key = c.profile if c.profile is not None else default  # its session's key (session_for)
             if key in lane.held or self.grant(lane, key):
                 return c
             self.parked.setdefault(key, deque()).append(c)
