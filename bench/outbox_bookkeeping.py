@@ -11,7 +11,8 @@ Two measures, each the median of the rounds:
 - `engine_cpu_us_per_msg`: the whole FlushRun over a transport that accepts every message at
   once (no socket): the store's part plus the engine's own Python per message. With
   `--connections N`, N lanes (threads) share the run and their results are group-committed:
-  `engine_commits_per_msg` says how many commits a message cost (1.0: one each). The
+  `engine_commits_per_msg` says how many database commits a message cost (1.0: one each;
+  a plain success written to a side file is none), counted in a round of its own. The
   transport then takes `--server-us` microseconds a message (a sleep, as a server's round
   trip would), so that results of several lanes meet.
 
@@ -137,12 +138,13 @@ def wal_per_commit(box, commits: int = 1000) -> int:
     return round(grew / commits)
 
 
-def engine_round(box, connections: int = 1, delay: float = 0.0) -> tuple[float, int]:
-    """CPU seconds of a whole flush, and the commits it made."""
+def engine_round(box, connections: int = 1, delay: float = 0.0, *, count_commits: bool = False) -> tuple[float, int]:
+    """CPU seconds of a whole flush, and (`count_commits`) the commits it made. Counting takes
+    a trace callback, Python run for every statement, so a round that counts is not timed."""
     profile = _Profile()
     profile.values = {"max_connections": connections}
     commits = [0]
-    if hasattr(box.conn, "set_trace_callback"):
+    if count_commits and hasattr(box.conn, "set_trace_callback"):
         def count(sql: str, txn=[False]) -> None:
             # a COMMIT, or a write statement outside BEGIN ... COMMIT (its own transaction)
             if sql.startswith("BEGIN"):
@@ -199,9 +201,12 @@ def main() -> None:
                         wal.append(wal_per_commit(box))
                 else:
                     delay = a.server_us / 1e6 if a.connections > 1 else 0.0
-                    cpu, made = engine_round(box, a.connections, delay)
-                    engine_cpu.append(cpu)
-                    commits.append(made)
+                    engine_cpu.append(engine_round(box, a.connections, delay)[0])
+                    if n == 0 and not a.pg:  # the commits, once, in a round of their own
+                        counted = open_box(tmp, 10_000 + n, a.pg, Clock())
+                        counted.enqueue_many(msgs)
+                        commits.append(engine_round(counted, a.connections, delay, count_commits=True)[1])
+                        counted.close()
                 if a.pg:
                     box.conn.raw.execute(f"DROP SCHEMA {box.schema} CASCADE")
                 box.close()
