@@ -11,8 +11,8 @@ Layout: the directory `<outbox>.results/`, one file per open Outbox handle that 
 result, named `<pid>-<random>`, created under a dot name, locked (flock, exclusive) and only then
 renamed into view, so a file anyone can see is locked for as long as its writer lives. One line a
 result: the CRC-32 of the rest, then message, at, duration, reply, owner, profile, server (the
-results table's columns), tab-separated, escaped, \\N for none; a torn line (a power cut
-mid-write) fails its check and is skipped.
+results table's columns; the times as the hex of their IEEE 754 bits), tab-separated,
+escaped, \\N for none; a torn line (a power cut mid-write) fails its check and is skipped.
 
 The handle keeps what it wrote in memory and folds it into the database in its next write
 transaction (store.py: Outbox._fold_results), then empties the file. Any other handle's write
@@ -26,6 +26,7 @@ import binascii
 import fcntl
 import os
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -185,22 +186,28 @@ def pending_elsewhere(directory: str, own: str | None) -> bool:
 
 
 def encode(e: Entry) -> bytes:
-    """One line: the check, then message, at, duration, reply, owner, profile, server (the last
-    three are the same line after line: escaped once, see _tail)."""
+    """One line: the check, then message, at, duration (the IEEE 754 bits of the float in hex:
+    exact, and a fraction of repr()'s cost), reply, owner, profile, server. The last three are
+    the same line after line: escaped and encoded once (_tail)."""
     message, owner, at, profile, server, reply, duration = e
     tail = _TAILS.get((owner, profile, server)) or _tail(owner, profile, server)
-    line = (f"{message:d}\t{at!r}\t{_NULL if duration is None else repr(duration)}\t{_esc(reply)}\t{tail}"
+    if not reply.isprintable() or "\\" in reply:
+        reply = _esc(reply)
+    head = (f"{message:d}\t{_pack(at).hex()}\t{_NULL if duration is None else _pack(duration).hex()}\t{reply}"
             ).encode("utf-8", "surrogatepass")
-    return b"%08x\t%s\n" % (binascii.crc32(line), line)
+    return b"%08x\t" % binascii.crc32(tail, binascii.crc32(head)) + head + tail
 
 
-_TAILS: dict[tuple[Any, Any, Any], str] = {}
+_pack = struct.Struct("<d").pack
+_unpack = struct.Struct("<d").unpack
+_TAILS: dict[tuple[Any, Any, Any], bytes] = {}
 
 
-def _tail(owner: Any, profile: Any, server: Any) -> str:
+def _tail(owner: Any, profile: Any, server: Any) -> bytes:
     if len(_TAILS) > 256:
         _TAILS.clear()
-    text = _TAILS[(owner, profile, server)] = f"{_esc(owner)}\t{_esc(profile)}\t{_esc(server)}"
+    text = _TAILS[(owner, profile, server)] = (
+        f"\t{_esc(owner)}\t{_esc(profile)}\t{_esc(server)}\n".encode("utf-8", "surrogatepass"))
     return text
 
 
@@ -210,16 +217,22 @@ def decode(data: bytes) -> list[Entry]:
     for line in data.split(b"\n")[:-1]:  # the last piece is "" or a line still being written
         crc, _, rest = line.partition(b"\t")
         try:
-            if int(crc, 16) != binascii.crc32(rest):
+            if int(crc, 16) != binascii.crc32(rest + b"\n"):
                 continue
             f = rest.decode("utf-8", "surrogatepass").split("\t")
             if len(f) != 7:
                 continue
-            entries.append((int(f[0]), _unesc(f[4]) or "", float(f[1]), _unesc(f[5]), _unesc(f[6]),
-                            _unesc(f[3]) or "", None if f[2] == _NULL else float(f[2])))
+            entries.append((int(f[0]), _unesc(f[4]) or "", _float(f[1]), _unesc(f[5]), _unesc(f[6]),
+                            _unesc(f[3]) or "", None if f[2] == _NULL else _float(f[2])))
         except ValueError:
             continue
     return entries
+
+
+def _float(text: str) -> float:
+    if len(text) != 16:
+        raise ValueError(f"not a packed float: {text!r}")
+    return _unpack(bytes.fromhex(text))[0]
 
 
 def _esc(s: Any) -> str:
