@@ -139,9 +139,30 @@ class _Deadline:
                      "proxy-failed", exc)
 
     def open_tcp(self) -> socket.socket:
-        """The TCP connection to the proxy itself, within the deadline."""
+        """The TCP connection to the proxy itself, within the deadline: the lookup of its name
+        too (net.lookup; create_connection's own getaddrinfo would wait out glibc's timeouts),
+        then its addresses in turn with what is left, the first error reported (as
+        create_connection does)."""
+        from mailctl.net.lookup import LookupTimeout, resolve
+
         try:
-            return socket.create_connection((self.proxy.host, self.proxy.port), timeout=self.left())
+            infos = resolve(self.proxy.host, self.proxy.port, timeout=self.left(), type=socket.SOCK_STREAM)
+            first: OSError | None = None
+            for family, socktype, proto, _canon, sockaddr in infos:
+                sock = socket.socket(family, socktype, proto)
+                try:
+                    sock.settimeout(self.left())
+                    sock.connect(sockaddr)
+                    return sock
+                except BaseException as exc:
+                    sock.close()
+                    if not isinstance(exc, OSError) or self.end <= time.monotonic():
+                        raise
+                    first = first or exc
+            raise first or OSError("getaddrinfo returned no address")
+        except LookupTimeout as exc:
+            raise _fail(f"cannot resolve the proxy's host {self.proxy.host} within {self.timeout:g}s: no answer from the "
+                        f"resolver (waited {exc.waited:.1f}s; proxy {self.proxy.display})", "proxy-failed", exc) from exc
         except (TimeoutError, socket.timeout) as exc:
             raise self.timed_out(exc) from exc
         except OSError as exc:
@@ -229,8 +250,14 @@ def _socks5_address(proxy: ProxySpec, host: str, port: int, deadline: _Deadline)
         if len(name) > 255:
             raise ConfigError(f"host: {host} is too long for SOCKS5 (at most 255 bytes)")
         return b"\x03" + bytes([len(name)]) + name
+    from mailctl.net.lookup import LookupTimeout, resolve
+
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = resolve(host, port, timeout=deadline.left(), type=socket.SOCK_STREAM)
+    except LookupTimeout as exc:
+        raise _fail(f"cannot resolve {host} within {deadline.timeout:g}s: no answer from the resolver (waited "
+                    f"{time.monotonic() - deadline.start:.1f}s; socks5:// resolves here, socks5h:// lets the proxy "
+                    f"{proxy.display} resolve)", "proxy-failed", exc) from exc
     except socket.gaierror as exc:
         raise _fail(f"cannot resolve {host} (socks5:// resolves here; socks5h:// lets the proxy resolve): {exc.strerror or exc}",
                     "proxy-failed", exc) from exc

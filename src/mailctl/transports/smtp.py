@@ -807,9 +807,26 @@ class SmtpTransport:
 
     # --- stages (diagnostics time these one by one) ---------------------------------------
     def resolve(self, server: Server) -> list[tuple]:
-        """getaddrinfo for the server (skipped by callers when a proxy resolves)."""
+        """getaddrinfo for the server (skipped by callers when a proxy resolves), within the
+        stage's deadline (net.lookup): glibc's resolver would wait out its own timeouts (5 s a
+        try, per nameserver) past a short `timeout`. No answer in time is 69, as a connect
+        timeout is, so the alternate server is tried."""
+        from mailctl.net.lookup import MAX_PENDING, LookupTimeout, resolve
+
         try:
-            return socket.getaddrinfo(server.host, server.port, type=socket.SOCK_STREAM)
+            return resolve(server.host, server.port, timeout=self.timeout, type=socket.SOCK_STREAM)
+        except LookupTimeout as exc:
+            from mailctl.knowledge.smtp import Explanation
+
+            busy = f"; {MAX_PENDING} earlier lookups are still pending" if exc.busy else ""
+            err = UnavailableError(f"cannot resolve {server.host} within {self.timeout:g}s: no answer from the resolver "
+                                   f"(waited {exc.waited:.1f} s{busy})")
+            err = self._error(err, "resolve", exc, server=server)
+            raise self._explained(err, Explanation(
+                "timeout", f"The DNS lookup of {server.host} got no answer within {self.timeout:g} s: the nameservers "
+                "this machine uses (/etc/resolv.conf) are slow, unreachable or not answering for this name.",
+                f"Check DNS with `getent hosts {server.host}` and the nameservers in /etc/resolv.conf; raise the timeout "
+                f"if DNS is slow here: mailctl profile edit {self.profile.name} --timeout 60.", ExitCode.UNAVAILABLE)) from exc
         except socket.gaierror as exc:
             err = UnavailableError(f"cannot resolve {server.host}: {exc.strerror or exc}")
             raise self._error(err, "resolve", exc, server=server) from exc
