@@ -59,12 +59,15 @@ class ResultsFile:
         """Write `entries` in one write(); True when the file has them (and `pending` too)."""
         if not self.usable:
             return False
-        data = encode(entries[0]) if len(entries) == 1 else b"".join([encode(e) for e in entries])
+        try:
+            data = encode(entries[0]) if len(entries) == 1 else b"".join([encode(e) for e in entries])
+        except (ValueError, TypeError, AttributeError):  # text the database could not store either
+            return False  # (a lone surrogate): written there instead, it fails there, as it always did
         try:
             if self.fd < 0:
                 self._open()
             written = os.write(self.fd, data)
-        except (OSError, UnicodeEncodeError):
+        except OSError:
             written = -1
         if written != len(data):
             # a torn line stays torn (its check fails); nothing more is written after it
@@ -191,10 +194,10 @@ def encode(e: Entry) -> bytes:
     the same line after line: escaped and encoded once (_tail)."""
     message, owner, at, profile, server, reply, duration = e
     tail = _TAILS.get((owner, profile, server)) or _tail(owner, profile, server)
-    if not reply.isprintable() or "\\" in reply:
+    if reply is None or not reply.isprintable() or "\\" in reply:
         reply = _esc(reply)
     head = (f"{message:d}\t{_pack(at).hex()}\t{_NULL if duration is None else _pack(duration).hex()}\t{reply}"
-            ).encode("utf-8", "surrogatepass")
+            ).encode("utf-8")
     return b"%08x\t" % binascii.crc32(tail, binascii.crc32(head)) + head + tail
 
 
@@ -207,7 +210,7 @@ def _tail(owner: Any, profile: Any, server: Any) -> bytes:
     if len(_TAILS) > 256:
         _TAILS.clear()
     text = _TAILS[(owner, profile, server)] = (
-        f"\t{_esc(owner)}\t{_esc(profile)}\t{_esc(server)}\n".encode("utf-8", "surrogatepass"))
+        f"\t{_esc(owner)}\t{_esc(profile)}\t{_esc(server)}\n".encode("utf-8"))
     return text
 
 
@@ -219,11 +222,11 @@ def decode(data: bytes) -> list[Entry]:
         try:
             if int(crc, 16) != binascii.crc32(rest + b"\n"):
                 continue
-            f = rest.decode("utf-8", "surrogatepass").split("\t")
+            f = rest.decode("utf-8").split("\t")
             if len(f) != 7:
                 continue
             entries.append((int(f[0]), _unesc(f[4]) or "", _float(f[1]), _unesc(f[5]), _unesc(f[6]),
-                            _unesc(f[3]) or "", None if f[2] == _NULL else _float(f[2])))
+                            _unesc(f[3]), None if f[2] == _NULL else _float(f[2])))
         except ValueError:
             continue
     return entries
