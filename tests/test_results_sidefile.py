@@ -29,6 +29,16 @@ pytestmark = pytest.mark.timeout(120)
 OWNER = "flush-a"
 
 
+@pytest.fixture(params=["update_from", "row_by_row"])
+def fold_impl(request, monkeypatch):
+    """Both ways the fold applies what is staged: UPDATE ... FROM (SQLite 3.33+) and row by row."""
+    from mailctl.outbox import store
+
+    if request.param == "row_by_row":
+        monkeypatch.setattr(store, "_UPDATE_FROM", False)
+    return request.param
+
+
 def raw_msg(n: int) -> bytes:
     return (f"From: app@example.com\r\nTo: user@example.org\r\nSubject: side {n}\r\n"
             f"Message-ID: <s{n}@test.example>\r\n\r\nbody {n}\r\n").encode()
@@ -141,6 +151,28 @@ def test_a_reply_of_none_or_of_any_text_comes_back_as_written(tmp_path):
     with peek(path) as c:
         assert c.execute("SELECT reply FROM attempts ORDER BY id").fetchall() == [(r,) for r in replies]
     box.close()
+
+
+def test_a_line_for_a_message_deleted_since_is_dropped_not_a_broken_fold(tmp_path, fold_impl):
+    # another handle folds the live writer's line (the message reads as sent), deletes the
+    # message; the writer's own fold of the same line then has no message to log it for
+    path, box, claims = queued(tmp_path, 2)
+    assert sent(box, claims[0])
+    with Outbox(path) as other:
+        assert other.delete([claims[0].id]) == [claims[0].id]
+    assert box.release_claims(OWNER) == 1  # its fold: the deleted message's line is dropped
+    with peek(path) as c:
+        assert c.execute("SELECT count(*) FROM attempts").fetchone() == (0,)
+    # and a dead writer's file naming a deleted message does not stop every later write
+    assert sent(box, box.claim_batch(OWNER, 1, 300)[0])
+    os.close(box._results.fd)  # as if killed: the line only in the file, its lock gone
+    box.conn.close()
+    assert len(side_files(path)) == 1
+    with Outbox(path) as later:
+        later.conn.execute("DELETE FROM messages")  # gone, say by a restore of an older copy
+        later.enqueue(raw_msg(9), "app@example.com", ["user@example.org"])
+        assert later.count_by_state()["queued"] == 1
+    assert side_files(path) == []
 
 
 # 2 -------------------------------------------------------------------------------------------

@@ -209,7 +209,7 @@ class Outbox:
             self.conn.execute(_FOLD_MESSAGES)
         else:
             rows = self.conn.execute(_JOURNAL_READ).fetchall()
-            self.conn.executemany(_ATTEMPT_ONCE, [(message, at, profile, server, reply, duration, message, at, server, reply)
+            self.conn.executemany(_ATTEMPT_ONCE, [(message, at, profile, server, reply, duration, message, message, at, server, reply)
                                                   for message, _owner, at, profile, server, reply, duration in rows])
             self.conn.executemany(_RESULT_SENT, [(at, reply, server, at, at, message, owner)
                                                  for message, owner, at, _profile, server, reply, _duration in rows])
@@ -1243,13 +1243,17 @@ _FOLD_MESSAGES = ("UPDATE messages SET state='sent', attempts=attempts+1, last_a
                   " FROM results AS r WHERE messages.id=r.message AND messages.state='sending'"
                   " AND messages.lease_owner=r.owner")
 # logged once: another handle may have folded the same side-file line before (its writer
-# empties the file only after its own fold); a result for a row taken over is logged all the same
+# empties the file only after its own fold); a result for a row taken over is logged all the same;
+# one for a message deleted since (queue delete / purge after another handle folded it) is
+# dropped: its attempt-log entry would break the foreign key, and so every later fold
 _FOLD_ATTEMPTS = ("INSERT INTO attempts (message, at, profile, server, outcome, reply, duration)"
                   " SELECT message, at, profile, server, 'sent', reply, duration FROM results AS r"
-                  " WHERE NOT EXISTS (SELECT 1 FROM attempts AS a WHERE a.message=r.message AND a.outcome='sent'"
+                  " WHERE EXISTS (SELECT 1 FROM messages AS m WHERE m.id=r.message)"
+                  " AND NOT EXISTS (SELECT 1 FROM attempts AS a WHERE a.message=r.message AND a.outcome='sent'"
                   " AND a.at=r.at AND a.server IS r.server AND a.reply IS r.reply) ORDER BY id")
 _ATTEMPT_ONCE = ("INSERT INTO attempts (message, at, profile, server, outcome, reply, duration)"
-                 " SELECT ?,?,?,?,'sent',?,? WHERE NOT EXISTS (SELECT 1 FROM attempts WHERE message=? AND outcome='sent'"
+                 " SELECT ?,?,?,?,'sent',?,? WHERE EXISTS (SELECT 1 FROM messages WHERE id=?)"
+                 " AND NOT EXISTS (SELECT 1 FROM attempts WHERE message=? AND outcome='sent'"
                  " AND at=? AND server IS ? AND reply IS ?)")
 
 
