@@ -163,14 +163,16 @@ def test_a_line_for_a_message_deleted_since_is_dropped_not_a_broken_fold(tmp_pat
     assert box.release_claims(OWNER) == 1  # its fold: the deleted message's line is dropped
     with peek(path) as c:
         assert c.execute("SELECT count(*) FROM attempts").fetchone() == (0,)
+    box.close()
     # and a dead writer's file naming a deleted message does not stop every later write
-    assert sent(box, box.claim_batch(OWNER, 1, 300)[0])
-    os.close(box._results.fd)  # as if killed: the line only in the file, its lock gone
-    box.conn.close()
+    proc = subprocess.run([sys.executable, "-c", WRITER, str(path), "300", "1", "kill"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL and proc.stdout.split() == [str(claims[1].id)], proc.stderr
     assert len(side_files(path)) == 1
+    with peek(path) as c:
+        c.execute("DELETE FROM messages")  # gone, say by a restore of an older copy
     with Outbox(path) as later:
-        later.conn.execute("DELETE FROM messages")  # gone, say by a restore of an older copy
-        later.enqueue(raw_msg(9), "app@example.com", ["user@example.org"])
+        later.enqueue(raw_msg(9), "app@example.com", ["user@example.org"])  # a write: folds the dead file
         assert later.count_by_state()["queued"] == 1
     assert side_files(path) == []
 

@@ -195,8 +195,8 @@ class Outbox:
         once: consecutive rows share their pages, so a result costs a fraction of a commit of its
         own. A result changes its message only while the row is still its owner's, and is
         logged once, however many handles fold it. Returns the results applied."""
-        own = self._results.pending if self._results is not None else []
-        others = Others(self._side_dir(), self._results.name if self._results is not None else None)
+        own = self._own_lines()
+        others = self._others()
         self._folding = (len(own), others)
         if own or others.entries:
             staged = {e[:3]: e for e in [*own, *others.entries]}  # (message, owner, at): one result
@@ -260,11 +260,18 @@ class Outbox:
 
     _side: str | None = None
 
+    def _own_lines(self) -> list[Entry]:
+        """This handle's side-file lines not folded yet."""
+        return self._results.pending if self._results is not None else []
+
+    def _others(self) -> Others:
+        """The other handles' side files, read (resultsfile.Others)."""
+        return Others(self._side_dir(), self._results.name if self._results is not None else None)
+
     def _unfolded(self) -> bool:
         """Whether any plain success on record waits for a fold (cheap: no lock taken)."""
         own = self._results.name if self._results is not None else None
-        return bool((self._results is not None and self._results.pending)
-                    or pending_elsewhere(self._side_dir(), own)
+        return bool(self._own_lines() or pending_elsewhere(self._side_dir(), own)
                     or self.conn.execute(_JOURNAL_ANY).fetchone() is not None)
 
     def describe_error(self, exc: BaseException) -> MailctlError | None:
@@ -517,7 +524,9 @@ class Outbox:
         `recipients` (deferred only) narrows the envelope to those still to deliver.
         `failed_recipients` (recipient -> reply) adds to the ones refused for good.
         `renew_lease` extends the lease of this owner's other claimed rows in the same commit.
-        Returns False if the row was no longer ours (another flush reclaimed it)."""
+        Returns False if the row was no longer ours (another flush reclaimed it). A plain
+        success written to the side file returns True without knowing: the fold applies it
+        only while the row is still ours (and logs it either way)."""
         if outcome not in ("sent", "deferred", "failed", "expired"):
             raise ValueError(outcome)
         if outcome == "sent" and recipients is None and not failed_recipients:
@@ -673,9 +682,9 @@ class Outbox:
     def _side_file_entries(self) -> list[Entry]:
         """The side files' results not applied yet (their message still sending for their
         owner), this handle's and the others': once applied, a result is in the attempt log."""
-        others = Others(self._side_dir(), self._results.name if self._results is not None else None)
+        others = self._others()
         others.release()  # read only: the folding is a write transaction's
-        entries = [*(self._results.pending if self._results is not None else ()), *others.entries]
+        entries = [*self._own_lines(), *others.entries]
         if not entries:
             return []
         owners = {}
