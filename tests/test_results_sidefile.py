@@ -10,9 +10,11 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import struct
 import sys
 import textwrap
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -151,6 +153,22 @@ def test_a_reply_of_none_or_of_any_text_comes_back_as_written(tmp_path):
     with peek(path) as c:
         assert c.execute("SELECT reply FROM attempts ORDER BY id").fetchall() == [(r,) for r in replies]
     box.close()
+
+
+def test_the_line_format_is_the_one_earlier_releases_wrote():
+    """A killed flush's file is folded by whatever mailctl opens the outbox next, maybe a newer
+    one: the bytes of a line must not change (written here as session 6's encoder wrote them)."""
+    at, duration = 1_800_000_000.123456, 0.000123
+    packed = struct.pack("<d", at).hex(), struct.pack("<d", duration).hex()
+    body = f"12345\t{packed[0]}\t{packed[1]}\t250 2.0.0 Ok: queued\tflush-1\tbench\t127.0.0.1:25\n".encode()
+    line = b"%08x\t" % zlib.crc32(body) + body
+    entry = (12345, "flush-1", at, "bench", "127.0.0.1:25", "250 2.0.0 Ok: queued", duration)
+    assert resultsfile.encode(entry) == line
+    assert resultsfile.decode(line) == [entry]
+    no_duration = entry[:6] + (None,)
+    body = f"12345\t{packed[0]}\t\\N\t250 2.0.0 Ok: queued\tflush-1\tbench\t127.0.0.1:25\n".encode()
+    assert resultsfile.encode(no_duration) == b"%08x\t" % zlib.crc32(body) + body
+    assert resultsfile.decode(resultsfile.encode(no_duration)) == [no_duration]
 
 
 def test_a_line_for_a_message_deleted_since_is_dropped_not_a_broken_fold(tmp_path, fold_impl):

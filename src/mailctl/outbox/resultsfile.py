@@ -196,12 +196,14 @@ def encode(e: Entry) -> bytes:
     tail = _TAILS.get((owner, profile, server)) or _tail(owner, profile, server)
     if reply is None or not reply.isprintable() or "\\" in reply:
         reply = _esc(reply)
-    head = (f"{message:d}\t{_pack(at).hex()}\t{_NULL if duration is None else _pack(duration).hex()}\t{reply}"
-            ).encode("utf-8")
-    return b"%08x\t" % binascii.crc32(tail, binascii.crc32(head)) + head + tail
+    # both times in one pack, split by hex() itself: "<at>\t<duration>"
+    times = _pack_two(at, duration).hex("\t", -8) if duration is not None else f"{_pack(at).hex()}\t{_NULL}"
+    data = f"{message:d}\t{times}\t{reply}".encode("utf-8") + tail
+    return b"%08x\t%s" % (binascii.crc32(data), data)
 
 
 _pack = struct.Struct("<d").pack
+_pack_two = struct.Struct("<dd").pack
 _unpack = struct.Struct("<d").unpack
 _TAILS: dict[tuple[Any, Any, Any], bytes] = {}
 
