@@ -374,3 +374,19 @@ def test_a_flush_process_killed_mid_run_repeats_at_most_the_message_in_flight(tm
         assert len(twice) <= 1  # the one on the wire when the flush died, if any
         assert report.sent == 60 - len(before) + len(twice)
     assert side_files(path) == []
+
+
+@pytest.mark.parametrize("count", [0, 1, 9, 10, 11, 99, 100, 101, 137, 250])
+def test_lines_are_staged_whole_and_in_order_whatever_their_count(tmp_path, count):
+    from mailctl.outbox.store import _stage
+
+    box = Outbox(tmp_path / "o.sqlite3")
+    entries = [(i, f"owner-{i % 3}", 1_800_000_000.0 + i / 7, None if i % 5 else "p", "s:25", f"250 ok {i}",
+                None if i % 4 else i / 1000) for i in range(count)]
+    with box._write(fold=False):
+        _stage(box.conn, entries)
+        staged = box.conn.execute("SELECT message, owner, at, profile, server, reply, duration FROM results"
+                                  " ORDER BY id").fetchall()
+        box.conn.execute("DELETE FROM results")
+    assert staged == entries
+    box.close()

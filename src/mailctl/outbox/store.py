@@ -207,7 +207,7 @@ class Outbox:
         self._folding = (len(own), others)
         if own or others.entries:
             staged = {e[:3]: e for e in [*own, *others.entries]}  # (message, owner, at): one result
-            self.conn.executemany(_JOURNAL_STAGE, list(staged.values()))
+            _stage(self.conn, list(staged.values()))
         (count,) = self.conn.execute("SELECT count(*) FROM results").fetchone()
         if not count:
             return 0
@@ -1255,6 +1255,9 @@ _JOURNAL_READ = "SELECT message, owner, at, profile, server, reply, duration FRO
 _SIDE_FILE_MODES = ("NORMAL", "OFF")
 # side-file lines (resultsfile.py) into the table, to be folded with it in the same transaction
 _JOURNAL_STAGE = "INSERT INTO results (message, owner, at, profile, server, reply, duration) VALUES (?,?,?,?,?,?,?)"
+# several lines a statement: one execution of 100 rows costs half what 100 executions do;
+# a claim's worth (100 a connection) in one, the rest in tens, then one by one
+_STAGE_MANY = {n: _JOURNAL_STAGE + ",(?,?,?,?,?,?,?)" * (n - 1) for n in (100, 10)}
 _JOURNAL_ANY = "SELECT 1 FROM results LIMIT 1"
 # how far out of time order the attempt log can be (sent_since): a fold appends a claim's worth
 # of successes (100 a connection) after what other connections wrote directly meanwhile
@@ -1278,6 +1281,18 @@ _ATTEMPT_ONCE = ("INSERT INTO attempts (message, at, profile, server, outcome, r
                  " SELECT ?,?,?,?,'sent',?,? WHERE EXISTS (SELECT 1 FROM messages WHERE id=?)"
                  " AND NOT EXISTS (SELECT 1 FROM attempts WHERE message=? AND outcome='sent'"
                  " AND at=? AND server IS ? AND reply IS ?)")
+
+
+def _stage(conn: sqlite3.Connection, entries: Sequence[Entry]) -> None:
+    """Side-file lines into the results table, many a statement (three statement texts in
+    all, so that each stays prepared)."""
+    i = 0
+    for n, sql in _STAGE_MANY.items():
+        while len(entries) - i >= n:
+            conn.execute(sql, [v for e in entries[i:i + n] for v in e])
+            i += n
+    if i < len(entries):
+        conn.executemany(_JOURNAL_STAGE, entries[i:])
 
 
 def _plain(r: AttemptResult) -> bool:
