@@ -390,3 +390,101 @@ def test_lines_are_staged_whole_and_in_order_whatever_their_count(tmp_path, coun
         box.conn.execute("DELETE FROM results")
     assert staged == entries
     box.close()
+
+
+def _as_user(uid: int, gid: int, work) -> object:
+    """Run `work()` in a forked child that has become uid/gid (the modules it needs are imported
+    already: this interpreter's own files may be out of that user's reach); its result back."""
+    import pickle
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        code = 0
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            data = pickle.dumps(("ok", work()))
+        except BaseException as exc:  # noqa: BLE001 (reported to the parent)
+            data, code = pickle.dumps(("error", repr(exc))), 1
+        os.write(w, data)
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    kind, value = pickle.loads(data)
+    assert kind == "ok", value
+    return value
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a root flush of another user's outbox")
+def test_a_root_flush_of_a_users_outbox_leaves_side_files_the_user_can_fold():
+    """A system cron flushing a user's queue as root, killed before its fold: its side file
+    belongs to the outbox's owner (as SQLite's -wal and -shm do), so the owner's next flush
+    applies those deliveries instead of sending them again after the lease."""
+    import pwd
+    import shutil
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    uid, gid = nobody.pw_uid, nobody.pw_gid
+    d = Path(tempfile.mkdtemp(prefix="mailctl-root-flush-"))
+    try:
+        d.chmod(0o755)
+        os.chown(d, uid, gid)
+        path = d / "o.sqlite3"
+        Outbox(d / "warm.sqlite3").close()  # every module the child needs, imported here
+
+        def make():
+            with Outbox(path) as box:
+                return [box.enqueue(raw_msg(i), "app@example.com", ["user@example.org"]) for i in range(4)]
+
+        ids = _as_user(uid, gid, make)
+        assert os.stat(path).st_uid == uid
+        # an earlier root flush left the directory as root's: it is given back too
+        resultsfile.results_dir(path).mkdir(mode=0o700)
+        box = Outbox(path)  # root
+        claims = box.claim_batch(OWNER, 4, 300)
+        for c in claims[:3]:
+            assert sent(box, c)
+        box.close()  # no fold: as a root flush killed now leaves it (its lock gone)
+        (f,) = side_files(path)
+        assert (os.stat(f).st_uid, os.stat(f).st_gid) == (uid, gid)
+        assert (os.stat(f.parent).st_uid, stat.S_IMODE(os.stat(f.parent).st_mode)) == (uid, 0o700)
+
+        def fold():
+            with Outbox(path) as box:
+                box.release_claims(OWNER)  # a write transaction: it folds what it can read
+                return [(box.get(i).state, [e["outcome"] for e in box.get(i).attempt_log]) for i in ids], \
+                    sorted(p.name for p in resultsfile.results_dir(path).iterdir())
+
+        states, left = _as_user(uid, gid, fold)
+        assert states == [("sent", ["sent"])] * 3 + [("queued", [])]
+        assert left == []  # the dead root flush's file, removed by the user's handle
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_link_in_place_of_the_side_file_directory_is_never_written_nor_read_through(tmp_path):
+    """Whoever owns the outbox's directory could plant `<outbox>.results` as a link to anywhere
+    (a root flush of a user's outbox would then write there, and remove what it took for dead
+    writers' files): the writer keeps its results in the database, a fold reads nothing through
+    the link, and nothing where it points is touched."""
+    path, box, claims = queued(tmp_path, 2)
+    box.close()
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    bait = target / "4242-0123456789ab"  # looks like a dead writer's side file, with a valid line
+    bait.write_bytes(resultsfile.encode((claims[1].id, OWNER, time.time(), "work", "s", "250 ok", None)))
+    resultsfile.results_dir(path).symlink_to(target)
+    box = Outbox(path)
+    assert sent(box, claims[0])
+    with peek(path) as c:
+        assert c.execute("SELECT message FROM results").fetchall() == [(claims[0].id,)]
+    assert box.release_claims(OWNER) == 1  # a write transaction: it folds what it can see
+    assert (box.get(claims[0].id).state, box.get(claims[1].id).state) == ("sent", "queued")
+    assert sorted(p.name for p in target.iterdir()) == [bait.name]  # untouched
+    box.close()

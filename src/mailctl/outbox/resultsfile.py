@@ -9,7 +9,9 @@ power cut or kernel crash neither is safe without a sync: the outbox's default
 
 Layout: the directory `<outbox>.results/`, one file per open Outbox handle that has recorded a
 result, named `<pid>-<random>`, created under a dot name, locked (flock, exclusive) and only then
-renamed into view, so a file anyone can see is locked for as long as its writer lives. One line a
+renamed into view, so a file anyone can see is locked for as long as its writer lives. Root
+writing another user's outbox gives both to the outbox file's owner (as SQLite does its -wal),
+and a link in the directory's place is never written or read through. One line a
 result: the CRC-32 of the rest, then message, at, duration, reply, owner, profile, server (the
 results table's columns; the times as the hex of their IEEE 754 bits), tab-separated,
 escaped, \\N for none; a torn line (a power cut mid-write) fails its check and is skipped.
@@ -26,6 +28,7 @@ import binascii
 import fcntl
 import os
 import re
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,7 @@ class ResultsFile:
     directory that cannot be written, a full disk): the store then journals in SQLite."""
 
     def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
         self.dir = results_dir(db_path)
         self.path: Path | None = None
         self.name: str | None = None  # of the file in `dir`, once made
@@ -77,15 +81,19 @@ class ResultsFile:
         return True
 
     def _open(self) -> None:
+        owner = _owner_to_match(self.db_path)
         try:
             self.dir.mkdir(mode=0o700)
         except FileExistsError:
             pass
+        _check_dir(self.dir, owner)
         name = f"{os.getpid()}-{os.urandom(6).hex()}"
         hidden = self.dir / f".{name}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | _NOFOLLOW
         fd = os.open(hidden, flags, 0o600)
         try:
+            if owner is not None:
+                os.fchown(fd, *owner)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(hidden, self.dir / name)
         except BaseException:
@@ -122,27 +130,34 @@ class Others:
     """What the other handles' files hold, read for one write transaction (or one read):
     `entries` to fold, and `dead`, the files whose writer is gone, held locked by this handle
     until `remove()` after the commit. `directory` and `own` are strings: this runs in every
-    write transaction, where pathlib's objects would cost more than the listing."""
+    write transaction, where pathlib's objects would cost more than the listing. Everything is
+    done relative to the directory opened once without following a link: a link planted in its
+    place (by whoever owns the outbox's directory) is never read through, and nothing where it
+    points is ever removed, whoever runs this (root too)."""
 
     def __init__(self, directory: str, own: str | None) -> None:
         self.entries: list[Entry] = []
         self.dead: list[tuple[str, int]] = []
+        self._dir = -1
         try:
-            names = os.listdir(directory)
-        except OSError:  # no directory yet (no flush has written one), or unreadable
+            self._dir = os.open(directory, _DIR_FLAGS)
+            names = os.listdir(self._dir)
+        except OSError:  # no directory yet (no flush has written one), unreadable, or a link
+            self._close_dir()
             return
         for name in names:
             if name == own:
                 continue
-            path = f"{directory}/{name}"
             if name.startswith("."):
-                _drop_unborn(path)
+                _drop_unborn(name, self._dir)
             else:
-                self._read(path)
+                self._read(name)
+        if not self.dead:
+            self._close_dir()
 
-    def _read(self, path: str) -> None:
+    def _read(self, name: str) -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(name, _FILE_FLAGS, dir_fd=self._dir)
         except OSError:
             return  # removed meanwhile
         try:
@@ -153,22 +168,61 @@ class Others:
         data = _read_all(fd)
         self.entries.extend(decode(data))
         if dead:
-            self.dead.append((path, fd))
+            self.dead.append((name, fd))
         else:
             os.close(fd)
 
     def remove(self) -> None:
         """After the commit that applied them: the dead writers' files go."""
-        for path, fd in self.dead:
-            _unlink(path)
+        for name, fd in self.dead:
+            _unlink(name, self._dir)
             os.close(fd)
         self.dead = []
+        self._close_dir()
 
     def release(self) -> None:
         """Nothing committed (a rollback): keep the files for the next writer."""
-        for _path, fd in self.dead:
+        for _name, fd in self.dead:
             os.close(fd)
         self.dead = []
+        self._close_dir()
+
+    def _close_dir(self) -> None:
+        if self._dir >= 0:
+            os.close(self._dir)
+            self._dir = -1
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | _NOFOLLOW
+_FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | _NOFOLLOW
+
+
+def _owner_to_match(db_path: Path) -> tuple[int, int] | None:
+    """Running as root on another user's outbox (a system cron flushing a user's queue): the
+    owner and group the side files get, the outbox file's, as SQLite gives its -wal and -shm
+    files, so that the owner's own flush can read, fold and remove them (a root-owned file in a
+    root-owned 0700 directory is out of its reach: it would journal in SQLite for good, and a
+    killed root flush's deliveries would be sent again). None otherwise: nothing to change."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = os.stat(db_path)
+    except OSError:
+        return None
+    return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
+
+
+def _check_dir(directory: Path, owner: tuple[int, int] | None) -> None:
+    """The side-file directory must be a directory, not a link (whoever owns the outbox's
+    directory could plant one pointing anywhere): OSError otherwise, and the handle journals in
+    SQLite instead. Running as root on another user's outbox (`owner`), it is given to that
+    user, one an earlier root flush left as root's too."""
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"{directory} is not a directory")
+    if owner is not None and (st.st_uid, st.st_gid) != owner:
+        os.chown(directory, *owner, follow_symlinks=False)
 
 
 def pending_elsewhere(directory: str, own: str | None) -> bool:
@@ -256,17 +310,17 @@ def _unesc(s: str) -> str | None:
     return _ESCAPED.sub(lambda m: _UNESCAPE.get(m.group(1), m.group(1)), s) if "\\" in s else s
 
 
-def _drop_unborn(path: str) -> None:
+def _drop_unborn(name: str, directory: int) -> None:
     """A dot file is a side file not renamed into view yet: empty by construction. Unlocked,
     its writer died between creating and renaming it (or has not locked it yet: its rename
     then fails and it journals in SQLite instead); either way it can go."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(name, _FILE_FLAGS, dir_fd=directory)
     except OSError:
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        _unlink(path)
+        _unlink(name, directory)
     except OSError:
         pass
     finally:
@@ -282,8 +336,8 @@ def _read_all(fd: int) -> bytes:
         chunks.append(chunk)
 
 
-def _unlink(path: str | Path) -> None:
+def _unlink(path: str | Path, directory: int | None = None) -> None:
     try:
-        os.unlink(path)
+        os.unlink(path, dir_fd=directory)
     except OSError:
         pass
