@@ -80,6 +80,14 @@ def ca_file(ca, tmp_path):
     return str(path)
 
 
+@pytest.fixture(autouse=True)
+def no_proxy_env(monkeypatch):
+    """Fetches go direct here (tests/test_profile_discover_proxy.py covers the proxies): no
+    proxy variable of the machine may leak in."""
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture
 def discover(cli, dns_zone, ca_file):
     def run(address, *more, port=None):
@@ -97,8 +105,13 @@ def test_microsoft365_from_mx(discover):
     assert data["source"] == "mx:microsoft365"
     assert data["fields"] == {"provider": "microsoft365", "username": "ops@contoso.test", "from_address": "ops@contoso.test",
                                "tenant_id": "contoso.test"}
+    # offline (this zone has no login.microsoftonline.com): the domain is kept, and the note says why
+    assert ("tenant_id is the domain contoso.test (the tenant's GUID works too): the tenant lookup "
+            "https://login.microsoftonline.com/contoso.test/v2.0/.well-known/openid-configuration failed: "
+            "login.microsoftonline.com has no A or AAAA record") in data["notes"]
     res, data = discover("ops@gov.test")
     assert data["fields"]["cloud"] == "usgov"
+    assert any("https://login.microsoftonline.us/gov.test/v2.0/" in n for n in data["notes"])  # its cloud's login host
 
 
 def test_google_workspace_from_mx(discover):

@@ -377,13 +377,14 @@ def discover(
     client_id: Annotated[Optional[str], typer.Option("--client-id", metavar="ID", help="OAuth application (client) id for a Microsoft 365 / Google proposal.")] = None,
     nameserver: Annotated[Optional[List[str]], typer.Option("--nameserver", "-n", metavar="IP[:PORT]", help="Nameserver to query (repeatable; default: the system's).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, max=60, help="Seconds for each DNS query and HTTPS step.")] = 5.0,
-    ca_file: Annotated[Optional[str], typer.Option("--ca-file", metavar="FILE", help="Also trust this CA (PEM) for the autoconfig fetch.")] = None,
-    https_port: Annotated[int, typer.Option("--https-port", min=1, max=65535, help="Port of the autoconfig HTTPS fetch (tests, port forwards).")] = 443,
+    ca_file: Annotated[Optional[str], typer.Option("--ca-file", metavar="FILE", help="Also trust this CA (PEM) for the HTTPS fetches (autoconfig, Microsoft tenant).")] = None,
+    https_port: Annotated[int, typer.Option("--https-port", min=1, max=65535, help="Port of the HTTPS fetches: autoconfig, Microsoft tenant (tests, port forwards).")] = 443,
     json_: JsonOpt = False,
 ) -> None:
     """Propose a profile from the domain's MX, Mozilla autoconfig or SRV records; --add saves it.
 
-    MX names Microsoft 365 and Google Workspace; autoconfig is fetched over verified HTTPS;
+    MX names Microsoft 365 (its tenant looked up) and Google Workspace; autoconfig is fetched
+    over verified HTTPS, through HTTPS_PROXY / ALL_PROXY unless NO_PROXY covers the host;
     RFC 6186 SRV gives submission servers. Only the domain is looked up; no password is sent."""
     from mailctl.dns.autoconfig import DiscoveryNetwork
     from mailctl.dns.resolver import parse_nameserver

@@ -10,17 +10,26 @@ In order of trust:
 3. RFC 6186 SRV: _submissions._tcp (implicit TLS, preferred by RFC 8314), _submission._tcp
    (STARTTLS); a target of "." means the service is not offered.
 
-The network is given (`net`: lookup(name, rdtype), fetch(host, path), prefetch(questions));
-mailctl.dns.autoconfig.DiscoveryNetwork is the real one. Only the domain is sent anywhere:
-no password, not even the address (Thunderbird adds ?emailaddress=; we do not)."""
+For Microsoft 365 the tenant is looked up: GET https://<login host of the MX's cloud>/<domain>
+/v2.0/.well-known/openid-configuration, whose `issuer` (else `token_endpoint`) names the tenant
+GUID; when that fails (offline, HTTP 400 for an unknown tenant, a timeout) tenant_id stays the
+domain, which Entra accepts too, and a note says why.
+
+The network is given (`net`: lookup(name, rdtype), fetch(host, path, accept=...),
+prefetch(questions)); mailctl.dns.autoconfig.DiscoveryNetwork is the real one (it goes through
+the environment's HTTPS proxy, and each Fetched says so). A fetch through a proxy is noted, and
+a proxy that fails is a one-line note, never a silent fallback; when nothing is found and a
+proxy failed, that is the error (69). Only the domain is sent anywhere: no password, not even
+the address (Thunderbird adds ?emailaddress=; we do not)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
 
-from mailctl.errors import ConfigError, NotFoundError, TemporaryFailure, ValidationError
+from mailctl.errors import ConfigError, NotFoundError, TemporaryFailure, UnavailableError, ValidationError
 
 AUTOCONFIG_PATHS = (("autoconfig.{domain}", "/mail/config-v1.1.xml"),
                     ("{domain}", "/.well-known/autoconfig/mail/config-v1.1.xml"))
@@ -29,6 +38,8 @@ _M365_MX = ((".mail.protection.outlook.com", "global"), (".mail.protection.outlo
             (".mail.protection.office365.us", "usgov"), (".mail.protection.partner.outlook.cn", "china"))
 _GOOGLE_MX_HOSTS = ("smtp.google.com", "aspmx.l.google.com", "gmail-smtp-in.l.google.com")
 _GOOGLE_MX_SUFFIXES = (".aspmx.l.google.com", ".googlemail.com", ".gmail-smtp-in.l.google.com")
+TENANT_PATH = "/{domain}/v2.0/.well-known/openid-configuration"
+_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _SOCKET = {"ssl": "tls", "tls": "tls", "starttls": "starttls", "plain": "none"}
 _AUTH = {"password-cleartext": "password", "plain": "password", "password-encrypted": "password",
          "secure": "password", "oauth2": "oauth", "none": "none", "client-ip-address": "none"}
@@ -37,7 +48,7 @@ _AUTH = {"password-cleartext": "password", "plain": "password", "password-encryp
 class Net(Protocol):
     def prefetch(self, questions: list[tuple[str, str]]) -> None: ...
     def lookup(self, name: str, rdtype: str) -> Any: ...  # .status, .records, .temporary
-    def fetch(self, host: str, path: str) -> Any: ...  # .url, .status, .body, .error, .detail
+    def fetch(self, host: str, path: str, *, accept: str = ...) -> Any: ...  # .url .status .body .error .detail .proxy .proxy_source
 
 
 @dataclass
@@ -90,6 +101,10 @@ def discover(address: str, net: Net) -> Discovery:
         if temporary:
             raise TemporaryFailure(f"{domain}: nothing found, and {temporary[0]['name']} ({temporary[0]['type']}) "
                                    f"failed: {temporary[0]['status']}", hint="retry later, or check --nameserver / --timeout")
+        proxied = [e for e in out.evidence if e.get("status") == "proxy"]
+        if proxied:
+            raise UnavailableError(f"{domain}: nothing found, and {proxied[0]['name']} failed: {proxied[0]['detail']}",
+                                   hint="check the proxy, or HTTPS_PROXY / ALL_PROXY and NO_PROXY (hosts to reach directly)")
         failed = [f"{e['name']}: {e['detail']}" for e in out.evidence if e.get("detail")]
         raise NotFoundError(f"{domain} publishes no mail submission settings (no known MX provider, autoconfig or SRV)"
                             + (f"; {'; '.join(failed)}" if failed else ""),
@@ -131,16 +146,92 @@ def _from_mx(out: Discovery, net: Net, domain: str) -> tuple[str, dict[str, Any]
     for host in hosts:
         for suffix, cloud in _M365_MX:
             if host.endswith(suffix):
-                fields = {"provider": "microsoft365", **_identity(out.address), "tenant_id": domain}
+                out.notes.append(f"MX {host} is Microsoft 365: OAuth (auth login) with an app registration (client_id)")
+                fields = {"provider": "microsoft365", **_identity(out.address), "tenant_id": _tenant(out, net, domain, cloud)}
                 if cloud != "global":
                     fields["cloud"] = cloud
-                out.notes.append(f"MX {host} is Microsoft 365: OAuth (auth login) with an app registration "
-                                 "(client_id); tenant_id is the domain, the tenant's GUID works too")
                 return "mx:microsoft365", fields
         if host in _GOOGLE_MX_HOSTS or host.endswith(_GOOGLE_MX_SUFFIXES):
             out.notes.append(f"MX {host} is Google: OAuth with a Google OAuth client (client_id), or an app password")
             return "mx:gmail", {"provider": "gmail", **_identity(out.address)}
     return None
+
+
+def _tenant(out: Discovery, net: Net, domain: str, cloud: str) -> str:
+    """The tenant GUID from the cloud's login host, else the domain (Entra takes either as
+    tenant_id; the GUID survives a rename of the domain) with the reason in the notes."""
+    from mailctl.profiles.presets import login_host
+
+    host = urlsplit(login_host(cloud)).hostname or "login.microsoftonline.com"
+    got = net.fetch(host, TENANT_PATH.format(domain=_url_domain(domain)), accept="application/json")
+    entry = _record_fetch(out, got, "tenant")
+    if got.body is not None:
+        try:
+            guid = parse_tenant(got.body)
+        except ValidationError as exc:
+            entry["detail"] = exc.message
+        else:
+            entry["records"] = [guid]
+            out.notes.append(f"tenant_id {guid}: the Microsoft Entra tenant of {domain}, from {got.url}{_via(got)}")
+            return guid
+    why = entry.get("detail", "no answer") + (f" (Microsoft knows no tenant {domain})" if got.status == 400 else "")
+    out.notes.append(f"tenant_id is the domain {domain} (the tenant's GUID works too): the tenant lookup {got.url} "
+                     f"failed: {why}{_via(got)}")
+    return domain
+
+
+def parse_tenant(body: bytes) -> str:
+    """The tenant GUID of an OpenID configuration: the first path segment of `issuer`
+    (https://login.microsoftonline.com/<GUID>/v2.0), else of `token_endpoint`. ValidationError
+    when neither names one (a placeholder such as {tenantid}, or not JSON at all)."""
+    import json
+
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError("the answer is not JSON", field="tenant_id") from None
+    for key in ("issuer", "token_endpoint"):
+        value = doc.get(key) if isinstance(doc, dict) else None
+        try:
+            segment = urlsplit(value).path.strip("/").split("/")[0].lower() if isinstance(value, str) else ""
+        except ValueError:
+            continue
+        if _GUID.fullmatch(segment):
+            return segment
+    raise ValidationError("no tenant GUID in its issuer or token_endpoint", field="tenant_id")
+
+
+def _url_domain(domain: str) -> str:
+    """The domain as it goes into a URL path: its IDNA A-label form (percent-encoded if it has none)."""
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return quote(domain, safe=".-")
+
+
+# --- HTTPS fetches --------------------------------------------------------------------------
+def _record_fetch(out: Discovery, got: Any, kind: str) -> dict[str, Any]:
+    """The evidence entry of one fetch; a note for every fetch that went through a proxy (that
+    it did, or the proxy's one-line reason for failing), so that a proxy is never silent."""
+    entry: dict[str, Any] = {"name": got.url, "type": kind, "status": got.status if got.status is not None else got.error,
+                             "records": [], "temporary": False}
+    if got.proxy:
+        entry["proxy"] = got.proxy
+    if got.error or got.body is None:
+        entry["detail"] = got.detail
+    out.evidence.append(entry)
+    if kind == "autoconfig" and got.error == "proxy":
+        out.notes.append(f"{got.url}: {got.detail}")
+    elif kind == "autoconfig" and got.proxy:
+        out.notes.append(f"{got.url}: " + ("fetched" if got.body is not None else got.detail) + _via(got))
+    return entry
+
+
+def _via(got: Any) -> str:
+    """How a fetch that reached its server went, when through a proxy (a failing proxy names itself)."""
+    if not got.proxy or got.error == "proxy":
+        return ""
+    return f" (through the proxy {got.proxy}, {got.proxy_source})"
 
 
 # --- RFC 6186 SRV ---------------------------------------------------------------------------
@@ -168,11 +259,8 @@ def _from_autoconfig(out: Discovery, net: Net, local: str, domain: str) -> tuple
     for host_t, path in AUTOCONFIG_PATHS:
         host = host_t.format(domain=domain)
         got = net.fetch(host, path)
-        entry = {"name": got.url, "type": "autoconfig", "status": got.status if got.status is not None else got.error,
-                 "records": [], "temporary": False}
-        out.evidence.append(entry)
+        entry = _record_fetch(out, got, "autoconfig")
         if got.error or got.body is None:
-            entry["detail"] = got.detail
             continue
         try:
             fields = parse_autoconfig(got.body, local, domain)
