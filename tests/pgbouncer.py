@@ -60,9 +60,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ini(pg, port: int, pool_mode: str, root: Path, extra: str) -> str:
+def database_line(pg, *, name: str | None = None, **params: object) -> str:
+    """A [databases] entry for `pg` (its private Unix socket, trust); `params` override or add
+    connection parameters (dbname=, user=, port=, password=...)."""
+    values = {"host": pg.socket_dir, "port": pg.port, "dbname": pg.dbname, "user": pg.user, **params}
+    return f"{name or pg.dbname} = " + " ".join(f"{k}={v}" for k, v in values.items())
+
+
+def _ini(pg, port: int, pool_mode: str, root: Path, extra: str, databases: str | None) -> str:
     return f"""[databases]
-{pg.dbname} = host={pg.socket_dir} port={pg.port} dbname={pg.dbname} user={pg.user}
+{database_line(pg) if databases is None else databases}
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -94,14 +101,17 @@ def _wait_listening(port: int, proc: subprocess.Popen, log: Path, deadline: floa
 
 
 @contextlib.contextmanager
-def running_pgbouncer(pg, pool_mode: str, *, extra: str = "", start_timeout: float = 15.0) -> Iterator[Bouncer]:
-    """PgBouncer in `pool_mode` (session, transaction) in front of `pg` (a pgserver.PgServer)."""
+def running_pgbouncer(pg, pool_mode: str, *, extra: str = "", databases: str | None = None,
+                      start_timeout: float = 15.0) -> Iterator[Bouncer]:
+    """PgBouncer in `pool_mode` (session, transaction) in front of `pg` (a pgserver.PgServer);
+    `extra` adds [pgbouncer] settings, `databases` replaces the [databases] section's lines
+    (default: one entry, `database_line(pg)`)."""
     exe = binary()
     assert exe is not None, skip_reason()
     root = Path(tempfile.mkdtemp(prefix="mailctl-pgbouncer-"))
     port = _free_port()
     (root / "userlist.txt").write_text(f'"{pg.user}" "{pg.password}"\n')
-    (root / "pgbouncer.ini").write_text(_ini(pg, port, pool_mode, root, extra))
+    (root / "pgbouncer.ini").write_text(_ini(pg, port, pool_mode, root, extra, databases))
     os.chmod(root / "userlist.txt", 0o600)
     if pg.run_as:  # root: PgBouncer refuses to run as root; it runs as the cluster's user
         entry = pwd.getpwnam(pg.run_as)
@@ -123,3 +133,46 @@ def running_pgbouncer(pg, pool_mode: str, *, extra: str = "", start_timeout: flo
             proc.kill()
             proc.wait(timeout=10)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def refusing_server(message: str, sqlstate: str = "08P01") -> Iterator[str]:
+    """A loopback server that answers every PostgreSQL startup with one FATAL ErrorResponse,
+    spelled as PgBouncer sends its refusals (SQLSTATE 08P01 unless told): the wire of the
+    refusals newer PgBouncer versions say in words the installed one (1.18) does not. Yields
+    a postgresql:// URL to it (sslmode=disable: the startup packet comes first)."""
+    import struct
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    fields = b"".join(code + value.encode() + b"\0" for code, value in
+                      ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", sqlstate), (b"M", message)))
+    reply = b"E" + struct.pack("!i", 4 + len(fields) + 1) + fields + b"\0"
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    (length,) = struct.unpack("!i", conn.recv(4, socket.MSG_WAITALL))
+                    conn.recv(max(0, min(length - 4, 10000)), socket.MSG_WAITALL)  # the startup packet
+                    conn.sendall(reply)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"postgresql://mailctl:secret-not-shown@127.0.0.1:{listener.getsockname()[1]}/mailctl?sslmode=disable"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()

@@ -12,11 +12,15 @@ written once, in store.py; this module supplies what differs:
   default `mailctl`), so two hosts opening a fresh database at once are safe;
 * claims: `SELECT ... FOR UPDATE SKIP LOCKED` in one short transaction, so concurrent
   flushes on different hosts take disjoint rows without waiting for each other;
-* a claim names its holder (the database session: backend pid and start time); a flush that
-  finds the holder's session gone (the worker died, its connection dropped) reclaims the rows
-  at once instead of waiting for the lease to run out. That needs one server session per
-  client for the client's life: a pooler that shares them (PgBouncer in transaction or
-  statement pooling mode) is refused at open (`_direct`, `_shares_sessions`);
+* a claim is held by a session-level advisory lock (`_claim_lock`): the session takes, once
+  per lease owner, a shared lock on a key derived from the owner, and writes its claims with
+  no `lease_holder`; a flush that finds no such lock (the worker died, its connection dropped,
+  or PgBouncer in session pooling mode reset the server connection with DISCARD ALL) reclaims
+  the rows at once instead of waiting for the lease to run out. A claim with a `lease_holder`
+  (the database session: backend pid and start time; written by versions before this one,
+  or when the lock could not be had) is judged the old way, by pg_stat_activity. That needs
+  one server session per client for the client's life: a pooler that shares them (PgBouncer
+  in transaction or statement pooling mode) is refused at open (`_direct`, `_shares_sessions`);
 * SQL spelling: `%s` parameters, `IS NOT DISTINCT FROM` for `IS ?`, RETURNING for new ids.
 
 psycopg is imported only here, and this module only when a postgresql:// URL is used. The
@@ -36,6 +40,26 @@ from mailctl.outbox.store import Outbox
 # A database session, as a claim's holder: backend pid and start time (a pid alone is reused).
 _HOLDER = "pid::text || ':' || floor(extract(epoch FROM backend_start) * 1000000)::bigint::text"
 
+# A lease owner's claim lock (`_claim_lock`): a bigint advisory key in mailctl's own key space,
+# "mc" (0x6D63) in the top 16 bits and the first 48 bits of SHA-256(owner) below, so in
+# pg_locks classid >> 16 = 0x6D63 (28003), objsubid = 1. Apart from the migrations' lock
+# (pg_schema._LOCK_KEY, top 16 bits 0x006D); an application's own advisory locks collide only
+# with keys in that range. One SQL spelling, used for taking the lock and for judging claims.
+_LOCK_TAG = 0x6D63
+_OWNER_KEY = ("((x'6D63'::bigint << 48) | ('x' || left(encode(sha256(convert_to({}, 'UTF8')), 'hex'), 12))"
+              "::bit(48)::bigint)")
+# the claim lock keys held now (by any session of this database)
+_LIVE_KEYS = ("SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks WHERE locktype = 'advisory'"
+              f" AND objsubid = 1 AND granted AND classid::bigint >> 16 = {_LOCK_TAG}"
+              " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+
+
+def owner_key(owner: str) -> int:
+    """The advisory lock key of a lease owner's claims (what _OWNER_KEY computes in SQL)."""
+    import hashlib
+
+    return (_LOCK_TAG << 48) | int(hashlib.sha256(owner.encode("utf-8")).hexdigest()[:12], 16)
+
 
 def schema_name() -> str:
     name = os.environ.get("MAILCTL_PG_SCHEMA") or "mailctl"
@@ -52,11 +76,19 @@ def pg_error(where: str, exc: BaseException) -> MailctlError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, psycopg.OperationalError):
         low = text.lower()
+        pooler = _pgbouncer_error(where, text, low)
+        if pooler is not None:
+            return pooler
         if "password" in low or "authentication" in low or "role" in low or "permission" in low:
             return ConfigError(f"outbox {where}: {text}",
-                               hint="check the user and password (PGPASSWORD, ~/.pgpass or the secret store)")
+                               hint="check the user and password (PGPASSWORD, ~/.pgpass or the secret store);"
+                                    " through PgBouncer, also the user=/password= of its [databases] entry")
         if "does not exist" in low:
-            return ConfigError(f"outbox {where}: {text}", hint="create the database first (createdb), or fix the URL")
+            return ConfigError(f"outbox {where}: {text}", hint="create the database first (createdb), or fix the URL"
+                                                              " (through PgBouncer: the dbname= of its [databases] entry)")
+        if "fatal:" in low:  # something answered and refused: it runs, so "is it running" is the wrong question
+            return UnavailableError(f"outbox {where}: {text}",
+                                    hint="the server (or a pooler in front of it) refused the connection: its log says why")
         return UnavailableError(f"outbox {where}: {text}",
                                 hint="check that the PostgreSQL server runs and the host and port in the URL")
     if isinstance(exc, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled,
@@ -65,6 +97,64 @@ def pg_error(where: str, exc: BaseException) -> MailctlError:
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return ConfigError(f"outbox {where}: {text}", hint="the database user needs CREATE on the database (for the schema)")
     return MailctlError(f"outbox {where}: {text}")
+
+
+# PgBouncer's own refusals (its messages, matched lower-case; PgBouncer sends them with
+# SQLSTATE 08P01 and psycopg's failed connect carries none, so the words are what tells them
+# apart). PostgreSQL never says these; what it says passes through PgBouncer unchanged (1.18)
+# and is handled below. (phrase, error class, hint naming the fix)
+_PGBOUNCER_REFUSALS: tuple[tuple[str, type, str], ...] = (
+    ("no such database", ConfigError,
+     "PgBouncer has no [databases] entry for this database name: add one to pgbouncer.ini (NAME = host=... dbname=...)"
+     " or a * fallback, and RELOAD it; or fix the database name in the URL"),
+    ("database does not allow connections", UnavailableError,
+     "the database is DISABLEd in PgBouncer: ENABLE it on PgBouncer's admin console"),
+    ("max_client_conn", UnavailableError,
+     "PgBouncer has max_client_conn clients already: raise max_client_conn in pgbouncer.ini (and its open-files"
+     " limit), or use fewer connections; a flush holds one, two while it opens"),
+    ("max_db_client_connections", UnavailableError,
+     "PgBouncer's max_db_client_connections for this database is reached: raise it in pgbouncer.ini"),
+    ("max_user_client_connections", UnavailableError,
+     "PgBouncer's max_user_client_connections for this user is reached: raise it in pgbouncer.ini"),
+    ("server login has been failing", UnavailableError,
+     "PgBouncer's own login to PostgreSQL fails (the cached error says why): fix the host/port/user/password of"
+     " the [databases] entry in pgbouncer.ini, or auth_file/auth_query for the password it passes on"),
+    ("pgbouncer cannot connect to server", UnavailableError,
+     "PgBouncer cannot reach PostgreSQL: check that the server runs and the host/port of the [databases] entry"
+     " in pgbouncer.ini (PgBouncer's log says why)"),
+    ("query_wait_timeout", UnavailableError,
+     "PgBouncer found no server connection within query_wait_timeout: PostgreSQL unreachable from PgBouncer"
+     " (the host/port of the [databases] entry; its log says), or the pool full"
+     " (default_pool_size, max_db_connections)"),
+    ("sasl authentication failed", ConfigError,
+     "PgBouncer refused the password: it checks it against its auth_file (userlist.txt) or auth_query, so the user"
+     " needs an entry there (SCRAM secret or password) that auth_type accepts; then PGPASSWORD, ~/.pgpass"
+     " or the secret store"),
+    ("no such user", ConfigError,
+     "PgBouncer does not know this user: add it to PgBouncer's auth_file (userlist.txt), or fix auth_user/auth_query"),
+    ("authentication failed", ConfigError,
+     "PgBouncer refused the login: the user needs an entry in its auth_file (or auth_query) that auth_type accepts"),
+    ("unix socket login rejected", ConfigError,
+     "PgBouncer's auth_type = peer wants a Unix user of the same name: connect as it, or change auth_type/auth_hba_file"),
+    ("login rejected", ConfigError, "PgBouncer's auth_type / auth_hba_file rejects this user here: allow it there"),
+    ("bouncer config error", ConfigError,
+     "PgBouncer's own configuration is wrong (auth_user, auth_dbname, auth_type): its log names the setting"),
+    ("unsupported startup parameter", ConfigError,
+     "PgBouncer refuses a startup parameter from the URL: drop it (e.g. options=), or list it in"
+     " ignore_startup_parameters in pgbouncer.ini"),
+    ("server conn crashed", TemporaryFailure,
+     "the PostgreSQL session behind PgBouncer ended (a restart, or it was terminated): try again"),
+)
+
+
+def _pgbouncer_error(where: str, text: str, low: str) -> MailctlError | None:
+    """PgBouncer's own refusal (`_PGBOUNCER_REFUSALS`) as its error and one-line fix, or None.
+    PostgreSQL's password failure names the user ('... failed for user "x"'); PgBouncer's
+    (md5, plain) does not, so only that spelling is taken for PgBouncer's."""
+    for phrase, cls, hint in _PGBOUNCER_REFUSALS:
+        if phrase in low and not (phrase == "authentication failed" and ("for user" in low or "sasl" in low)):
+            return cls(f"outbox {where}: {text}", hint=hint)
+    return None
 
 
 class _Row(tuple):
@@ -269,6 +359,7 @@ class PgOutbox(Outbox):
         self.path = self.display  # what messages name
         self.clock = clock or time.time
         self.schema = schema_name()
+        self._locked: set[str] = set()  # owners whose claim lock this session holds (_claim_lock)
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": max(1, int(timeout))}
         if password:
             kwargs["password"] = password
@@ -413,21 +504,62 @@ class PgOutbox(Outbox):
     def _due_rows(self, now: float, tail: str, params: list[Any], limit: int):
         from mailctl.outbox.store import _CLAIM_COLS
 
-        # due: queued/deferred and due, or sending with an expired lease or a holder whose
-        # database session is gone (it died: its rows return at once, not after the lease)
+        # due: queued/deferred and due, or sending with an expired lease, or whose claimer is
+        # gone (it died: its rows return at once, not after the lease): no claim lock for its
+        # owner (this version's claims, lease_holder NULL), or a holder session no longer in
+        # pg_stat_activity (claims of earlier versions). Each NOT IN is one hashed look-up,
+        # made only when a 'sending' row within its lease is met.
         sql = (f"SELECT {_CLAIM_COLS} FROM messages WHERE ("
                "(state IN ('queued','deferred') AND next_attempt_at <= ?)"
-               " OR (state='sending' AND (lease_until < ? OR (lease_holder IS NOT NULL AND lease_holder NOT IN"
+               " OR (state='sending' AND (lease_until < ?"
+               f" OR (lease_holder IS NULL AND lease_owner IS NOT NULL AND {_OWNER_KEY.format('lease_owner')}"
+               f"  NOT IN ({_LIVE_KEYS}))"
+               " OR (lease_holder IS NOT NULL AND lease_holder NOT IN"
                f"  (SELECT {_HOLDER} FROM pg_stat_activity WHERE backend_start IS NOT NULL)))))"
                f"{tail} ORDER BY next_attempt_at, id LIMIT ? FOR UPDATE SKIP LOCKED")
         return self.conn.execute(sql, [now, now, *params, int(limit)]).fetchall()
 
     def _free_dead_holders(self, now: float) -> None:
-        """Nothing to do here: the claim's SQL asks pg_stat_activity which sessions live."""
+        """Nothing to do here: the claim's SQL asks pg_locks (and pg_stat_activity) who lives."""
 
     def _take(self, rows, owner: str, now: float, lease_seconds: float) -> dict[int, bytes]:
-        bodies = super()._take(rows, owner, now, lease_seconds)
-        return {k: bytes(v) for k, v in bodies.items()}
+        """As Outbox._take, in one statement: lease the rows to `owner` under its claim lock
+        (no lease_holder), or, without the lock, naming this session as the holder; log an
+        'interrupted' attempt for each row taken from a flush that died; return the bodies."""
+        from mailctl.outbox.store import _C_ID, _C_STATE, INTERRUPTED_REPLY
+
+        holder = None if self._claim_lock(owner) else self.holder
+        claimed = [int(r[_C_ID]) for r in rows]
+        reclaimed = [int(r[_C_ID]) for r in rows if r[_C_STATE] == "sending"]
+        found = self.conn.raw.execute(
+            "WITH u AS (UPDATE messages SET state='sending', lease_owner=%s, lease_until=%s, updated_at=%s,"
+            " lease_holder=%s WHERE id = ANY(%s)),"
+            " i AS (INSERT INTO attempts (message, at, outcome, reply)"
+            " SELECT m, %s, 'interrupted', %s FROM unnest(%s::bigint[]) AS m)"
+            " SELECT message, raw FROM bodies WHERE message = ANY(%s)",
+            [owner, now + lease_seconds, now, holder, claimed, now, INTERRUPTED_REPLY, reclaimed, claimed])
+        return {int(k): bytes(v) for k, v in found}
+
+    def _claim_lock(self, owner: str) -> bool:
+        """Hold `owner`'s claim lock in this session (taken at its first claim, one round trip
+        per owner; its later claims and all results pay nothing): a shared session-level
+        advisory lock, so two sessions that claim for one owner both hold it. It goes when the
+        session ends, and when PgBouncer (session pooling) resets the server connection after
+        the client left (DISCARD ALL): the claims are then free at once. Owners of this session
+        with no claim left are let go in the same statement (a worker has an owner a round).
+        False when the key is locked exclusively elsewhere (an application's own lock in
+        mailctl's key space): the claim then names this session as its holder instead."""
+        if owner in self._locked:
+            return True
+        done = [o for o in self._locked]
+        got, freed = self.conn.raw.execute(
+            f"SELECT pg_try_advisory_lock_shared({_OWNER_KEY.format('%s')}), ARRAY(SELECT o FROM unnest(%s::text[]) AS o"
+            " WHERE CASE WHEN EXISTS (SELECT 1 FROM messages WHERE state = 'sending' AND lease_owner = o) THEN false"
+            f" ELSE pg_advisory_unlock_shared({_OWNER_KEY.format('o')}) END)", [owner, done]).fetchone()
+        self._locked.difference_update(freed or ())
+        if got:
+            self._locked.add(owner)
+        return bool(got)
 
     def count_due(self, *, profiles: Sequence[str | None] | None = None) -> int:
         now = self.clock()

@@ -494,11 +494,8 @@ class Outbox:
         bodies = dict(self.conn.execute(f"SELECT message, raw FROM bodies WHERE message IN ({marks})", claimed))
         reclaimed = [r[_C_ID] for r in rows if r[_C_STATE] == "sending"]
         if reclaimed:
-            self.conn.executemany(
-                "INSERT INTO attempts (message, at, outcome, reply) VALUES (?, ?, 'interrupted',"
-                " 'a flush stopped while sending this message; it may have been delivered')",
-                [(i, now) for i in reclaimed],
-            )
+            self.conn.executemany("INSERT INTO attempts (message, at, outcome, reply) VALUES (?, ?, 'interrupted', ?)",
+                                  [(i, now, INTERRUPTED_REPLY) for i in reclaimed])
         return bodies
 
     @staticmethod
@@ -1238,6 +1235,8 @@ _DUE_CONDITIONS = ("state='sending' AND lease_until < ?", "state='queued' AND ne
                    "state='deferred' AND next_attempt_at <= ?")
 
 _CLAIM_COLS = "id, profile, sender, recipients, attempts, created_at, age_base, message_id, state, next_attempt_at"
+# the attempt-log reply of a row claimed again from a flush that died while sending it
+INTERRUPTED_REPLY = "a flush stopped while sending this message; it may have been delivered"
 # their positions (_claimed unpacks them in this order)
 _C_ID, _C_STATE, _C_DUE = 0, 8, 9
 
