@@ -123,7 +123,7 @@ _mailctl_option_values() {  # 'PATH|OPTION' -> REPLY: its values, @profile, @fil
         'profile add|--rate-limit-per-minute') REPLY='@value' ;;
         'profile add|--max-connections') REPLY='@value' ;;
         'profile add|--secret-command') REPLY='@value' ;;
-        'profile edit|--unset') REPLY='@value' ;;
+        'profile edit|--unset') REPLY='type provider inherits host port security auth username mailbox from_address from_match sender_name reply_to signature description alternate_host alternate_port failover proxy tls_verify ca_file tls_fingerprint allow_insecure_auth ehlo_name source_address auth_mechanism socket_path timeout tenant_id client_id cloud authority authorization_url token_url scopes redirect_uri oauth_provider device_authorization_url revocation_url graph_endpoint ews_url autodiscover save_to_sent_items maildir rate_limit_per_minute max_connections secret_command' ;;
         'profile edit|--type') REPLY='smtp graph ews file gmail-api lmtp' ;;
         'profile edit|--provider') REPLY='microsoft365 gmail custom' ;;
         'profile edit|--inherits') REPLY='@profile' ;;
@@ -177,7 +177,7 @@ _mailctl_option_values() {  # 'PATH|OPTION' -> REPLY: its values, @profile, @fil
         'profile discover|--timeout') REPLY='@value' ;;
         'profile discover|--ca-file') REPLY='@file' ;;
         'profile discover|--https-port') REPLY='@value' ;;
-        'test connect|--quit-after') REPLY='@value' ;;
+        'test connect|--quit-after') REPLY='resolve connect tls banner ehlo starttls auth token' ;;
         'test connect|--auth-mechanism') REPLY='@value' ;;
         'test connect|--ehlo') REPLY='@value' ;;
         'test connect|--source-address') REPLY='@value' ;;
@@ -188,7 +188,7 @@ _mailctl_option_values() {  # 'PATH|OPTION' -> REPLY: its values, @profile, @fil
         'test send|--attach') REPLY='@file' ;;
         'test send|--header') REPLY='@value' ;;
         'test send|--data') REPLY='@file' ;;
-        'test send|--quit-after') REPLY='@value' ;;
+        'test send|--quit-after') REPLY='resolve connect tls banner ehlo starttls auth mail rcpt data token' ;;
         'test send|--auth-mechanism') REPLY='@value' ;;
         'test send|--ehlo') REPLY='@value' ;;
         'test send|--source-address') REPLY='@value' ;;

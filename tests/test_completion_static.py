@@ -323,6 +323,10 @@ c mailctl queue list --state ''
 c mailctl --config {conf} send ''
 c mailctl queue ''
 c mailctl queue hold --o
+c mailctl profile edit zed --unset ''
+c mailctl profile edit zed --host h --unset tls_verify --unset ''
+c mailctl test connect zed --quit-after ''
+c mailctl --config {conf} test send --quit-after ''
 """
     proc = subprocess.run([ZSH, "-f", "-c", script], env=dict(_clean_env(tmp_path), PATH=str(bin_dir)),
                           capture_output=True, text=True, timeout=30)
@@ -332,7 +336,35 @@ c mailctl queue hold --o
     assert lines[1] == "compadd zed zulu"
     assert lines[2].startswith("describe commands add:Queue a complete RFC 5322 message read from stdin. flush:")
     assert lines[3].startswith("describe options --all:") and "--outbox:" in lines[3]
+    fields, (connect_stages, send_stages) = _unset_fields(), _quit_after_stages()
+    assert lines[4] == lines[5] == "compadd " + " ".join(fields)  # --unset: the profile fields
+    assert lines[6] == "compadd " + " ".join(connect_stages)  # --quit-after: the stages
+    assert lines[7] == "compadd " + " ".join(send_stages)
     assert not marker.exists()
+
+
+def _unset_fields() -> list[str]:
+    """What `profile edit --unset` accepts: every profile field (the store refuses the rest)."""
+    from mailctl.profiles.model import FIELDS_BY_NAME
+
+    return list(FIELDS_BY_NAME)
+
+
+def _quit_after_stages() -> tuple[list[str], list[str]]:
+    """What --quit-after accepts (the probe's stages); `test connect` sends no MAIL, RCPT or DATA."""
+    from mailctl.diagnostics.probe import QUIT_AFTER_CHOICES
+
+    return [s for s in QUIT_AFTER_CHOICES if s not in ("mail", "rcpt", "data")], list(QUIT_AFTER_CHOICES)
+
+
+@needs_bash
+def test_bash_completes_unset_fields_and_quit_after_stages(tmp_path, tripwire):
+    fields, (connect_stages, send_stages) = _unset_fields(), _quit_after_stages()
+    assert bash_complete("mailctl profile edit x --unset ", tmp_path, tripwire) == fields
+    assert bash_complete("mailctl profile edit x --unset tls_", tmp_path, tripwire) == ["tls_verify", "tls_fingerprint"]
+    assert bash_complete("mailctl test connect x --quit-after ", tmp_path, tripwire) == connect_stages
+    assert bash_complete("mailctl test send --quit-after ", tmp_path, tripwire) == send_stages
+    assert bash_complete("mailctl test send --quit-after r", tmp_path, tripwire) == ["resolve", "rcpt"]
 
 
 def fish_complete(line: str, tmp_path: Path, tripwire, env: dict[str, str] | None = None) -> list[str]:
@@ -358,6 +390,8 @@ def test_fish_script_parses_and_completes(tmp_path, tripwire, tree):
     assert sorted(fish_complete("mailctl queue ", tmp_path, tripwire)) == sorted(tree["queue"].subcommands)
     assert sorted(fish_complete("mailctl profile add x --security ", tmp_path, tripwire)) == sorted(SECURITIES)
     assert "--state" in fish_complete("mailctl queue list --", tmp_path, tripwire)
+    assert sorted(fish_complete("mailctl profile edit x --unset ", tmp_path, tripwire)) == sorted(_unset_fields())
+    assert sorted(fish_complete("mailctl test connect x --quit-after ", tmp_path, tripwire)) == sorted(_quit_after_stages()[0])
     for what, env, override, names in _lookup_cases(tmp_path):
         prefix = f"mailctl --config {override} " if override else "mailctl "
         assert sorted(fish_complete(prefix + "profile show ", tmp_path, tripwire, env)) == sorted(names), what

@@ -52,6 +52,19 @@ def test_the_updates_of_rfc_3463_are_registered(rfc, codes):
         assert registry.DETAILS[code][1] == rfc, (code, registry.DETAILS[code])
 
 
+def test_the_entries_checked_against_the_iana_registry():
+    """IANA's smtp-enhanced-status-codes registry (records X.6.8-X.6.10, X.7.27-X.7.30): X.6.10
+    has no sample text of its own, only "This is a duplicate of X.6.8 and is thus deprecated.";
+    X.7.28 cites draft-levine-mailbomb-header (J. Levine), no RFC."""
+    assert registry.DETAILS[(6, 10)] == (
+        "Deprecated: a duplicate of X.6.8 (UTF-8 string reply is required, but not permitted by the SMTP client)",
+        "RFC 6531")
+    assert registry.DETAILS[(6, 10)][0].endswith(f"({registry.DETAILS[(6, 8)][0]})")
+    assert registry.DETAILS[(7, 28)] == ("Mail flood detected", "draft-levine-mailbomb-header")
+    assert registry.lookup("4.7.28").describe() == "4.7.28 Mail flood detected (draft-levine-mailbomb-header)"
+    assert registry.DETAILS[(7, 27)] == ("Sender address has null MX", "RFC 7505")
+
+
 def test_rfc_3463_codes_are_all_there():
     """RFC 3463 section 3 enumerates these detail codes per subject (X.s.0 up to the number)."""
     last = {0: 0, 1: 8, 2: 4, 3: 5, 4: 7, 5: 5, 6: 5, 7: 7}

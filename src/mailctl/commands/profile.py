@@ -142,13 +142,18 @@ def add(
         actx.output.info(f"Added profile {name!r}" + (" (default)" if result["default"] else "") + ".")
 
 
+def _complete_field(incomplete: str) -> list[str]:
+    """--unset of `profile edit`: the profile fields it removes (shell completion, and the static scripts)."""
+    return [f.name for f in PROFILE_FIELDS if f.name.startswith(incomplete)]
+
+
 @profile_app.command("edit")
 @with_field_options
 def edit(
     ctx: typer.Context,
     name: ProfileNameArg,
     fields: dict,
-    unset: Annotated[List[str], typer.Option("--unset", metavar="FIELD", help="Remove a field (repeatable).")] = [],
+    unset: Annotated[List[str], typer.Option("--unset", metavar="FIELD", help="Remove a field (repeatable).", autocompletion=_complete_field)] = [],
     password_stdin: PasswordStdinOpt = False,
     json_: JsonOpt = False,
 ) -> None:

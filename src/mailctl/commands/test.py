@@ -67,6 +67,18 @@ def _quit_after_callback(value: Optional[str]) -> Optional[str]:
     return value.lower() if value else None
 
 
+def _complete_stage(incomplete: str) -> list[str]:
+    """--quit-after of `test send`: the stages it stops after (shell completion, and the static scripts)."""
+    from mailctl.diagnostics.probe import QUIT_AFTER_CHOICES
+
+    return [s for s in QUIT_AFTER_CHOICES if s.startswith(incomplete)]
+
+
+def _complete_connect_stage(incomplete: str) -> list[str]:
+    """--quit-after of `test connect`: the stages a connection test reaches (no mail, rcpt, data)."""
+    return [s for s in _complete_stage(incomplete) if s not in ("mail", "rcpt", "data")]
+
+
 def _prefetch_tls(prof, quit_after: Optional[str]) -> None:
     """Have the TLS context built in the background while the probe gets going (the CA store
     loads meanwhile: mailctl.transports.prefetch_tls), unless the probe stops before TLS."""
@@ -100,7 +112,7 @@ def connect(
     profile: TestProfileArg = None,
     quit_after: Annotated[
         Optional[str],
-        typer.Option("--quit-after", metavar="STAGE", callback=_quit_after_callback, help="Stop after this stage. SMTP: resolve, connect, tls, banner, ehlo, starttls, auth. Graph/EWS: token, connect, tls (stops before the API request)."),
+        typer.Option("--quit-after", metavar="STAGE", callback=_quit_after_callback, autocompletion=_complete_connect_stage, help="Stop after this stage. SMTP: resolve, connect, tls, banner, ehlo, starttls, auth. Graph/EWS: token, connect, tls (stops before the API request)."),
     ] = None,
     auth_mechanism: AuthMechanismOpt = None,
     ehlo: EhloOpt = None,
@@ -131,7 +143,7 @@ def send(
     data: Annotated[Optional[str], typer.Option("--data", metavar="FILE", help="Send this complete message (RFC 5322, '-' for stdin) instead of a test message; --to and --from (or the profile's from_address) make the envelope.")] = None,
     quit_after: Annotated[
         Optional[str],
-        typer.Option("--quit-after", metavar="STAGE", callback=_quit_after_callback, help="Stop after this stage. SMTP: resolve, connect, tls, banner, ehlo, starttls, auth, mail, rcpt. Graph/EWS: token, connect, tls (nothing is sent)."),
+        typer.Option("--quit-after", metavar="STAGE", callback=_quit_after_callback, autocompletion=_complete_stage, help="Stop after this stage. SMTP: resolve, connect, tls, banner, ehlo, starttls, auth, mail, rcpt. Graph/EWS: token, connect, tls (nothing is sent)."),
     ] = None,
     auth_mechanism: AuthMechanismOpt = None,
     ehlo: EhloOpt = None,

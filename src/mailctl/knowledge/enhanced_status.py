@@ -2,7 +2,8 @@
 
 RFC 3463 defines the codes (class.subject.detail); RFC 5248 made them an IANA registry, and
 later RFCs registered more detail codes (RFC 3886, 4468, 4954, 6531, 6710, 7293, 7372, 7505,
-8617, 8689). The SMTP reply codes themselves (RFC 5321, with 521/556 from RFC 7504 and the
+8617, 8689), and X.7.28 was registered from an Internet-Draft (draft-levine-mailbomb-header);
+titles are the registry's "Sample Text" (X.6.10 has none: it is deprecated). The SMTP reply codes themselves (RFC 5321, with 521/556 from RFC 7504 and the
 AUTH replies of RFC 4954) are here too, for replies that carry no enhanced code.
 
 Plain dicts of tuples, no parsing at import: `knowledge.smtp.explain()` falls back on these
@@ -83,7 +84,7 @@ DETAILS: dict[tuple[int, int], tuple[str, str]] = {
     (6, 7): ("Non-ASCII addresses not permitted for that sender/recipient", "RFC 6531"),
     (6, 8): ("UTF-8 string reply is required, but not permitted by the SMTP client", "RFC 6531"),
     (6, 9): ("UTF-8 header message cannot be transferred to one or more recipients, so the message must be rejected", "RFC 6531"),
-    (6, 10): ("UTF-8 string reply is required, but not permitted by the SMTP client (registered twice, as X.6.8)", "RFC 6531"),
+    (6, 10): ("Deprecated: a duplicate of X.6.8 (UTF-8 string reply is required, but not permitted by the SMTP client)", "RFC 6531"),
     (7, 0): ("Other or undefined security status", "RFC 3463"),
     (7, 1): ("Delivery not authorized, message refused", "RFC 3463"),
     (7, 2): ("Mailing list expansion prohibited", "RFC 3463"),
@@ -112,7 +113,7 @@ DETAILS: dict[tuple[int, int], tuple[str, str]] = {
     (7, 25): ("Reverse DNS validation failed", "RFC 7372"),
     (7, 26): ("Multiple authentication checks failed", "RFC 7372"),
     (7, 27): ("Sender address has null MX", "RFC 7505"),
-    (7, 28): ("Mail flood detected", "IANA registration"),
+    (7, 28): ("Mail flood detected", "draft-levine-mailbomb-header"),  # registered from the draft, not an RFC
     (7, 29): ("ARC validation failure", "RFC 8617"),
     (7, 30): ("REQUIRETLS support required", "RFC 8689"),
 }

@@ -1056,8 +1056,8 @@ KNOWLEDGE: list[KnownFailure] = [
         pattern=r"\bSPF\b|Sender Policy Framework",
         example=("data", "550 5.7.23 The message was rejected because of Sender Policy Framework violation"),
         also=(
-            ("data", "550 5.7.27 Your email has been blocked because SPF authentication didn't pass for this message. Gmail requires all bulk email senders to authenticate with SPF. - gsmtp"),
-            ("data", "421 4.7.27 Your email has been rate limited because SPF authentication didn't pass for this message. Gmail requires all bulk email senders to authenticate with SPF. - gsmtp"),
+            ("data", "550 5.7.27 This message was blocked because it didn't pass SPF authentication. Gmail requires bulk email senders to authenticate their email with SPF. - gsmtp"),
+            ("data", "421 4.7.27 Your email has been rate limited because SPF authentication didn't pass for this message. Gmail requires all bulk email senders to authenticate their email with SPF. - gsmtp"),
         ),
         source="microsoft365",
     ),
