@@ -9,6 +9,9 @@ new_session(values, profile, user_agent=...) builds a requests.Session for one p
   HTTP_PROXY, ALL_PROXY) with NO_PROXY applied to each request's URL, as requests itself does.
 - a default timeout on every request (the profile's `timeout`, else 30 s) and a User-Agent.
 - close() also removes the session's temporary CA bundle.
+- host names are looked up within the request's connect timeout (deadline_adapter_class):
+  urllib3 would call getaddrinfo itself, outside its connect timeout, and a resolver that
+  never answers would hold the request for as long as glibc retries.
 
 requests and urllib3 are imported inside functions so that `mailctl --help` never loads them."""
 
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import email.utils
 import re
+import socket
 import ssl
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -32,6 +37,7 @@ DEFAULT_MAX_ATTEMPTS = 4
 DEFAULT_MAX_WAIT = 60.0  # longest single Retry-After we sleep through; longer -> defer
 
 _session_class = None
+_adapter_class = None
 
 
 def _mailctl_session_class():
@@ -117,6 +123,9 @@ def new_session(values: Mapping[str, Any], profile: str = "", *, user_agent: str
     shared_ca_bundle / check_pem: see net.tls.TlsConfig.requests_verify."""
     session = _mailctl_session_class()()
     session.trust_env = False
+    adapter = deadline_adapter_class()
+    for prefix in ("https://", "http://"):
+        session.mount(prefix, adapter())
     tls = tls_config(values, profile).requests_verify(shared=shared_ca_bundle, check_pem=check_pem)
     session.tls = tls
     session.verify = tls.verify
@@ -129,6 +138,203 @@ def new_session(values: Mapping[str, Any], profile: str = "", *, user_agent: str
         session.proxies, session.no_proxy = environment_proxies()
     session.headers["User-Agent"] = user_agent
     return session
+
+
+# --- host-name lookups within the connect timeout -----------------------------------------
+def deadline_adapter_class():
+    """requests' HTTPAdapter whose connections (direct, to an HTTP(S) proxy, to a SOCKS proxy)
+    look the host name up with net.lookup.resolve() within the request's connect timeout, the
+    connect getting what is left. Only the sessions that mount it are affected (new_session's, and
+    EWS's exchangelib sessions): urllib3 itself is left as it is for other users in the
+    process. Defined on first use (requests is heavy)."""
+    global _adapter_class
+    if _adapter_class is None:
+        _adapter_class = _define_adapter()
+    return _adapter_class
+
+
+def _define_adapter():
+    import requests.adapters
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def _new_conn(self) -> socket.socket:
+        return _urllib3_new_conn(self)
+
+    http_conn = type("MailctlHTTPConnection", (HTTPConnection,), {"_new_conn": _new_conn})
+    https_conn = type("MailctlHTTPSConnection", (HTTPSConnection,), {"_new_conn": _new_conn})
+    pools = {
+        "http": type("MailctlHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}),
+        "https": type("MailctlHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn}),
+    }
+
+    class MailctlAdapter(requests.adapters.HTTPAdapter):
+        """HTTPAdapter whose pool managers (the direct one, each HTTP(S) proxy's and each
+        SOCKS proxy's) make mailctl's connections."""
+
+        def init_poolmanager(self, *args, **kwargs) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools  # urllib3's per-manager override
+
+        def proxy_manager_for(self, proxy, **proxy_kwargs):
+            manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+            manager.pool_classes_by_scheme = _socks_pools() if proxy.lower().startswith("socks") else pools
+            return manager
+
+    return MailctlAdapter
+
+
+_socks_pool_classes: dict | None = None
+
+
+def _socks_pools() -> dict:
+    """urllib3's SOCKS pools with the proxy's name looked up within the connect timeout
+    (defined when a SOCKS proxy is first used: PySocks loads only then)."""
+    global _socks_pool_classes
+    if _socks_pool_classes is None:
+        from urllib3.contrib.socks import (
+            SOCKSConnection, SOCKSHTTPConnectionPool, SOCKSHTTPSConnection, SOCKSHTTPSConnectionPool,
+        )
+
+        def _new_conn(self) -> socket.socket:
+            return _socks_new_conn(self, SOCKSConnection._new_conn)
+
+        plain = type("MailctlSOCKSConnection", (SOCKSConnection,), {"_new_conn": _new_conn})
+        tls = type("MailctlSOCKSHTTPSConnection", (SOCKSHTTPSConnection,), {"_new_conn": _new_conn})
+        _socks_pool_classes = {
+            "http": type("MailctlSOCKSHTTPConnectionPool", (SOCKSHTTPConnectionPool,), {"ConnectionCls": plain}),
+            "https": type("MailctlSOCKSHTTPSConnectionPool", (SOCKSHTTPSConnectionPool,), {"ConnectionCls": tls}),
+        }
+    return _socks_pool_classes
+
+
+def _socks_new_conn(conn, new_conn) -> socket.socket:
+    """PySocks connects to the proxy by its name (getaddrinfo, outside any deadline): look the
+    name up here within the connect timeout and let PySocks connect to the address with the
+    time that is left (the server's name still goes to the proxy for socks5h://)."""
+    from urllib3.exceptions import NewConnectionError
+
+    from mailctl.net.lookup import LookupTimeout, is_ip_literal, resolve
+
+    options, timeout = conn._socks_options, conn.timeout
+    host = options["proxy_host"]
+    if not isinstance(timeout, (int, float)) or not host or is_ip_literal(host):
+        return new_conn(conn)
+    end = time.monotonic() + timeout
+    try:
+        infos = resolve(host, options["proxy_port"], timeout=timeout, type=socket.SOCK_STREAM)
+    except LookupTimeout as exc:
+        raise _lookup_error_class()(conn, lookup_timeout_message(exc, proxy=True)) from exc
+    except socket.gaierror as exc:
+        raise NewConnectionError(conn, f"cannot resolve the proxy's host {host}: {exc.strerror or exc}") from exc
+    conn._socks_options = {**options, "proxy_host": infos[0][4][0]}
+    conn.timeout = max(0.01, end - time.monotonic())
+    try:
+        sock = new_conn(conn)
+    finally:
+        conn._socks_options, conn.timeout = options, timeout
+    sock.settimeout(timeout)  # the TLS handshake keeps the whole timeout, as without a proxy
+    return sock
+
+
+def _urllib3_new_conn(conn) -> socket.socket:
+    """urllib3.connection.HTTPConnection._new_conn over connect_within(): the same checks, the
+    same urllib3 errors (NameResolutionError, ConnectTimeoutError, NewConnectionError), and a
+    LookupDeadlineError when the name got no answer within the connect timeout."""
+    from urllib3.exceptions import ConnectTimeoutError, LocationParseError, NameResolutionError, NewConnectionError
+    from urllib3.util.connection import allowed_gai_family
+
+    from mailctl.net.lookup import LookupTimeout
+
+    try:
+        conn._dns_host.encode("idna")
+    except UnicodeError:
+        raise LocationParseError(f"'{conn._dns_host}', label empty or too long") from None
+    try:
+        sock = connect_within(conn._dns_host, conn.port, conn.timeout, family=allowed_gai_family(),
+                              source_address=conn.source_address, socket_options=conn.socket_options)
+    except LookupTimeout as exc:
+        raise _lookup_error_class()(conn, lookup_timeout_message(exc, proxy=conn.proxy is not None)) from exc
+    except socket.gaierror as exc:
+        raise NameResolutionError(conn.host, conn, exc) from exc
+    except (TimeoutError, socket.timeout) as exc:
+        raise ConnectTimeoutError(conn, f"Connection to {conn.host} timed out. (connect timeout={conn.timeout})") from exc
+    except OSError as exc:
+        raise NewConnectionError(conn, f"Failed to establish a new connection: {exc}") from exc
+    sys.audit("http.client.connect", conn, conn.host, conn.port)
+    return sock
+
+
+_lookup_error = None
+
+
+def _lookup_error_class():
+    """urllib3's NewConnectionError for a lookup that got no answer in time: requests makes it
+    a ConnectionError (a ProxyError for the proxy's name), request() a 'cannot connect' (69)."""
+    global _lookup_error
+    if _lookup_error is None:
+        from urllib3.exceptions import HTTPError, NewConnectionError
+
+        class LookupDeadlineError(NewConnectionError):
+            """The message alone, without the connection object's repr in front."""
+
+            def __init__(self, conn, message: str) -> None:
+                HTTPError.__init__(self, message)
+                self.conn = conn
+                self._message = message
+
+        _lookup_error = LookupDeadlineError
+    return _lookup_error
+
+
+def lookup_timeout_message(exc, *, proxy: bool = False) -> str:
+    """The SMTP resolve stage's wording for a LookupTimeout: 'cannot resolve HOST within Ns:
+    no answer from the resolver (waited ...)'."""
+    from mailctl.net.lookup import MAX_PENDING
+
+    what = f"the proxy's host {exc.host}" if proxy else exc.host
+    busy = f"; {MAX_PENDING} earlier lookups are still pending" if exc.busy else ""
+    return f"cannot resolve {what} within {exc.timeout:g}s: no answer from the resolver (waited {exc.waited:.1f}s{busy})"
+
+
+def connect_within(host: str, port: int, timeout, *, family: int = 0, source_address=None,
+                   socket_options=None) -> socket.socket:
+    """socket.create_connection (urllib3's, with its socket_options), but the lookup
+    (net.lookup.resolve) and the connects to the addresses in turn share one deadline of
+    `timeout` seconds; the socket then keeps `timeout` for the TLS handshake, as urllib3's does.
+    No timeout (None): no deadline. Raises LookupTimeout, socket.gaierror, TimeoutError or the
+    first address's OSError."""
+    from mailctl.net.lookup import resolve
+
+    if host.startswith("["):
+        host = host.strip("[]")
+    if not isinstance(timeout, (int, float)):  # urllib3's "default" sentinel: the socket default
+        timeout = socket.getdefaulttimeout()
+    end = None if timeout is None else time.monotonic() + timeout
+    if end is None:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    else:
+        infos = resolve(host, port, timeout=timeout, type=socket.SOCK_STREAM, family=family)
+    first: OSError | None = None
+    for af, socktype, proto, _canon, sockaddr in infos:
+        left = None if end is None else end - time.monotonic()
+        if left is not None and left <= 0:
+            raise first or TimeoutError("timed out")
+        sock = socket.socket(af, socktype, proto)
+        try:
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            sock.settimeout(left)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            first = first or exc
+            continue
+        sock.settimeout(timeout)
+        return sock
+    raise first or OSError("getaddrinfo returns an empty list")
 
 
 def close_session(session) -> None:
@@ -207,7 +413,7 @@ def request(
         except requests.exceptions.ProxyError as exc:
             raise UnavailableError(
                 f"proxy refused or failed the connection to {_host(url)}: {failure_reason(exc)}",
-                hint="check the profile's proxy URL and the proxy password (secret kind proxy_password)",
+                hint=lookup_hint(exc, "check the profile's proxy URL and the proxy password (secret kind proxy_password)"),
             ) from exc
         except requests.exceptions.ConnectTimeout as exc:
             raise UnavailableError(
@@ -216,13 +422,13 @@ def request(
             ) from exc
         except requests.exceptions.ReadTimeout as exc:
             raise TemporaryFailure(
-                f"{_host(url)} did not answer within {kwargs['timeout']:g} s",
+                f"{_host(url)} did not answer within {_read_timeout(kwargs['timeout']):g} s",
                 hint="the request may still have been processed; raise the profile's timeout",
             ) from exc
         except requests.exceptions.ConnectionError as exc:
             raise UnavailableError(
                 f"cannot connect to {_host(url)}: {failure_reason(exc)}",
-                hint="check the host name, DNS, the network and the profile's proxy",
+                hint=lookup_hint(exc, "check the host name, DNS, the network and the profile's proxy"),
             ) from exc
         if response.status_code not in RETRY_STATUSES or attempt >= retry.max_attempts:
             return response
@@ -238,7 +444,47 @@ def request(
         waited += delay
 
 
+def _read_timeout(timeout) -> float:
+    """The read part of requests' timeout (a number, or a (connect, read) tuple)."""
+    if isinstance(timeout, tuple):
+        timeout = timeout[-1]
+    return float(timeout) if timeout is not None else float("inf")
+
+
 # --- failure reasons -----------------------------------------------------------------
+def lookup_hint(exc: BaseException, otherwise: str) -> str:
+    """The hint for a failed request: the DNS one when a host-name lookup got no answer in
+    time (net.lookup.LookupTimeout somewhere in its chain of reasons and causes)."""
+    timeout = lookup_timeout_of(exc)
+    if timeout is None:
+        return otherwise
+    return (f"the DNS lookup got no answer: check the nameservers in /etc/resolv.conf and `getent hosts {timeout.host}`; "
+            "raise the profile's timeout if DNS is slow here")
+
+
+def lookup_timeout_of(exc: BaseException):
+    """The net.lookup.LookupTimeout behind a requests/urllib3 failure, or None."""
+    from mailctl.net.lookup import LookupTimeout
+
+    return _inner(exc, LookupTimeout)
+
+
+def _inner(exc: BaseException, cls) -> BaseException | None:
+    """The first exception of class `cls` in exc's chain of reasons, wrapped errors and causes."""
+    todo, seen = [exc], set()
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, cls):
+            return current
+        todo.extend(inner for inner in (getattr(current, "reason", None), getattr(current, "original_error", None),
+                                        current.__cause__, *getattr(current, "args", ()))
+                    if isinstance(inner, BaseException))
+    return None
+
+
 def _host(url: str) -> str:
     parts = urlsplit(url)
     return parts.netloc.rpartition("@")[2] or url
@@ -246,6 +492,9 @@ def _host(url: str) -> str:
 
 def failure_reason(exc: BaseException) -> str:
     """The innermost useful reason of a requests/urllib3 exception, without URLs or secrets."""
+    deadline = _inner(exc, _lookup_error) if _lookup_error is not None else None
+    if deadline is not None:  # a lookup without an answer in time: its own message says it all
+        return str(deadline)
     seen = exc
     text = str(exc)
     for _ in range(6):

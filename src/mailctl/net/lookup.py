@@ -4,7 +4,7 @@ getaddrinfo() cannot be interrupted, and glibc's resolver waits its own timeouts
 per nameserver, `attempts` times) whatever the caller's deadline. resolve() runs it in a
 daemon thread and waits at most `timeout`; on expiry it raises LookupTimeout, which the
 calling stage turns into its own error (transports.smtp at the resolve stage, net.proxy in
-the proxy handshake).
+the proxy handshake, net.http in the connect of every HTTP request and of its proxy).
 
 A lookup that outlives its caller goes on in the background. Threads are bounded: a caller
 asking for the same (host, port) while a lookup of it is pending waits for that one instead of

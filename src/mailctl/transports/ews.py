@@ -47,10 +47,11 @@ _autodiscover_lock = threading.Lock()
 
 
 def _adapter_class(verify, proxies: dict[str, str]):
-    import requests.adapters
+    from mailctl.net.http import deadline_adapter_class
 
-    class MailctlEwsAdapter(requests.adapters.HTTPAdapter):
-        """Forces the profile's TLS verification and proxies onto every exchangelib request."""
+    class MailctlEwsAdapter(deadline_adapter_class()):
+        """Forces the profile's TLS verification and proxies onto every exchangelib request
+        (and, as every mailctl session, looks host names up within the connect timeout)."""
 
         def send(self, request, stream=False, timeout=None, verify_=None, cert=None, proxies_=None, **kwargs):
             kwargs.pop("verify", None)

@@ -66,6 +66,8 @@ def warnings_of(profile) -> list[str]:
 
 
 def explain_http(profile, err: MailctlError, stage: str) -> Explanation | None:
+    if err.explanation is not None:  # the stage knew better (a lookup without an answer)
+        return err.explanation
     code = err.error_code
     status = err.http_status
     known = explain_graph(code, status) if profile.type == "graph" else explain_ews(code, status)
@@ -167,8 +169,19 @@ class _Plan:
         timeout = float(profile.values.get("timeout") or 30)
 
         def connect() -> socket.socket:
+            from mailctl.net.http import connect_within, lookup_hint, lookup_timeout_message
+            from mailctl.net.lookup import LookupTimeout
+
             try:
-                return socket.create_connection((host, port), timeout=timeout)
+                return connect_within(host, port, timeout)  # the name's lookup within the timeout too
+            except LookupTimeout as exc:
+                err = UnavailableError(lookup_timeout_message(exc), hint=lookup_hint(exc, ""))
+                err.explanation = Explanation(
+                    "timeout", f"The DNS lookup of {host} got no answer within {timeout:g} s: the nameservers this "
+                    "machine uses (/etc/resolv.conf) are slow, unreachable or not answering for this name.",
+                    f"Check DNS with `getent hosts {host}` and the nameservers in /etc/resolv.conf; raise the timeout "
+                    f"if DNS is slow here: mailctl profile edit {profile.name} --timeout 60.", err.exit_code)
+                raise err from exc
             except socket.gaierror as exc:
                 raise UnavailableError(f"cannot resolve {host}: {exc.strerror or exc}", hint="check the URL's host name and DNS") from exc
             except OSError as exc:

@@ -832,7 +832,8 @@ class SmtpTransport:
             raise self._error(err, "resolve", exc, server=server) from exc
 
     def connect(self, server: Server, addrs: list[tuple] | None = None) -> None:
-        """TCP connection (direct or through the proxy); sets self.session."""
+        """TCP connection (direct or through the proxy); sets self.session. Resolving here (no
+        staged addresses), the lookup and the connect share one deadline of `timeout`."""
         self.server = server
         self.encrypted = False
         proxy = self.proxy_spec()
@@ -842,9 +843,10 @@ class SmtpTransport:
 
                 sock = connect_via_proxy(proxy, server.host, server.port, self.timeout)
             else:
+                deadline = time.monotonic() + self.timeout
                 if addrs is None:
                     addrs = self.resolve(server)
-                sock = self._connect_first(addrs)
+                sock = self._connect_first(addrs, deadline)
         except MailctlError as err:
             raise self._error(err, "connect", server=server)
         except OSError as exc:
@@ -872,9 +874,8 @@ class SmtpTransport:
             via = f" via {proxy.display}" if proxy is not None else ""
             self.recorder.add("*", f"connected to {server.address}{peer}{via}")
 
-    def _connect_first(self, addrs: list[tuple]) -> socket.socket:
+    def _connect_first(self, addrs: list[tuple], deadline: float) -> socket.socket:
         last: OSError | None = None
-        deadline = time.monotonic() + self.timeout
         if self.source_address:
             addrs = self._source_family(addrs)
         for family, socktype, proto, _canon, sockaddr in addrs:
