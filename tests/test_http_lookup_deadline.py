@@ -348,6 +348,8 @@ def test_token_endpoint_on_a_stuck_name_fails_at_the_deadline(cli, isolated_env,
     assert res.exit_code == ExitCode.UNAVAILABLE, res.output
     assert took < BOUND, took
     assert "login.stuck.test" in error_line(res.stderr)
+    assert "cannot resolve login.stuck.test within 1s: no answer from the resolver" in error_line(res.stderr), res.stderr
+    assert "getent hosts login.stuck.test" in res.stderr  # the DNS hint, not the generic one
     assert "Traceback" not in res.output and CLIENT_SECRET not in res.output
     assert idp.requests == []
     assert resolver.threads_of("login.stuck.test")[0].startswith("mailctl-lookup ")

@@ -321,6 +321,10 @@ def _render_tls(add, report) -> None:
         add(f"Verification: {verification}")
     for i, cert in enumerate(report.certificates):
         add(_cert_title(i, len(report.certificates)))
+        if cert.get("unreadable"):  # OpenSSL took it, cryptography cannot read it
+            add(f"  cannot be read: {cert['unreadable']}")
+            add(f"  SHA-256:   {cert['sha256']}")
+            continue
         add(f"  subject:   {cert['subject']}")
         if cert["san"]:
             add(f"  SAN:       {', '.join(cert['san'])}")

@@ -47,6 +47,22 @@ def describe_certificate(der: bytes, *, now: datetime | None = None) -> dict[str
     }
 
 
+def describe_shown(der: bytes, *, now: datetime | None = None) -> dict[str, Any]:
+    """describe_certificate() of a certificate a peer showed, which OpenSSL took but which may
+    still be one cryptography cannot read (a sloppy private CA's: a SAN that is not IA5 text,
+    a bad extension): then what is certain, its SHA-256 fingerprint, and why it cannot be read
+    (`unreadable`), every other fact None; a diagnosis shows that instead of failing."""
+    try:
+        return describe_certificate(der, now=now)
+    except Exception as exc:  # noqa: BLE001 (cryptography's ValueError, or its extension errors)
+        digest = hashlib.sha256(der).hexdigest().upper()
+        return {"subject": None, "san": [], "names": [], "issuer": None, "self_signed": None, "serial": None,
+                "not_before": None, "not_after": None, "days_left": None, "expired": None, "not_yet_valid": None,
+                "key": None, "key_bits": None, "signature_hash": None,
+                "sha256": ":".join(digest[i:i + 2] for i in range(0, len(digest), 2)),
+                "unreadable": " ".join(str(exc).split())[:300] or type(exc).__name__}
+
+
 def _cryptography_facts(der: bytes) -> dict[str, Any]:
     """What describe_certificate() shows, as cryptography reads it (the reference _der_facts matches)."""
     from cryptography import x509
@@ -680,10 +696,10 @@ def certificate_problem(verify_code: int | None, verify_message: str, chain: lis
     """Turn OpenSSL's verify code and the chain the server sent (fetched without verifying)
     into facts: the exact names, dates, issuer and ca_file involved."""
     now = now or datetime.now(timezone.utc)
-    described = [describe_certificate(der, now=now) for der in chain]
+    described = [describe_shown(der, now=now) for der in chain]
     leaf = described[0] if described else {}
     top = described[-1] if described else {}
-    problem = CertificateProblem("other", host, verify_message or "", leaf, issuer=top.get("issuer", ""),
+    problem = CertificateProblem("other", host, verify_message or "", leaf, issuer=top.get("issuer") or "",
                                  ca_file=ca_file, now=now.isoformat(timespec="seconds"))
     if ca_file:
         problem.ca_file_subjects = ca_file_subjects(ca_file)

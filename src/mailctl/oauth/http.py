@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from mailctl.errors import UnavailableError
-from mailctl.net.http import DEFAULT_TIMEOUT, new_session
+from mailctl.net.http import DEFAULT_TIMEOUT, failure_reason, lookup_hint, lookup_timeout_of, new_session
 from mailctl.net.tls import requests_verify
 
 TIMEOUT = DEFAULT_TIMEOUT
@@ -71,7 +71,9 @@ def network_call(profile, doing: str, fn: Callable[[], Any], *, peer: str) -> An
             hint=f"if a proxy or private CA intercepts TLS, give its CA: mailctl profile edit {profile.name} --ca-file PATH",
         ) from None
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        # a host-name lookup without an answer in time says so (cannot resolve HOST within Ns)
+        why = failure_reason(exc) if lookup_timeout_of(exc) is not None else type(exc).__name__
         raise UnavailableError(
-            f"profile {profile.name!r}: {doing}: cannot reach {peer} ({type(exc).__name__})",
-            hint="check the network, DNS and the profile's proxy setting",
+            f"profile {profile.name!r}: {doing}: cannot reach {peer} ({why})",
+            hint=lookup_hint(exc, "check the network, DNS and the profile's proxy setting"),
         ) from None

@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 from mailctl.errors import MailctlError, UnavailableError
 from mailctl.knowledge.http import explain_ews, explain_graph
 from mailctl.knowledge.smtp import Explanation, explain
-from mailctl.net.certs import describe_certificate
-from mailctl.net.http import redact_url
+from mailctl.net.certs import describe_shown
+from mailctl.net.http import connect_within, redact_url
 from mailctl.transports.base import Checkpoint, Stage, StageInfo
 from mailctl.transports.http import bearer_token, proxies_for, tls_settings
 
@@ -248,7 +248,7 @@ class _Plan:
             der = tsock.getpeercert(binary_form=True)
             tsock.close()
             return StageInfo(f"{info['version']} {info['cipher']}; {verification}", dict(info),
-                             {"tls": info, "certificates": [describe_certificate(der)] if der else []})
+                             {"tls": info, "certificates": [describe_shown(der)] if der else []})
 
         try:
             yield self.stage("tls", handshake, describe, on_failure=lambda _err: dict(failed_facts))
@@ -345,10 +345,10 @@ def _host_of(url: str) -> str:
 def _unverified_chain(host: str, port: int, timeout: float) -> list[dict[str, Any]]:
     """After a verification failure: fetch the certificate without verifying, only to show it."""
     try:
-        with socket.create_connection((host, port), timeout=min(timeout, 10.0)) as raw:
+        with connect_within(host, port, min(timeout, 10.0)) as raw:  # the lookup within the deadline too
             with ssl._create_unverified_context().wrap_socket(raw, server_hostname=host) as tsock:
                 der = tsock.getpeercert(binary_form=True)
-        return [describe_certificate(der)] if der else []
+        return [describe_shown(der)] if der else []
     except Exception:
         return []
 

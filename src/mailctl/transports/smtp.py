@@ -1411,12 +1411,12 @@ class SmtpTransport:
         return "ok: chain verified (system store), host name matches"
 
     def _describe_tls(self) -> StageInfo:
-        from mailctl.net.certs import describe_certificate, peer_chain
+        from mailctl.net.certs import describe_shown, peer_chain
 
         sock = self.session.sock
         cipher = sock.cipher() or ("", "", 0)
         info = {"version": sock.version(), "cipher": cipher[0], "bits": cipher[2], "verification": self._verification_text()}
-        certificates = [describe_certificate(der) for der in peer_chain(sock)]
+        certificates = [describe_shown(der) for der in peer_chain(sock)]
         return StageInfo(f"{info['version']} {info['cipher']}; {info['verification']}", dict(info),
                          {"tls": info, "certificates": certificates})
 
@@ -1454,7 +1454,7 @@ class SmtpTransport:
         refused = self._refused or {}
         if not refused and not isinstance(err.__cause__, ssl.SSLCertVerificationError):
             return {}
-        from mailctl.net.certs import describe_certificate
+        from mailctl.net.certs import describe_shown
 
         chain = refused.get("chain")
         if chain is None:
@@ -1464,7 +1464,7 @@ class SmtpTransport:
         tls = {"version": refused.get("version"), "cipher": None, "bits": None, "verification": f"FAILED: {err.message}"}
         if refused.get("problem"):
             tls["problem"] = refused["problem"]
-        return {"certificates": [describe_certificate(der) for der in chain or []], "tls": tls}
+        return {"certificates": [describe_shown(der) for der in chain or []], "tls": tls}
 
     def _unverified_chain(self, server: Server) -> list[bytes]:
         return self._second_look(server)[1]
