@@ -18,10 +18,12 @@ a stage detail or a SendResult."""
 
 from __future__ import annotations
 
+import base64
 import binascii
 import dataclasses
 import errno
 import functools
+import hmac
 import re
 import smtplib
 import socket
@@ -478,6 +480,43 @@ class SmtpSession(smtplib.SMTP):
         self.ehlo_resp = None
         self.esmtp_features = {}
         self.does_esmtp = False
+
+    AUTH_MAX_CHALLENGES = 5  # smtplib's limit: a server that keeps challenging is looping
+
+    def auth(self, mechanism: str, authobject: Callable[..., str | None], *, initial_response_ok: bool = True) -> tuple[int, bytes]:
+        """smtplib's auth, but each response is sent UTF-8 encoded, not ASCII: RFC 4616 makes
+        PLAIN's authzid/authcid/passwd UTF-8, and LOGIN (no standard) is UTF-8 to Dovecot,
+        Cyrus SASL and Exchange. smtplib's own raises UnicodeEncodeError on a password with
+        an umlaut. The ASCII XOAUTH2/OAUTHBEARER payloads encode to the same bytes."""
+        mechanism = mechanism.upper()
+        initial_response = authobject() if initial_response_ok else None
+        if initial_response is not None:
+            code, resp = self.docmd("AUTH", f"{mechanism} {self._b64_utf8(initial_response)}")
+            self._auth_challenge_count = 1
+        else:
+            code, resp = self.docmd("AUTH", mechanism)
+            self._auth_challenge_count = 0
+        while code == 334:  # a challenge: answer it, at most AUTH_MAX_CHALLENGES times
+            self._auth_challenge_count += 1
+            challenge = base64.decodebytes(resp)
+            code, resp = self.docmd(self._b64_utf8(authobject(challenge)))
+            if self._auth_challenge_count > self.AUTH_MAX_CHALLENGES:
+                raise smtplib.SMTPException("Server AUTH mechanism infinite loop")
+        if code in (235, 503):
+            return code, resp
+        raise smtplib.SMTPAuthenticationError(code, resp)
+
+    @staticmethod
+    def _b64_utf8(response: str) -> str:
+        """An AUTH response as sent: its UTF-8 bytes in base64, on one line."""
+        return base64.b64encode(response.encode("utf-8")).decode("ascii")
+
+    def auth_cram_md5(self, challenge: bytes | None = None) -> str | None:
+        """smtplib's CRAM-MD5 with the password's UTF-8 bytes as the HMAC key (smtplib's
+        takes only ASCII); the user name goes UTF-8 encoded by auth()."""
+        if challenge is None:  # CRAM-MD5 has no initial response
+            return None
+        return self.user + " " + hmac.HMAC(self.password.encode("utf-8"), challenge, "md5").hexdigest()
 
 
 class RecordingSmtpSession(SmtpSession):
@@ -1057,6 +1096,10 @@ class SmtpTransport:
             err = ConfigError(f"profile {self.profile.name!r}: auth = {method} needs a username")
             err.hint = f"set it with: mailctl profile edit {self.profile.name} --username USER"
             raise self._error(err, "auth")
+        try:
+            self._check_sendable(username, "username", "in the profile")
+        except ConfigError as err:
+            raise self._error(err, "auth")
         offered = self.auth_mechanisms()
         if self.auth_choice is not None:
             mech = self._chosen_mechanism(offered)
@@ -1138,11 +1181,33 @@ class SmtpTransport:
             if value is None:
                 value = self.secrets.require(self.profile, "password")  # raises: not stored
             self.secret_source = f"password from {where}" if where else "password"
+            self._check_sendable(value, "password", f"from {where}" if where else "as stored")
         else:
             value = _oauth_token(self.profile, self.secrets, force_refresh=force_refresh)
             self.secret_source = "OAuth access token" + (" (refreshed)" if force_refresh else "")
+            self._check_sendable(value, "OAuth access token", "from the token cache or endpoint")
         self.redactor.add(value)
         return value
+
+    def _check_sendable(self, value: str, field: str, where: str) -> None:
+        """AUTH sends credentials UTF-8 encoded (SmtpSession.auth). A value with no UTF-8 form
+        (a lone surrogate: bytes that were not UTF-8, read from the environment or a keyring),
+        or with a NUL (AUTH PLAIN's separator: RFC 4616 excludes it), is a ConfigError naming
+        the field, never a UnicodeEncodeError or a garbled login. The value is not shown."""
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            problem = f"character {exc.start + 1} has no UTF-8 form, so AUTH cannot send it"
+        else:
+            if "\0" not in value:
+                return
+            problem = f"character {value.index(chr(0)) + 1} is NUL, which AUTH cannot carry"
+        err = ConfigError(f"profile {self.profile.name!r}: the {field} ({where}) is not valid text: {problem}")
+        name = self.profile.name
+        err.hint = {"password": f"store it again as UTF-8 text: mailctl profile edit {name} --password-stdin",
+                    "username": f"set it again as UTF-8 text: mailctl profile edit {name} --username USER"}.get(
+                        field, f"sign in again: mailctl auth login {name}")
+        raise err
 
     def fetch_secret(self) -> str:
         """The "secret" stage: fetch the password or token before AUTH, so that a slow keyring,
