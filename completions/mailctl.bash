@@ -177,7 +177,7 @@ _mailctl_option_values() {  # 'PATH|OPTION' -> REPLY: its values, @profile, @fil
         'profile discover|--timeout') REPLY='@value' ;;
         'profile discover|--ca-file') REPLY='@file' ;;
         'profile discover|--https-port') REPLY='@value' ;;
-        'test connect|--quit-after') REPLY='resolve connect tls banner ehlo starttls auth token' ;;
+        'test connect|--quit-after') REPLY='resolve connect tls banner ehlo starttls auth secret token' ;;
         'test connect|--auth-mechanism') REPLY='@value' ;;
         'test connect|--ehlo') REPLY='@value' ;;
         'test connect|--source-address') REPLY='@value' ;;
@@ -188,7 +188,7 @@ _mailctl_option_values() {  # 'PATH|OPTION' -> REPLY: its values, @profile, @fil
         'test send|--attach') REPLY='@file' ;;
         'test send|--header') REPLY='@value' ;;
         'test send|--data') REPLY='@file' ;;
-        'test send|--quit-after') REPLY='resolve connect tls banner ehlo starttls auth mail rcpt data token' ;;
+        'test send|--quit-after') REPLY='resolve connect tls banner ehlo starttls auth mail rcpt data secret token' ;;
         'test send|--auth-mechanism') REPLY='@value' ;;
         'test send|--ehlo') REPLY='@value' ;;
         'test send|--source-address') REPLY='@value' ;;

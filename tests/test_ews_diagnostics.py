@@ -64,7 +64,7 @@ def test_connect_stages_and_getfolder(cli, isolated_env, srv, ca_pem):
     res = cli("test", "connect", "e", "--json")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert stages(data) == [("credentials", "ok"), ("connect", "ok"), ("tls", "ok"), ("request", "ok"), ("response", "ok")]
+    assert stages(data) == [("secret", "ok"), ("connect", "ok"), ("tls", "ok"), ("request", "ok"), ("response", "ok")]
     assert "keyring" in data["stages"][0]["detail"] and "Sent Items" in data["stages"][-1]["detail"]
     assert data["settings"]["warnings"] == []
     assert PASSWORD not in res.output
@@ -101,11 +101,11 @@ def test_wrong_password_exit_77(cli, isolated_env, srv, ca_pem):
     assert res.exit_code == 77 and "wrong-password-000" not in res.output
 
 
-def test_missing_password_fails_at_credentials_stage(cli, isolated_env, srv, ca_pem):
+def test_missing_password_fails_at_secret_stage(cli, isolated_env, srv, ca_pem):
     setup(isolated_env, srv, ca_pem)
     keyring.delete_password("mailctl", "e/password")
     res = cli("test", "connect", "e", "--json")
-    assert res.exit_code == 77 and json.loads(res.stdout)["failed_stage"] == "credentials"
+    assert res.exit_code == 77 and json.loads(res.stdout)["failed_stage"] == "secret"
     assert srv.requests == []
 
 

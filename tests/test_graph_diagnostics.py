@@ -41,7 +41,8 @@ def test_connect_shows_token_tls_request_response(cli, profile, graph):
     res = cli("test", "connect", "g", "--json")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert stages(data) == [("token", "ok"), ("connect", "ok"), ("tls", "ok"), ("request", "ok"), ("response", "ok")]
+    assert stages(data) == [("secret", "ok"), ("token", "ok"), ("connect", "ok"), ("tls", "ok"), ("request", "ok"),
+                            ("response", "ok")]
     assert all(s["duration_seconds"] >= 0 for s in data["stages"])
     assert data["tls"]["version"].startswith("TLS") and "ca_file" in data["tls"]["verification"]
     assert data["certificates"][0]["san"]
@@ -52,10 +53,11 @@ def test_connect_shows_token_tls_request_response(cli, profile, graph):
 
 
 @pytest.mark.parametrize("stage, expected", [
-    ("token", [("token", "ok")]),
-    ("connect", [("token", "ok"), ("connect", "ok")]),
-    ("tls", [("token", "ok"), ("connect", "ok"), ("tls", "ok")]),
-    ("auth", [("token", "ok"), ("connect", "ok"), ("tls", "ok")]),  # an SMTP name: before the request
+    ("secret", [("secret", "ok")]),
+    ("token", [("secret", "ok"), ("token", "ok")]),
+    ("connect", [("secret", "ok"), ("token", "ok"), ("connect", "ok")]),
+    ("tls", [("secret", "ok"), ("token", "ok"), ("connect", "ok"), ("tls", "ok")]),
+    ("auth", [("secret", "ok"), ("token", "ok"), ("connect", "ok"), ("tls", "ok")]),  # an SMTP name: before the request
 ])
 def test_quit_after_http_stages(cli, profile, graph, stage, expected):
     res = cli("test", "send", "g", "--to", "x@example.net", "--quit-after", stage, "--json")
@@ -134,13 +136,14 @@ def test_untrusted_certificate_fails_at_tls_with_69(cli, isolated_env, graph):
     assert graph.requests == []
 
 
-def test_missing_token_fails_at_token_stage_with_77(cli, isolated_env, graph, ca_pem):
+def test_missing_token_fails_at_secret_stage_with_77(cli, isolated_env, graph, ca_pem):
     write_profiles(isolated_env, {"g": {"type": "graph", "auth": "oauth", "username": MAILBOX, "tenant_id": TENANT,
                                         "client_id": CLIENT_ID, "graph_endpoint": graph.base_url, "ca_file": ca_pem}})
     res = cli("test", "connect", "g", "--json")
     assert res.exit_code == 77
     data = json.loads(res.stdout)
-    assert data["failed_stage"] == "token" and "auth login g" in data["hint"]
+    # nothing stored from `auth login`: a missing secret, found before any network call
+    assert data["failed_stage"] == "secret" and "auth login g" in data["hint"]
 
 
 def test_app_only_connect_and_send(cli, isolated_env, graph, idp, ca_pem):

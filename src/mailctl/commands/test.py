@@ -112,7 +112,7 @@ def connect(
     profile: TestProfileArg = None,
     quit_after: Annotated[
         Optional[str],
-        typer.Option("--quit-after", metavar="STAGE", callback=_quit_after_callback, autocompletion=_complete_connect_stage, help="Stop after this stage. SMTP: resolve, connect, tls, banner, ehlo, starttls, auth. Graph/EWS: token, connect, tls (stops before the API request)."),
+        typer.Option("--quit-after", metavar="STAGE", callback=_quit_after_callback, autocompletion=_complete_connect_stage, help="Stop after this stage. SMTP: resolve, connect, tls, banner, ehlo, starttls, auth. Graph/EWS: secret, token, connect, tls (stops before the API request)."),
     ] = None,
     auth_mechanism: AuthMechanismOpt = None,
     ehlo: EhloOpt = None,
@@ -143,7 +143,7 @@ def send(
     data: Annotated[Optional[str], typer.Option("--data", metavar="FILE", help="Send this complete message (RFC 5322, '-' for stdin) instead of a test message; --to and --from (or the profile's from_address) make the envelope.")] = None,
     quit_after: Annotated[
         Optional[str],
-        typer.Option("--quit-after", metavar="STAGE", callback=_quit_after_callback, autocompletion=_complete_stage, help="Stop after this stage. SMTP: resolve, connect, tls, banner, ehlo, starttls, auth, mail, rcpt. Graph/EWS: token, connect, tls (nothing is sent)."),
+        typer.Option("--quit-after", metavar="STAGE", callback=_quit_after_callback, autocompletion=_complete_stage, help="Stop after this stage. SMTP: resolve, connect, tls, banner, ehlo, starttls, auth, mail, rcpt. Graph/EWS: secret, token, connect, tls (nothing is sent)."),
     ] = None,
     auth_mechanism: AuthMechanismOpt = None,
     ehlo: EhloOpt = None,

@@ -25,9 +25,9 @@ from mailctl.transports.base import Failover, Reached, Stage, StageInfo, Transcr
 __all__ = ["ProbeMessage", "ProbeReport", "StageResult", "probe", "QUIT_AFTER_CHOICES", "SMTP_STAGES", "HTTP_QUIT_AFTER"]
 
 SMTP_STAGES = ("resolve", "connect", "tls", "banner", "ehlo", "starttls", "ehlo_tls", "secret", "auth", "mail", "rcpt", "data", "quit")
-QUIT_AFTER_CHOICES = ("resolve", "connect", "tls", "banner", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "token")
+QUIT_AFTER_CHOICES = ("resolve", "connect", "tls", "banner", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "secret", "token")
 # Graph/EWS stages one can stop after; the SMTP names stop an HTTP probe before its request.
-HTTP_QUIT_AFTER = ("token", "connect", "tls")
+HTTP_QUIT_AFTER = ("secret", "token", "connect", "tls")
 
 # "run `mailctl test connect NAME --transcript`": advice to run a probe again, which should
 # name the probe that is running (a test send is run again as a test send, with its --to)
@@ -63,6 +63,9 @@ def probe(profile, secrets, *, message: ProbeMessage | None = None, quit_after: 
         return report
     if quit_after == "token" and not getattr(cls, "has_token_stage", False):
         raise UsageError("--quit-after token: only graph and ews profiles have a token stage",
+                         hint="for an SMTP profile stop after the login with --quit-after auth")
+    if quit_after == "secret" and not getattr(cls, "has_secret_stage", False):  # would run on to the end
+        raise UsageError("--quit-after secret: only graph and ews profiles stop after their secret stage",
                          hint="for an SMTP profile stop after the login with --quit-after auth")
     recorder = TranscriptRecorder() if getattr(cls, "records_transcript", False) else None
     report = _Runner(cls(profile, secrets, recorder=recorder), profile, message).run(quit_after)

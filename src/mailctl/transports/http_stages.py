@@ -1,10 +1,17 @@
 """The stages of the HTTP API transports (graph, ews) for `mailctl test connect/send`.
 
-Stages: lint warnings, token (or, for EWS basic auth, credentials) -> connect -> tls ->
-request -> response. `--quit-after token|connect|tls` stops after that stage; the SMTP stage
-names stop before the request (a profile switched from SMTP keeps working).
-- token: the OAuth access token (delegated cache, client credentials or a stored static
-  token) or, for EWS basic auth, where the password comes from. Never the value.
+Stages: lint warnings, secret -> token (OAuth only) -> connect -> tls -> request -> response.
+`--quit-after secret|token|connect|tls` stops after that stage; the SMTP stage names stop
+before the request (a profile switched from SMTP keeps working).
+- secret: what the credential needs from the secret store, read and timed on its own (as
+  SMTP's secret stage): the EWS password, the client_secret (client credentials), the stored
+  tokens of `auth login` (delegated) or a static access_token; the detail says where each came
+  from (environment, secret_command, keyring), never the value. A locked or slow keyring, a
+  failing secret_command or a missing secret fails here, before any network call.
+- token (OAuth): the identity provider alone, on what the secret stage read (the stores are
+  not asked again during the probe); a static access_token says so without a network call, a
+  cached token still valid says that no new token was requested (MSAL still reads the
+  authority's metadata).
 - connect / tls: a TCP connection and a TLS handshake to the API host with the profile's
   verification settings (ca_file, tls_verify), showing the protocol, cipher and certificate.
   Through a proxy these are folded into the request.
@@ -18,6 +25,7 @@ transport's; nothing secret ever appears in a detail."""
 
 from __future__ import annotations
 
+import copy
 import socket
 import ssl
 from typing import Any, Callable
@@ -31,9 +39,10 @@ from mailctl.net.http import connect_within, redact_url
 from mailctl.transports.base import Checkpoint, Stage, StageInfo
 from mailctl.transports.http import bearer_token, proxies_for, tls_settings
 
-# --quit-after names that stop before the API request: token stops after the credentials,
-# connect before TLS; these (and the SMTP stage names) stop before the request.
-BEFORE_REQUEST = ("token", "resolve", "connect", "tls", "banner", "ehlo", "starttls", "auth")
+# --quit-after names that stop before the API request: secret and token stop after the
+# credentials, connect before TLS; these (and the SMTP stage names) stop before the request.
+BEFORE_REQUEST = ("secret", "token", "resolve", "connect", "tls", "banner", "ehlo", "starttls", "auth")
+TOKEN_KIND = "oauth_tokens"  # the secret kind of the stored tokens (mailctl.oauth.store.KIND)
 
 
 def probe_settings(transport) -> dict[str, Any]:
@@ -68,6 +77,8 @@ def warnings_of(profile) -> list[str]:
 def explain_http(profile, err: MailctlError, stage: str) -> Explanation | None:
     if err.explanation is not None:  # the stage knew better (a lookup without an answer)
         return err.explanation
+    if stage == "secret":  # the secret store's failure, explained as for SMTP's secret stage
+        return explain(err, stage="secret", context={"profile": profile.name})
     code = err.error_code
     status = err.http_status
     known = explain_graph(code, status) if profile.type == "graph" else explain_ews(code, status)
@@ -108,6 +119,9 @@ class _Plan:
         self.profile = transport.profile
         self.message = message
         self.target = transport.target
+        self.remembered = _RememberedSecrets.around(transport)
+        values = self.profile.values
+        self.auth = values.get("auth") or ("password" if self.profile.type == "ews" else "oauth")
 
     def stage(self, name: str, run: Callable[[], Any] | None = None, describe=None, **kw: Any) -> Stage:
         kw.setdefault("server", self.target)
@@ -116,7 +130,11 @@ class _Plan:
     def stages(self):
         for text in warnings_of(self.profile):
             yield self.stage("lint", lambda: None, lambda _v, t=text: StageInfo(f"warning: {t}"), stop_names=())
-        yield self.credentials_stage()
+        if self.auth == "password":
+            yield self.password_stage()
+        else:
+            yield self.secret_stage()
+            yield self.token_stage()
         url = self.transport.endpoint if self.profile.type == "graph" else self.transport.url
         if url:
             yield from self.tls_stages(url)
@@ -126,31 +144,67 @@ class _Plan:
         else:
             yield from self.ews_request()
 
-    # --- credentials ------------------------------------------------------------------
-    def credentials_stage(self) -> Stage:
-        profile, secrets, transport = self.profile, self.transport.secrets, self.transport
-        auth = profile.values.get("auth") or ("password" if profile.type == "ews" else "oauth")
-        if profile.type == "ews" and auth == "password":
-            def password() -> str:
-                secrets.require(profile, "password")
-                return secrets.lookup(profile, "password")[1] or "secret store"
+    # --- secret and token -----------------------------------------------------------
+    def password_stage(self) -> Stage:
+        """EWS basic auth: the password is the credential, read from the store (no token).
+        `--quit-after token` stops here too, as it did when this stage was `credentials`."""
+        profile, secrets = self.profile, self.transport.secrets
 
-            who = profile.values.get("username") or transport.mailbox
-            return self.stage("credentials", password,
-                              lambda where: StageInfo(f"password for {who} from {where}", {"auth": "password", "source": where}),
-                              stop_names=("token",))
+        def password() -> str:
+            value, where = secrets.lookup(profile, "password")
+            if value is None:
+                secrets.require(profile, "password")  # raises: not stored (secret-missing)
+            return where or "secret store"
 
-        def token() -> tuple[bool, int]:
-            value, static = bearer_token(profile, secrets)
-            return static, len(value)
+        who = profile.values.get("username") or self.transport.mailbox
+        return self.stage("secret", password,
+                          lambda where: StageInfo(f"password for {who} from {where}",
+                                                  {"auth": "password", "kind": "password", "source": where}),
+                          stop_names=("secret", "token"))
 
-        def describe(v) -> StageInfo:
-            static, _length = v
-            kind = "static access_token secret" if static else (
-                "client credentials (app-only)" if auth == "client-credentials" else "delegated token from `auth login`")
-            return StageInfo(f"{kind}; token acquired (not shown)", {"auth": auth, "static": static})
+    def secret_stage(self) -> Stage:
+        """OAuth: read what the token stage needs from the secret store, timed apart from the
+        identity provider (a hanging keyring is not an identity-provider problem)."""
+        profile, secrets, auth = self.profile, self.transport.secrets, self.auth
 
+        def describe(read: dict[str, Any]) -> StageInfo:
+            words = {"access_token": "static access_token", "client_secret": "client_secret",
+                     TOKEN_KIND: "stored tokens of `auth login`"}
+            how = {"client-credentials": "client credentials: "}.get(auth, "delegated: " if read["kind"] == TOKEN_KIND else "")
+            parts = [f"{how}{words[read['kind']]} from {read['source']}"]
+            if read["kind"] == "client_secret":
+                parts.append(f"token cache from {read['token_cache']}" if read["token_cache"] else "no token cache stored")
+            return StageInfo("; ".join(parts) + " (not shown)", {"auth": auth, **read})
+
+        return self.stage("secret", lambda: _read_oauth_secrets(profile, secrets, auth), describe)
+
+    def token_stage(self) -> Stage:
+        """OAuth: the access token from the identity provider, on what the secret stage read;
+        the transport keeps it for the request (one token per probe)."""
+        profile, transport, remembered = self.profile, self.transport, self.remembered
         from mailctl.oauth.scopes import identity_provider_url
+
+        idp = urlsplit(identity_provider_url(profile)).hostname or "the identity provider"
+
+        def token() -> dict[str, Any]:
+            written = remembered.token_writes if remembered is not None else 0
+            if profile.type == "graph":  # the transport keeps it: the request uses this token, not a second one
+                transport._fetch_token()
+                static = transport._static_token
+            else:  # EWS builds its credentials on open(), from the same stores (the token cache: no new call)
+                static = bearer_token(profile, transport.secrets)[1]
+            fetched = remembered is None or remembered.token_writes > written  # a new token was stored
+            return {"static": static, "new_token": not static and fetched}
+
+        def describe(v: dict[str, Any]) -> StageInfo:
+            if v["static"]:
+                text = "static access_token: used as stored, no identity provider call"
+            elif not v["new_token"]:
+                text = "cached token still valid: no new token requested"
+            else:
+                text = ("client credentials (app-only)" if self.auth == "client-credentials"
+                        else "delegated token from `auth login`") + f": token acquired from {idp} (not shown)"
+            return StageInfo(text, {"auth": self.auth, **v})
 
         # the token comes from the identity provider: that is the server of this stage
         return self.stage("token", token, describe, server=_host_of(identity_provider_url(profile)) or self.target)
@@ -332,6 +386,94 @@ class _Plan:
                                  lambda: transport.send(message.raw, message.sender, message.recipients), sent)
 
 
+def _read_oauth_secrets(profile, secrets, auth: str) -> dict[str, Any]:
+    """What the token needs from the secret store, and where each came from (never a value):
+    a static access_token (auth = oauth), else the client_secret and the app-token cache
+    (client credentials), else the stored tokens of `auth login` (delegated; none stored
+    means a sign-in is needed)."""
+    from mailctl.oauth import store
+    from mailctl.oauth.hints import needs_login
+
+    if auth in ("oauth", ""):
+        value, where = secrets.lookup(profile, "access_token")
+        if value:
+            return {"kind": "access_token", "source": where}
+    if auth == "client-credentials":
+        value, where = secrets.lookup(profile, "client_secret")
+        if not value:
+            secrets.require(profile, "client_secret")  # raises: not stored (secret-missing)
+        doc = store.load(profile, secrets)  # a cache: none (or no keyring) only means a new token
+        return {"kind": "client_secret", "source": where,
+                "token_cache": f"{doc['_source']}:{profile.name}" if doc else None}
+    doc = store.load(profile, secrets, required=True)  # the refresh token is the credential
+    if not doc:
+        raise needs_login(profile.name, "not signed in (no OAuth tokens stored)")
+    if _generic_provider(profile):
+        secrets.lookup(profile, "client_secret")  # a confidential client's secret, read here too
+    return {"kind": TOKEN_KIND, "source": f"{doc['_source']}:{profile.name}"}
+
+
+def _generic_provider(profile) -> bool:
+    """A generic OAuth provider's client may be confidential: its client_secret is read too."""
+    from mailctl.oauth.scopes import provider_of
+
+    return provider_of(profile) == "generic"
+
+
+class _RememberedSecrets:
+    """The transport's secret store for one probe: each store is asked once per (profile,
+    kind), so the token stage and the request reuse what the secret stage read (one keyring
+    access, one secret_command run) and time only the identity provider. Writes go through
+    to the real store (a refreshed token cache is kept as ever) and are counted: a token that
+    was stored is one the identity provider just issued."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str, str], Any] = {}
+        self.token_writes = 0
+
+    @classmethod
+    def around(cls, transport) -> "_RememberedSecrets | None":
+        inner = transport.secrets
+        if not callable(getattr(inner, "stores_for", None)) or not callable(getattr(inner, "store", None)):
+            return None  # not a SecretResolver: used as it is
+        self = cls()
+        clone = copy.copy(inner)  # the resolver's lookup/require/get now ask the remembering stores
+        clone.stores_for = lambda profile: [_RememberedStore(s, self.values) for s in inner.stores_for(profile)]
+        clone.found = lambda profile, kind, store, owner=None: inner.found(profile, kind, getattr(store, "inner", store), owner)
+        clone.store = lambda name, kind, value: self.write(inner, name, kind, value)
+        transport.secrets = clone
+        return self
+
+    def write(self, inner, name: str, kind: str, value: str) -> None:
+        if kind == TOKEN_KIND:
+            self.token_writes += 1  # counted before the write: a keyring that refuses it still saw a new token
+        inner.store(name, kind, value)
+        self.values[(getattr(inner.keyring, "name", "keyring"), name, kind)] = (value, None)
+
+
+class _RememberedStore:
+    """One secret store whose answers (a value, None, or its failure) are kept for the probe."""
+
+    def __init__(self, inner, values: dict[tuple[str, str, str], Any]) -> None:
+        self.inner = inner
+        self.values = values
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def get(self, profile: str, kind: str) -> str | None:
+        key = (self.inner.name, profile, kind)
+        if key not in self.values:
+            try:
+                self.values[key] = (self.inner.get(profile, kind), None)
+            except MailctlError as err:
+                self.values[key] = (None, err)
+        value, err = self.values[key]
+        if err is not None:
+            raise err
+        return value
+
+
 def plan(transport, message=None):
     """The stages of a graph or ews transport (see the module's docstring)."""
     return _Plan(transport, message).stages()
@@ -371,6 +513,7 @@ class HttpStaged:
     `target` (what the report's header names)."""
 
     has_token_stage = True  # --quit-after token
+    has_secret_stage = True  # --quit-after secret
 
     def probe_settings(self) -> dict[str, Any]:
         return probe_settings(self)
