@@ -206,6 +206,31 @@ def test_password_without_utf8_form_is_config_error_naming_field(cli, isolated_e
     assert not server.handler.received
 
 
+@pytest.mark.parametrize("proxy", ["socks5://proxyuser@127.0.0.1:9", "http://proxyuser@127.0.0.1:9"])
+def test_proxy_password_without_utf8_form_is_config_error(cli, isolated_env, server, pki, monkeypatch, proxy):
+    """The proxy password goes out UTF-8 encoded too (SOCKS5 RFC 1929, CONNECT's Basic): one
+    with no UTF-8 form is a one-line error naming proxy_password, before any connection."""
+    _profiles(isolated_env, server, pki, PASSWORD, proxy=proxy)
+    monkeypatch.setenv("MAILCTL_SECRET_U_PROXY_PASSWORD", "pr\udce4xy-latin1")
+    res = cli("test", "connect", "u")
+    assert res.exit_code == 78, res.output + repr(res.exception)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "proxy_password" in errors[0] and "UTF-8" in errors[0], res.stderr
+    assert "UnicodeEncodeError" not in res.output and "Traceback" not in res.output and "xy-latin1" not in res.output
+
+
+def test_a_secret_read_from_bytes_that_are_not_utf8_is_still_masked():
+    """The redactor masks the base64 of the bytes such a secret would go out as, never fails."""
+    from mailctl.transports.base import Redactor
+
+    value = "p\udce4ss-word-latin1"
+    r = Redactor()
+    r.add(value)
+    wire = base64.b64encode(value.encode("utf-8", "surrogateescape")).decode()
+    shown = r.redact(f"334 {wire} and {value}")
+    assert wire not in shown and value not in shown and shown.startswith("334 ")
+
+
 # --- Postfix + Dovecot SASL: a real SASL server ------------------------------------------------
 @pytest.fixture(scope="module")
 def dovecot_utf8():

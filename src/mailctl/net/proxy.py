@@ -44,6 +44,7 @@ def parse_proxy(url: str, password: str | None = None) -> ProxySpec:
             "proxy: the URL contains a password; secrets do not belong in the profiles file",
             hint="remove it from the URL and store it as the profile's proxy_password secret (keyring or MAILCTL_SECRET_<PROFILE>_PROXY_PASSWORD)",
         )
+    check_password(password)
     return ProxySpec(
         parts.scheme,
         parts.hostname,
@@ -51,6 +52,21 @@ def parse_proxy(url: str, password: str | None = None) -> ProxySpec:
         unquote(parts.username) if parts.username else None,
         password,
     )
+
+
+def check_password(password: str | None) -> None:
+    """The proxy sees the password UTF-8 encoded (SOCKS5's RFC 1929 bytes, CONNECT's Basic):
+    one read as bytes that are not UTF-8 (the environment, a keyring: lone surrogates) is a
+    one-line error naming the secret, never an unexpected UnicodeEncodeError. Not shown."""
+    if not password:
+        return
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(
+            f"proxy: the proxy_password is not valid text: character {exc.start + 1} has no UTF-8 form",
+            hint="store it again as UTF-8 text (keyring, secret_command or MAILCTL_SECRET_<PROFILE>_PROXY_PASSWORD)",
+        ) from None
 
 
 def needs_password(url: str) -> bool:
@@ -67,6 +83,7 @@ def requests_proxy_url(url: str, password: str | None = None) -> str:
     if not proxy:
         return ""
     parts = urlsplit(proxy)
+    check_password(password)
     if parts.username and not parts.password and password:
         host = parts.hostname or ""
         if ":" in host:

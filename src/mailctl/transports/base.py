@@ -34,6 +34,18 @@ class SendResult:
         }
 
 
+def _wire_bytes(value: str) -> bytes:
+    """The bytes a secret goes out as, for its base64 form: UTF-8, or for text read from bytes
+    that were not UTF-8 (lone surrogates) those bytes themselves; masking never fails."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogatepass")
+
+
 class Redactor:
     """The one place secrets are masked: a transport adds every secret it sends (password,
     token, proxy password, the AUTH PLAIN / XOAUTH2 / OAUTHBEARER payloads) and passes every
@@ -58,7 +70,7 @@ class Redactor:
         encoded that is no secret by itself, like the user name of AUTH LOGIN)."""
         if not value:
             return
-        b64 = base64.b64encode(value.encode("utf-8")).decode("ascii")
+        b64 = base64.b64encode(_wire_bytes(value)).decode("ascii")
         forms = [b64, b64.rstrip("=")] + ([value] if plain else [])
         new = [f for f in forms if len(f) >= self.MIN_LENGTH and f not in self._forms]
         if new:
