@@ -1235,10 +1235,10 @@ _DUE_CONDITIONS = ("state='sending' AND lease_until < ?", "state='queued' AND ne
                    "state='deferred' AND next_attempt_at <= ?")
 
 _CLAIM_COLS = "id, profile, sender, recipients, attempts, created_at, age_base, message_id, state, next_attempt_at"
-# the attempt-log reply of a row claimed again from a flush that died while sending it
-INTERRUPTED_REPLY = "a flush stopped while sending this message; it may have been delivered"
 # their positions (_claimed unpacks them in this order)
 _C_ID, _C_STATE, _C_DUE = 0, 8, 9
+# the attempt-log reply of a row claimed again from a flush that died while sending it
+INTERRUPTED_REPLY = "a flush stopped while sending this message; it may have been delivered"
 
 # a delivery result (record_attempt): the row's new state and its attempt-log entry
 _RESULT_COMMON = ("attempts=attempts+1, last_attempt_at=?, last_reply=?, last_server=?, updated_at=?, done_at=?,"
