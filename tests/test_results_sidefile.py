@@ -488,3 +488,17 @@ def test_a_link_in_place_of_the_side_file_directory_is_never_written_nor_read_th
     assert (box.get(claims[0].id).state, box.get(claims[1].id).state) == ("sent", "queued")
     assert sorted(p.name for p in target.iterdir()) == [bait.name]  # untouched
     box.close()
+
+
+def test_something_else_in_the_side_file_directory_does_not_stop_the_writes(tmp_path):
+    """A directory (or a link) someone made among the side files is skipped, not a fold that
+    fails, and with it every write transaction of the outbox."""
+    path, box, claims = queued(tmp_path, 2)
+    assert sent(box, claims[0])
+    d = resultsfile.results_dir(path)
+    (d / "4242-0123456789ab").mkdir()
+    (d / "4243-0123456789ab").symlink_to(tmp_path / "nowhere")
+    with Outbox(path) as other:
+        assert other.release_claims(OWNER) == 1  # a write transaction, folding what it can read
+        assert other.get(claims[0].id).state == "sent"
+    box.close()

@@ -165,7 +165,11 @@ class Others:
             dead = True
         except OSError:
             dead = False  # its writer lives: read only, it empties the file itself
-        data = _read_all(fd)
+        try:
+            data = _read_all(fd)
+        except OSError:  # not a file (a directory someone made there): nothing of ours
+            os.close(fd)
+            return
         self.entries.extend(decode(data))
         if dead:
             self.dead.append((name, fd))
