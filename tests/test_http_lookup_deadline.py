@@ -24,73 +24,25 @@ from httpfakes import ConnectProxy, FakeHTTPS, decoded_mime, ews_fake, graph_fak
 from idp import CLIENT_ID, CLIENT_SECRET, TENANT, ca_pem, idp, ms_profile, resolved, trust_ca, write_profiles  # noqa: F401
 from mailctl.errors import ExitCode, UnavailableError
 from mailctl.message import build_message, envelope, message_bytes
-from mailctl.net import lookup
 from mailctl.net.http import connect_within, new_session
 from mailctl.profiles.model import ResolvedProfile
 from mailctl.secrets import default_resolver
 from mailctl.transports import open_transport
 from mailctl.transports.smtp import Server, SmtpTransport
 
+from fake_getaddrinfo import SLOW, lookup_threads, resolver  # noqa: F401
 from smtpserver import Socks5Server, running
 
 pytestmark = pytest.mark.timeout(90)
 
 TIMEOUT = 1.0
 BOUND = 3.0  # generous: CLI start-up and teardown on a shared, loaded machine
-SLOW = 0.7  # a lookup that answers, but takes most of the timeout
 TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.lookup-token-SECRET-789"
 MAILBOX = "ops@example.com"
 STUCK_GRAPH = "graph.stuck.test"
 STUCK_PROXY = "proxy.stuck.test"
 GRAPH_ALIAS = "graph.alias.test"  # answered (by the fake, in its thread) with 127.0.0.1
 PROXY_ALIAS = "proxy.alias.test"
-REAL_GETADDRINFO = socket.getaddrinfo
-
-
-class FakeResolver:
-    """getaddrinfo for the `.test` names: `*.stuck.test` blocks until released (far longer than
-    any timeout here), `*.alias.test` answers with 127.0.0.1's addresses, `*.slow.test` too but
-    after SLOW seconds. Records every call with the name of the thread it ran in."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.calls: list[tuple[str, str]] = []
-
-    def __call__(self, host, port, family=0, type=0, proto=0, flags=0):
-        name = host.lower() if isinstance(host, str) else ""
-        self.calls.append((name, threading.current_thread().name))
-        if name.endswith(".stuck.test"):
-            self.release.wait(30)
-            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        if name.endswith(".slow.test"):
-            time.sleep(SLOW)
-            return REAL_GETADDRINFO("127.0.0.1", port, family, type, proto, flags)
-        if name.endswith(".alias.test"):
-            return REAL_GETADDRINFO("127.0.0.1", port, family, type, proto, flags)
-        return REAL_GETADDRINFO(host, port, family, type, proto, flags)
-
-    def threads_of(self, host: str) -> list[str]:
-        """The threads the lookups of `host` ran in (mailctl's lookup threads or the test's own;
-        the loopback servers' threads resolve through the fake too)."""
-        return [thread for name, thread in self.calls
-                if name == host and (thread.startswith("mailctl-lookup ") or thread == threading.main_thread().name)]
-
-
-def lookup_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("mailctl-lookup ") and t.is_alive()]
-
-
-@pytest.fixture
-def resolver(monkeypatch):
-    """The fake getaddrinfo in place (urllib3 and net.lookup share the socket module, so this is
-    what both would call); afterwards the stuck lookups are released and their threads ended."""
-    fake = FakeResolver()
-    monkeypatch.setattr(lookup.socket, "getaddrinfo", fake)
-    yield fake
-    fake.release.set()
-    for thread in lookup_threads():
-        thread.join(5)
-    assert not lookup_threads()
 
 
 @contextmanager
@@ -162,7 +114,7 @@ def test_graph_request_to_a_stuck_name_fails_at_the_deadline(isolated_env, resol
     assert f"getent hosts {STUCK_GRAPH}" in err.hint and "/etc/resolv.conf" in err.hint
     assert "\n" not in err.message and "Connection object" not in err.message
     assert graph.requests == []
-    assert [t.startswith("mailctl-lookup ") for t in resolver.threads_of(STUCK_GRAPH)] == [True]
+    assert [t.startswith("mailctl-lookup ") for t in resolver.lookups_of(STUCK_GRAPH)] == [True]
 
 
 def test_graph_lookup_timeout_exits_like_a_connect_timeout(isolated_env, resolver, graph, ca_pem):
@@ -197,7 +149,7 @@ def test_cli_send_and_test_connect_end_at_the_deadline(cli, isolated_env, resolv
     assert f"cannot resolve {STUCK_GRAPH} within 1s: no answer from the resolver" in error_line(sent.stderr)
     assert "Traceback" not in res.output + sent.output and TOKEN not in res.output + sent.output
     # the second command joined the first one's lookup, still pending: one thread for both
-    assert len(resolver.threads_of(STUCK_GRAPH)) == 1, resolver.calls
+    assert len(resolver.lookups_of(STUCK_GRAPH)) == 1, resolver.calls
 
 
 def test_a_slow_lookup_leaves_the_connect_only_what_is_left(isolated_env, resolver, ca_pem):
@@ -215,7 +167,7 @@ def test_a_normal_name_still_sends_through_the_session(isolated_env, resolver, g
     [req] = graph.find("POST", r"/v1.0/me/sendMail")
     assert b"Subject: Lookup deadline" in decoded_mime(req)
     assert req.headers["host"] == f"{GRAPH_ALIAS}:{graph.port}"
-    assert resolver.threads_of(GRAPH_ALIAS)[0].startswith("mailctl-lookup ")
+    assert resolver.lookups_of(GRAPH_ALIAS)[0].startswith("mailctl-lookup ")
 
 
 def test_ip_literals_start_no_lookup_thread(isolated_env, resolver, trust_ca, ca_pem):
@@ -224,7 +176,7 @@ def test_ip_literals_start_no_lookup_thread(isolated_env, resolver, trust_ca, ca
         graph_fake(srv)
         profile = graph_profile(isolated_env, ca_pem, srv.base_url, timeout=5)
         assert send_one(profile).reply.startswith("202")
-    assert resolver.threads_of("127.0.0.1") and set(resolver.threads_of("127.0.0.1")) == {threading.current_thread().name}
+    assert resolver.lookups_of("127.0.0.1") and set(resolver.lookups_of("127.0.0.1")) == {threading.current_thread().name}
     assert not [t for t in threading.enumerate() if t.name.startswith("mailctl-lookup ") and t.ident not in before]
     with pytest.raises(ConnectionRefusedError):  # the helper itself: ::1 too, answered in this thread
         connect_within("::1" if socket.has_ipv6 else "127.0.0.1", _closed_port(), TIMEOUT)
@@ -250,8 +202,8 @@ def test_proxy_named_by_a_stuck_name_fails_at_the_deadline(isolated_env, resolve
     assert err.exit_code == ExitCode.UNAVAILABLE
     assert f"cannot resolve the proxy's host {STUCK_PROXY} within 1s: no answer from the resolver (waited " in err.message, err.message
     assert "LookupDeadlineError" not in err.message and f"getent hosts {STUCK_PROXY}" in err.hint
-    assert resolver.threads_of(GRAPH_ALIAS) == []  # the proxy resolves the server's name
-    assert [t.startswith("mailctl-lookup ") for t in resolver.threads_of(STUCK_PROXY)] == [True]
+    assert resolver.lookups_of(GRAPH_ALIAS) == []  # the proxy resolves the server's name
+    assert [t.startswith("mailctl-lookup ") for t in resolver.lookups_of(STUCK_PROXY)] == [True]
 
 
 def test_proxy_named_by_a_normal_name_still_works(isolated_env, resolver, graph, ca_pem):
@@ -260,7 +212,7 @@ def test_proxy_named_by_a_normal_name_still_works(isolated_env, resolver, graph,
                                 proxy=f"http://{PROXY_ALIAS}:{proxy.port}")
         assert send_one(profile).reply.startswith("202")
         assert proxy.targets == [f"{GRAPH_ALIAS}:{graph.port}"]
-    assert resolver.threads_of(PROXY_ALIAS)[0].startswith("mailctl-lookup ")
+    assert resolver.lookups_of(PROXY_ALIAS)[0].startswith("mailctl-lookup ")
 
 
 def test_socks_proxy_named_by_a_stuck_name_fails_at_the_deadline(isolated_env, resolver, graph, ca_pem):
@@ -283,7 +235,7 @@ def test_socks_proxy_named_by_a_normal_name_still_works(isolated_env, resolver, 
                                 proxy=f"socks5://{PROXY_ALIAS}:{pport}")
         assert send_one(profile).reply.startswith("202")
     assert proxy.targets == [(GRAPH_ALIAS, graph.port)]  # socks5:// is sent as socks5h://: the proxy resolves
-    assert [t.startswith("mailctl-lookup ") for t in resolver.threads_of(PROXY_ALIAS)] == [True]
+    assert [t.startswith("mailctl-lookup ") for t in resolver.lookups_of(PROXY_ALIAS)] == [True]
 
 
 def test_plain_http_through_a_stuck_proxy_name(resolver):
@@ -319,7 +271,7 @@ def test_other_requests_sessions_are_left_alone(resolver):
     with requests.Session() as plain:
         with pytest.raises(requests.exceptions.ConnectionError):
             plain.get(f"http://nosuch.alias.test:{_closed_port()}/", timeout=2)
-    assert resolver.threads_of("nosuch.alias.test") == [threading.current_thread().name]
+    assert resolver.lookups_of("nosuch.alias.test") == [threading.current_thread().name]
 
 
 # --- EWS and the identity provider --------------------------------------------------------------------
@@ -335,7 +287,7 @@ def test_ews_request_to_a_stuck_name_fails_at_the_deadline(isolated_env, resolve
     assert took < BOUND, took
     assert err.exit_code == ExitCode.UNAVAILABLE
     assert "cannot resolve ews.stuck.test within 1s: no answer from the resolver" in err.message, err.message
-    assert resolver.threads_of("ews.stuck.test")[0].startswith("mailctl-lookup ")
+    assert resolver.lookups_of("ews.stuck.test")[0].startswith("mailctl-lookup ")
 
 
 def test_token_endpoint_on_a_stuck_name_fails_at_the_deadline(cli, isolated_env, resolver, idp, ca_pem):
@@ -352,7 +304,7 @@ def test_token_endpoint_on_a_stuck_name_fails_at_the_deadline(cli, isolated_env,
     assert "getent hosts login.stuck.test" in res.stderr  # the DNS hint, not the generic one
     assert "Traceback" not in res.output and CLIENT_SECRET not in res.output
     assert idp.requests == []
-    assert resolver.threads_of("login.stuck.test")[0].startswith("mailctl-lookup ")
+    assert resolver.lookups_of("login.stuck.test")[0].startswith("mailctl-lookup ")
 
 
 # --- SMTP: connect() resolving for itself -----------------------------------------------------------
@@ -365,4 +317,4 @@ def test_smtp_connect_shares_one_deadline_with_its_lookup(resolver):
     assert err.stage == "connect" and err.exit_code == 69
     assert f"cannot connect to mail.slow.test:{port}: timed out after 1s" in err.message, err.message
     assert TIMEOUT * 0.9 <= took < TIMEOUT + SLOW * 0.6, took  # one timeout, not lookup + timeout
-    assert resolver.threads_of("mail.slow.test")[0].startswith("mailctl-lookup ")
+    assert resolver.lookups_of("mail.slow.test")[0].startswith("mailctl-lookup ")

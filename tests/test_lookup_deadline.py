@@ -24,6 +24,7 @@ from mailctl.net.proxy import connect_via_proxy, parse_proxy
 from mailctl.profiles.model import ResolvedProfile
 from mailctl.transports.smtp import SmtpTransport
 
+from fake_getaddrinfo import REAL_GETADDRINFO, UNKNOWN, lookup_threads, resolver  # noqa: F401
 from smtpserver import HttpConnectProxy, Socks5Server, running, smtp_server, write_profiles
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,52 +34,6 @@ BOUND = 3.0  # generous: CLI start-up and teardown on a shared, loaded machine
 STUCK = "mail.stuck.test"
 STUCK_PROXY = "proxy.stuck.test"
 ALIAS = "mail.alias.test"  # answered (by the fake, in its thread) with 127.0.0.1
-UNKNOWN = "nosuch.test"
-REAL_GETADDRINFO = socket.getaddrinfo
-
-
-class FakeResolver:
-    """getaddrinfo for the `.test` names: STUCK-like names block until released (far longer
-    than any timeout here), ALIAS answers with 127.0.0.1's addresses, UNKNOWN is EAI_NONAME.
-    Records every call with the name of the thread it ran in."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.calls: list[tuple[str, str]] = []
-
-    def __call__(self, host, port, family=0, type=0, proto=0, flags=0):
-        self.calls.append((host, threading.current_thread().name))
-        if isinstance(host, str) and ".stuck.test" in host:
-            self.release.wait(30)
-            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        if isinstance(host, str) and host.lower() == ALIAS:
-            return REAL_GETADDRINFO("127.0.0.1", port, family, type, proto, flags)
-        if host == UNKNOWN:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return REAL_GETADDRINFO(host, port, family, type, proto, flags)
-
-    def lookups_of(self, host: str) -> list[str]:
-        """The threads mailctl's lookups of `host` ran in (its lookup threads or the test's
-        own; the loopback proxies' handler threads resolve through the fake too)."""
-        return [thread for name, thread in self.calls
-                if name == host and (thread.startswith("mailctl-lookup ") or thread == threading.main_thread().name)]
-
-
-def lookup_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("mailctl-lookup ") and t.is_alive()]
-
-
-@pytest.fixture
-def resolver(monkeypatch):
-    """The fake getaddrinfo in place (as net.lookup sees it); afterwards the stuck lookups are
-    released and their threads have ended, so no test inherits another's."""
-    fake = FakeResolver()
-    monkeypatch.setattr(lookup.socket, "getaddrinfo", fake)
-    yield fake
-    fake.release.set()
-    for thread in lookup_threads():
-        thread.join(5)
-    assert not lookup_threads()
 
 
 def timed(fn, *args, **kwargs):

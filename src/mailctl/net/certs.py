@@ -405,13 +405,22 @@ def _key_usage(data: bytes, element: _Element) -> None:
             raise _Malformed("encipher_only/decipher_only without key_agreement")
 
 
-def _authority_key_id(data: bytes, element: _Element) -> None:
-    fields, last = {}, -1
-    for field_ in _inside(data, element, 0x30, (0, 3)):
-        number = {0x80: 0, 0xA1: 1, 0x82: 2}.get(field_[0])
+def _tagged_fields(data: bytes, element: _Element, tags: tuple[int, ...], count: tuple[int, int],
+                   what: str) -> dict[int, _Element]:
+    """The optional [0], [1], [2]... fields of a SEQUENCE, by number: each of `tags` at most
+    once and in order (DER), `count` (min, max) of them; anything else is malformed."""
+    fields: dict[int, _Element] = {}
+    last = -1
+    for field_ in _inside(data, element, 0x30, count):
+        number = tags.index(field_[0]) if field_[0] in tags else None
         if number is None or number <= last:
-            raise _Malformed("authority key identifier")
+            raise _Malformed(what)
         fields[number], last = field_, number
+    return fields
+
+
+def _authority_key_id(data: bytes, element: _Element) -> None:
+    fields = _tagged_fields(data, element, (0x80, 0xA1, 0x82), (0, 3), "authority key identifier")
     if (1 in fields) != (2 in fields):
         raise _Malformed("authority cert issuer and serial go together")
     if 1 in fields:
@@ -431,12 +440,7 @@ def _access(data: bytes, element: _Element) -> None:
 def _crl_points(data: bytes, element: _Element) -> None:
     """cRLDistributionPoints / freshestCRL: each point names where (full name) or who (CRL issuer)."""
     for point in _inside(data, element, 0x30):
-        fields, last = {}, -1
-        for field_ in _inside(data, point, 0x30, (1, 3)):
-            number = {0xA0: 0, 0x81: 1, 0xA2: 2}.get(field_[0])
-            if number is None or number <= last:
-                raise _Malformed("distribution point")
-            fields[number], last = field_, number
+        fields = _tagged_fields(data, point, (0xA0, 0x81, 0xA2), (1, 3), "distribution point")
         if 1 in fields:
             raise _Unsupported("reasons")
         named = False
